@@ -1,0 +1,181 @@
+"""The `toolkit` command line: parse, call, map ToolkitError to one line per problem + exit code.
+
+Exit codes: 0 ok, 2 bad input (manifest, arguments), 1 failure while running.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from toolkit.errors import ManifestError, ToolkitError, UsageError
+
+EXECUTORS = ("auto", "local", "debug", "slurm")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="toolkit")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Batch campaigns on the numerical instability of LLMs.
+
+    Write a manifest (see README.md), check it with `toolkit validate`, look at the tasks with
+    `toolkit plan`, run it with `toolkit submit`, and read results from <campaign>/store.h5.
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--site", help="Site profile name or .yaml path (overrides the manifest's site:).")
+def validate(manifest: Path, site: str | None) -> None:
+    """Validate MANIFEST completely and create nothing. Exit 0 if valid, 2 if not."""
+    from toolkit.manifest import load_manifest
+    from toolkit.plan import build_plan
+
+    plan = build_plan(load_manifest(manifest, site=site))
+    click.echo(f"{manifest}: valid — campaign {plan.manifest.campaign}, {len(plan.tasks)} task(s) "
+               f"in {len(plan.stages)} stage(s)")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--site", help="Site profile name or .yaml path (overrides the manifest's site:).")
+@click.option("--root", type=click.Path(path_type=Path), help="Campaigns folder (default: the manifest's output).")
+def plan(manifest: Path, site: str | None, root: Path | None) -> None:
+    """Dry run: stages, tasks (ids), arrays, dependencies and scheduler options. Creates nothing."""
+    from toolkit.campaign import campaign_dir_for, done_task_ids
+    from toolkit.manifest import load_manifest
+    from toolkit.plan import build_plan
+    from toolkit.report import plan_text
+
+    built = build_plan(load_manifest(manifest, site=site))
+    folder = campaign_dir_for(built, root)
+    click.echo(plan_text(built, done_task_ids(folder) if folder.is_dir() else set()))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
+              help="auto = slurm when sbatch is on PATH, else local; debug runs in this process.")
+@click.option("--root", type=click.Path(path_type=Path), help="Campaigns folder (default: the manifest's output).")
+@click.option("--site", help="Site profile name or .yaml path (overrides the manifest's site:).")
+@click.option("--force", is_flag=True, help="Rerun tasks that are already complete.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the campaign to its end.")
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Make figures when the campaign ends.")
+def submit(manifest: Path, executor: str, root: Path | None, site: str | None, force: bool, wait: bool,
+           plot: bool) -> None:
+    """Run MANIFEST: tasks already complete in the store are skipped (unless --force)."""
+    from toolkit.submit import submit_campaign
+
+    if executor == "auto":
+        executor = "slurm" if shutil.which("sbatch") else "local"
+    submit_campaign(manifest, executor=executor, root=root, site=site, force=force, wait=wait, plot=plot,
+                    say=click.echo)
+
+
+@cli.command()
+@click.argument("name", required=False)
+def experiments(name: str | None) -> None:
+    """List the registry, or describe experiment NAME (params, what it stores and reads)."""
+    from toolkit import experiments as registry
+    from toolkit.report import experiment_text
+
+    if name:
+        click.echo(experiment_text(name, registry.get(name)))
+        return
+    for known in registry.names():
+        doc = (registry.get(known).__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{known:<18} {doc.split(' — ', 1)[-1]}")
+
+
+@cli.command()
+@click.argument("campaign_dir", type=click.Path(path_type=Path))
+def status(campaign_dir: Path) -> None:
+    """State of every task of CAMPAIGN_DIR: stored, shard, running, failed or pending."""
+    from toolkit.campaign import task_states
+    from toolkit.report import status_text
+
+    click.echo(status_text(task_states(campaign_dir)))
+
+
+@cli.command()
+@click.argument("campaign_dir", type=click.Path(path_type=Path))
+@click.option("--rebuild", is_flag=True, help="Rebuild store.h5 from the shards alone.")
+def gather(campaign_dir: Path, rebuild: bool) -> None:
+    """Copy finished shards into CAMPAIGN_DIR/store.h5 (verified, atomic)."""
+    from toolkit.store.gather import gather as run_gather
+
+    click.echo(run_gather(campaign_dir, rebuild=rebuild).summary())
+
+
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(store: Path, as_json: bool) -> None:
+    """Tree of the tasks in STORE (a store.h5 or a campaign folder) with datasets and shapes."""
+    from toolkit.report import show_json, show_tree
+    from toolkit.store.reader import Store
+
+    path = store / "store.h5" if store.is_dir() else store
+    with Store(path) as opened:
+        click.echo(show_json(opened) if as_json else show_tree(opened))
+
+
+@cli.command()
+@click.argument("campaign_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Figures folder (default CAMPAIGN_DIR/figures).")
+def plot(campaign_dir: Path, out: Path | None) -> None:
+    """Make the figures of every run in CAMPAIGN_DIR's store (no model, no GPU)."""
+    from toolkit.figures import make_figures
+
+    for path in make_figures(campaign_dir, out):
+        click.echo(str(path))
+
+
+@cli.group()
+def model() -> None:
+    """Prepare models for offline use."""
+
+
+@model.command("prepare")
+@click.argument("name", default="smollm2-135m")
+def model_prepare(name: str) -> None:
+    """Convert the packaged model once into the local cache (about 45 s)."""
+    from toolkit.models.loading import prepare_packaged
+
+    if name != "smollm2-135m":
+        raise UsageError(f"only the packaged smollm2-135m needs preparing, got {name!r}")
+    click.echo(str(prepare_packaged()))
+
+
+def main() -> None:
+    """Console entry point."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except ToolkitError as err:
+        if debug:
+            raise
+        lines = err.problems if isinstance(err, ManifestError) else [str(err)]
+        for line in lines:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; rerun toolkit submit to finish the missing tasks", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

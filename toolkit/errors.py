@@ -1,0 +1,50 @@
+"""The error hierarchy: every failure a user can act on is a `ToolkitError` with a message that
+says what is wrong and what to do.  The CLI maps `exit_code` to the process exit status."""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class. `exit_code` 2 means bad input, 1 means a failure while running."""
+
+    exit_code = 1
+
+
+class ManifestError(ToolkitError):
+    """The manifest is invalid; `problems` holds every located problem, one per line."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class UsageError(ToolkitError):
+    """A command-line argument is wrong (missing file, bad option combination)."""
+
+    exit_code = 2
+
+
+class PlanError(ToolkitError):
+    """The manifest is valid but cannot be expanded into a plan (e.g. a site lacks a target)."""
+
+    exit_code = 2
+
+
+class StoreError(ToolkitError):
+    """A store or shard is missing, unreadable or inconsistent."""
+
+
+class LaunchError(ToolkitError):
+    """Submitting or running jobs failed."""
+
+
+class ModelError(ToolkitError):
+    """A model cannot be found or loaded offline."""
+
+    exit_code = 2
+
+
+class TaskFailed(ToolkitError):
+    """One or more tasks of a campaign failed; their logs say why."""

@@ -1,0 +1,38 @@
+"""The experiment registry: an explicit table from experiment name to the module implementing it.
+
+Every module named here provides a frozen `Params` dataclass, `run(ctx, params)`, `plot(run,
+out_dir)` and the metadata constants `PER_TARGET`, `NEEDS_MODEL`, `READS` and `STORES`.  Modules
+import heavy libraries inside functions, so looking a name up is instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from types import ModuleType
+
+from toolkit.errors import UsageError
+
+REGISTRY: dict[str, str] = {
+    "exp4.generate": "toolkit.experiments.exp4.generate",
+    "exp4.compare": "toolkit.experiments.exp4.compare",
+}
+
+
+def names() -> list[str]:
+    """All registered experiment names, sorted."""
+    return sorted(REGISTRY)
+
+
+def suggestion(name: str) -> str:
+    """A did-you-mean clause plus the list of valid names, for error messages."""
+    close = difflib.get_close_matches(name, names(), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}known experiments: {', '.join(names())}"
+
+
+def get(name: str) -> ModuleType:
+    """The module implementing experiment `name`; `UsageError` with did-you-mean if unknown."""
+    if name not in REGISTRY:
+        raise UsageError(f"unknown experiment {name!r}; {suggestion(name)}")
+    return importlib.import_module(REGISTRY[name])

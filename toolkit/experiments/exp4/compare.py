@@ -1,0 +1,212 @@
+"""exp4.compare — every pair of exp4.generate runs (N×N, replicates included as the control).
+
+Per pair and prompt: the first step whose generated token ids differ (d), the first step whose
+full logits rows differ in any bit, the largest token-aligned logit difference in fp32 ULPs over
+the steps with identical contexts (0..d), and both runs' top-1/top-2 margins at row d — the step
+computed from identical inputs whose argmax differs (the upstream scripts looked at d-1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PER_TARGET = False
+NEEDS_MODEL = False
+READS: tuple[str, ...] = ("exp4.generate",)
+STORES = {
+    "run_task_ids / run_labels": "[N] the compared exp4.generate runs, in matrix order",
+    "first_divergence": "[N,N,P] int32 first step with different token ids (-1: none within common length)",
+    "common_length": "[N,N,P] int32 steps both runs generated",
+    "first_bitwise_diff": "[N,N,P] int32 first step whose logits rows differ in any bit (-1: none)",
+    "max_ulp_identical_context": "[N,N,P] int64 max fp32-ULP distance of token-aligned top-k logits, steps 0..d",
+    "margin_at_divergence": "[N,N,P,2] float64 top-1 − top-2 of run i and run j at row d (NaN: no divergence)",
+    "tokens_at_divergence": "[N,N,P,2] int64 token chosen by run i and run j at row d (-1: none)",
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """No parameters: every pair of the upstream runs is compared."""
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Compare all pairs of upstream generate runs and store the N×N×P tables."""
+    import numpy as np
+
+    runs = ctx.inputs.runs("exp4.generate")
+    if len(runs) < 2:
+        raise ValueError(f"exp4.compare needs at least 2 exp4.generate runs, found {len(runs)}")
+    traces = [_load(r) for r in runs]
+    _check_same_prompts(runs, traces)
+    n, p = len(runs), len(traces[0])
+    tables = {
+        "first_divergence": np.full((n, n, p), -1, np.int32), "common_length": np.zeros((n, n, p), np.int32),
+        "first_bitwise_diff": np.full((n, n, p), -1, np.int32),
+        "max_ulp_identical_context": np.zeros((n, n, p), np.int64),
+        "margin_at_divergence": np.full((n, n, p, 2), np.nan), "tokens_at_divergence": np.full((n, n, p, 2), -1),
+    }
+    bar = ctx.progress(n * n * p)
+    for i in range(n):
+        for j in range(n):
+            for k in range(p):
+                for name, value in compare_pair(traces[i][k], traces[j][k]).items():
+                    tables[name][i, j, k] = value
+                bar.update()
+    ctx.out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
+    ctx.out.create_dataset("run_labels", data=np.array([r.label() for r in runs], dtype="S"))
+    for name, table in tables.items():
+        ctx.out.create_dataset(name, data=table)
+    ctx.out.attrs["summary"] = summary_table([r.label() for r in runs], tables)
+
+
+def _load(run: Any) -> list[dict[str, Any]]:
+    keys = sorted(run.group["prompts"])
+    fields = ("prompt_ids", "generated_ids", "topk_ids", "topk_logits", "margin", "logits_hash")
+    return [{f: run[f"prompts/{k}/{f}"] for f in fields} for k in keys]
+
+
+def _check_same_prompts(runs: list[Any], traces: list[list[dict[str, Any]]]) -> None:
+    import numpy as np
+
+    first = traces[0]
+    for run, trace in zip(runs[1:], traces[1:]):
+        same = len(trace) == len(first) and all(
+            np.array_equal(a["prompt_ids"], b["prompt_ids"]) for a, b in zip(first, trace))
+        if not same:
+            raise ValueError(f"run {run.task_id} ({run.label()}) has other prompts than {runs[0].task_id}; "
+                             "compare runs of one campaign prompt set")
+
+
+def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Divergence measures of one prompt between two runs (see the module docstring)."""
+    import numpy as np
+
+    from toolkit.numerics.ulp import ulp_distance
+
+    common = min(len(a["generated_ids"]), len(b["generated_ids"]))
+    differ = np.nonzero(a["generated_ids"][:common] != b["generated_ids"][:common])[0]
+    d = int(differ[0]) if differ.size else -1
+    bit = np.nonzero(a["logits_hash"][:common] != b["logits_hash"][:common])[0]
+    last = d if d >= 0 else common - 1
+    max_ulp = 0
+    for step in range(last + 1):
+        ids_a, ids_b = a["topk_ids"][step], b["topk_ids"][step]
+        shared, ia, ib = np.intersect1d(ids_a, ids_b, return_indices=True)
+        if shared.size:
+            dist = ulp_distance(a["topk_logits"][step][ia], b["topk_logits"][step][ib])
+            max_ulp = max(max_ulp, int(dist.max()))
+    out: dict[str, Any] = {"first_divergence": d, "common_length": common,
+                           "first_bitwise_diff": int(bit[0]) if bit.size else -1,
+                           "max_ulp_identical_context": max_ulp}
+    if d >= 0:
+        out["margin_at_divergence"] = (a["margin"][d], b["margin"][d])
+        out["tokens_at_divergence"] = (a["generated_ids"][d], b["generated_ids"][d])
+    return out
+
+
+def identical_classes(tables: dict[str, Any]) -> list[list[int]]:
+    """Groups of runs that are bit-identical to each other on every prompt (logits and tokens)."""
+    import numpy as np
+
+    n = tables["first_divergence"].shape[0]
+    classes: list[list[int]] = []
+    for i in range(n):
+        for members in classes:
+            j = members[0]
+            if (np.all(tables["first_bitwise_diff"][i, j] == -1) and np.all(tables["first_divergence"][i, j] == -1)
+                    and np.array_equal(tables["common_length"][i, j], tables["common_length"][i, i])):
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    return classes
+
+
+def summary_table(labels: list[str], tables: dict[str, Any]) -> str:
+    """Classes of bit-identical runs, then one line per pair of classes."""
+    import numpy as np
+
+    classes = identical_classes(tables)
+    names = [chr(ord("A") + k) if k < 26 else f"C{k}" for k in range(len(classes))]
+    p = tables["first_divergence"].shape[2]
+    lines = [f"{len(labels)} runs form {len(classes)} class(es) of bit-identical runs (all {p} prompts):"]
+    for name, members in zip(names, classes):
+        lines.append(f"  [{name}] " + ", ".join(labels[i] for i in members))
+    for a in range(len(classes)):
+        for b in range(a + 1, len(classes)):
+            i, j = classes[a][0], classes[b][0]
+            d = tables["first_divergence"][i, j]
+            hit = d[d >= 0]
+            bits = tables["first_bitwise_diff"][i, j]
+            where = f"median step {np.median(hit):.0f}, earliest {hit.min()}" if hit.size else "no token differs"
+            first_bit = f"; logits first differ at step {bits[bits >= 0].min()}" if (bits >= 0).any() else ""
+            lines.append(f"  {names[a]} vs {names[b]}: {hit.size}/{p} prompts diverged ({where}){first_bit}")
+    return "\n".join(lines)
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Survival curves (fraction of prompts still identical vs step) and the N×N matrix."""
+    return [_survival(run, out_dir), _matrix(run, out_dir)]
+
+
+def _labels(run: Any) -> list[str]:
+    return [x.decode() for x in run["run_labels"]]
+
+
+def _survival(run: Any, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels, d, common = _labels(run), run["first_divergence"], run["common_length"]
+    horizon = int(common.max())
+    steps = np.arange(horizon + 1)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            div = np.where(d[i, j] >= 0, d[i, j], horizon + 1)
+            alive = (div[None, :] > steps[:, None]).mean(axis=1)
+            same_target = labels[i].split()[0] == labels[j].split()[0] and labels[i].split()[2:] == labels[j].split()[2:]
+            ax.step(steps, alive, where="post", lw=1.5 if not same_target else 1,
+                    ls="--" if same_target else "-", label=f"{labels[i]} vs {labels[j]}")
+    ax.set_xlabel("generation step")
+    ax.set_ylabel("fraction of prompts still token-identical")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title("exp4: survival of identical greedy outputs (dashed: replicate controls)")
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    path = out_dir / f"compare_survival_{run.task_id}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _matrix(run: Any, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels, d = _labels(run), run["first_divergence"]
+    frac = (d >= 0).mean(axis=2)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.0 * len(labels) + 2.5))
+    image = ax.imshow(frac, vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            hit = d[i, j][d[i, j] >= 0]
+            text = f"{frac[i, j]:.2f}" + (f"\nd~{np.median(hit):.0f}" if hit.size else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if frac[i, j] < 0.5 else "k")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(image, ax=ax, label="fraction of prompts that diverged (d~: median first step)")
+    ax.set_title("exp4: pairwise divergence")
+    fig.tight_layout()
+    path = out_dir / f"compare_matrix_{run.task_id}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,152 @@
+"""exp4.generate — greedy generation with per-step numeric traces, one run per (target, repeat).
+
+Each step appends the argmax token id to the context (never re-tokenizing text), with a KV cache
+or a full recompute as `numerics.kv_cache` says.  Row i of every per-step array is the prediction
+for generated token i.  Logits are read in the model's native dtype: top-k values are stored as
+exact fp32 copies and every full logits row is hashed bit-exactly, so a later comparison finds the
+first step whose logits differ in any bit.  The final hidden state is captured at the output of
+the model's final norm — the true `lm_head` input (the upstream script normalised it twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PER_TARGET = True
+NEEDS_MODEL = True
+READS: tuple[str, ...] = ()
+STORES = {
+    "prompts/<k>/prompt_ids": "[L] int64 token ids of prompt k (tokenizer defaults)",
+    "prompts/<k>/generated_ids": "[T] int64 greedy token ids (argmax, lowest id wins a tie)",
+    "prompts/<k>/topk_ids": "[T,K] int64 ids of the K largest logits per step (stable: ties by id)",
+    "prompts/<k>/topk_logits": "[T,K] float32 exact copies of those logits (native dtype values)",
+    "prompts/<k>/margin": "[T] float64 top-1 minus top-2 logit",
+    "prompts/<k>/logits_hash": "[T] uint64 blake2b of the full logits row's native bits",
+    "prompts/<k>/final_hidden": "[T,D] final-norm output at the last position (fp32 copy; fp64 kept)",
+}
+TIE_RULE = "argmax picks the lowest token id among equal maxima"
+
+
+@dataclass(frozen=True)
+class Params:
+    """max_new_tokens: steps per prompt; top_k: logits kept per step; stop_at_eos: stop at EOS."""
+
+    max_new_tokens: int = 64
+    top_k: int = 20
+    stop_at_eos: bool = True
+    store_hidden: bool = True
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"))
+        if not 2 <= self.top_k <= 1000:
+            problems.append(("top_k", f"must be between 2 and 1000, got {self.top_k}"))
+        return problems
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Generate greedily for every prompt and store the per-step traces under `prompts/<k>/`."""
+    import torch
+
+    from toolkit.numerics.hooks import final_norm_name
+
+    stop_ids = _stop_ids(ctx.model, ctx.tokenizer) if params.stop_at_eos else set()
+    norm = final_norm_name(ctx.model)
+    bar = ctx.progress(len(ctx.prompts) * params.max_new_tokens)
+    ctx.out.attrs["tie_rule"] = TIE_RULE
+    ctx.out.attrs["final_hidden_source"] = f"output of module {norm!r} (the lm_head input)"
+    ctx.out.attrs["path"] = "kv_cache" if ctx.numerics.kv_cache else "full_recompute"
+    ctx.out.attrs["stop_ids"] = sorted(stop_ids)
+    ctx.out.attrs["logits_dtype"] = str(ctx.numerics.dtype)
+    with torch.inference_mode():
+        for index, prompt in enumerate(ctx.prompts):
+            trace = _generate(ctx, prompt, params, stop_ids, norm, bar)
+            _write(ctx.out.create_group(f"prompts/{index:03d}"), prompt, trace)
+    bar.update(bar.total - bar.done)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
+    return {int(i) for i in ids}
+
+
+def _generate(ctx: Any, prompt: str, params: Params, stop_ids: set[int], norm: str, bar: Any) -> dict[str, Any]:
+    import torch
+
+    from toolkit.numerics.forward import last_logits
+    from toolkit.numerics.hooks import capture
+    from toolkit.numerics.ulp import tensor_hash
+
+    prompt_ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    context = prompt_ids
+    past = None
+    steps: dict[str, list[Any]] = {"ids": [], "topk_ids": [], "topk_logits": [], "margin": [], "hash": [], "hidden": []}
+    with capture(ctx.model, [norm]) as captured:
+        for _ in range(params.max_new_tokens):
+            feed = context[:, -1:] if past is not None else context
+            row, past = last_logits(ctx.model, feed, past, use_cache=ctx.numerics.kv_cache)
+            row = row[0]
+            values, ids = torch.sort(row.float(), descending=True, stable=True)
+            next_id = int(ids[0])
+            steps["ids"].append(next_id)
+            steps["topk_ids"].append(ids[: params.top_k].cpu())
+            steps["topk_logits"].append(values[: params.top_k].cpu())
+            steps["margin"].append(float(values[0].double() - values[1].double()))
+            steps["hash"].append(tensor_hash(row))
+            steps["hidden"].append(captured[norm][0].cpu() if params.store_hidden else None)
+            bar.update()
+            context = torch.cat([context, torch.tensor([[next_id]], device=ctx.device)], dim=1)
+            if next_id in stop_ids:
+                steps["stop_reason"] = ["eos"]
+                break
+    steps.setdefault("stop_reason", ["max_new_tokens"])
+    steps["prompt_ids"] = [prompt_ids[0].cpu()]
+    return steps
+
+
+def _write(group: Any, prompt: str, steps: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    group.attrs["prompt"] = prompt
+    group.attrs["stop_reason"] = steps["stop_reason"][0]
+    group.attrs["n_steps"] = len(steps["ids"])
+    group.create_dataset("prompt_ids", data=steps["prompt_ids"][0].numpy().astype(np.int64))
+    group.create_dataset("generated_ids", data=np.asarray(steps["ids"], dtype=np.int64))
+    group.create_dataset("topk_ids", data=torch.stack(steps["topk_ids"]).numpy().astype(np.int64))
+    group.create_dataset("topk_logits", data=torch.stack(steps["topk_logits"]).numpy().astype(np.float32))
+    group.create_dataset("margin", data=np.asarray(steps["margin"], dtype=np.float64))
+    group.create_dataset("logits_hash", data=np.asarray(steps["hash"], dtype=np.uint64))
+    if steps["hidden"][0] is not None:
+        hidden = torch.stack(steps["hidden"])
+        hidden = hidden if hidden.dtype == torch.float64 else hidden.float()
+        group.create_dataset("final_hidden", data=hidden.numpy(), chunks=True, compression="gzip",
+                             compression_opts=1, shuffle=True)
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Per-step top-1/top-2 margin of every prompt (log scale): where a flip is cheap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in sorted(run.group["prompts"]):
+        margin = run[f"prompts/{key}/margin"]
+        ax.semilogy(np.arange(len(margin)), np.maximum(margin, 1e-8), lw=1, label=f"prompt {int(key)}")
+    ax.set_xlabel("generation step")
+    ax.set_ylabel("top-1 − top-2 logit (log)")
+    ax.set_title(f"exp4.generate margins — {run.label()}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out_dir / f"generate_margins_{run.task_id}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,21 @@
+"""Figures from the store only: each experiment's `plot(run, out_dir)` for each of its runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_figures(campaign_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Plot every run in `campaign_dir/store.h5` into `out_dir` (default `campaign_dir/figures`)."""
+    from toolkit import experiments
+    from toolkit.store import schema
+    from toolkit.store.reader import Store
+
+    out_dir = out_dir or campaign_dir / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    with Store(schema.store_path(campaign_dir)) as store:
+        for run in store.runs():
+            if run.experiment in experiments.REGISTRY:
+                paths += experiments.get(run.experiment).plot(run, out_dir)
+    return paths

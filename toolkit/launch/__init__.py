@@ -1,0 +1,1 @@
+"""Executors: local and debug (submitit subprocess / in-process), Slurm arrays, site profiles."""

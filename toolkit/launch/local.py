@@ -1,0 +1,83 @@
+"""Run a plan on this machine: one submitit job per stage (a subprocess with the local executor,
+in-process with the debug executor), then the gather, stage after stage."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from toolkit.errors import TaskFailed
+from toolkit.plan import Plan
+from toolkit.progress import Progress
+from toolkit.store.gather import gather
+from toolkit.store.shard import completed_shards, failed_tasks
+
+
+def jobs_folder(campaign_dir: Path) -> Path:
+    """A fresh submitit folder per submission, so stale job results never come back."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return campaign_dir / "jobs" / stamp
+
+
+def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug: bool,
+              say: Callable[[str], None]) -> None:
+    """Run every stage's pending tasks, gathering after each stage; raise TaskFailed on failures."""
+    import submitit
+
+    from toolkit.worker import run_tasks
+
+    folder = jobs_folder(campaign_dir)
+    executor: Any = submitit.DebugExecutor(folder) if debug else submitit.LocalExecutor(folder)
+    for stage in plan.stages:
+        job_error = ""
+        ids = sorted((t for g in stage.groups for t in g.task_ids if t in todo), key=lambda t: _load_order(plan, t))
+        label = f"stage {stage.index}/{len(plan.stages)} ({', '.join(stage.exp_ids)})"
+        if ids:
+            minutes = sum(plan.manifest.experiment(plan.tasks[t].exp_id).resources.time_min for t in ids)
+            if not debug:
+                executor.update_parameters(timeout_min=minutes)
+            say(f"{label}: running {len(ids)} task(s); logs in {folder}")
+            job = executor.submit(run_tasks, str(campaign_dir), ids, force)
+            job_error = _wait(job, campaign_dir, ids, label, debug)
+        report = gather(campaign_dir)
+        say(f"{label}: {report.summary()}")
+        failed = {t: r for t, r in failed_tasks(campaign_dir).items() if t in ids}
+        if failed or (ids and not set(ids) <= set(completed_shards(campaign_dir))):
+            missing = [t for t in ids if t not in completed_shards(campaign_dir)]
+            first = next(iter(failed.values()), {}).get("error", job_error or "the job died (see its log)")
+            raise TaskFailed(f"{label}: {len(missing)} task(s) did not complete ({first}); "
+                             f"logs in {folder}; fix and rerun toolkit submit to run just those")
+
+
+def _load_order(plan: Plan, task_id: str) -> tuple[str, str, str]:
+    task = plan.tasks[task_id]
+    return (task.numerics.dtype, task.numerics.attn_implementation, task_id)
+
+
+def _wait(job: Any, campaign_dir: Path, ids: list[str], label: str, debug: bool) -> str:
+    if debug:
+        return _result(job)
+    bar = Progress(len(ids), f"{label} tasks", every_s=15.0)
+    seen = 0
+    while not job.done():
+        time.sleep(0.5)
+        now = len(set(ids) & set(completed_shards(campaign_dir)))
+        if now > seen:
+            bar.update(now - seen)
+            seen = now
+    now = len(set(ids) & set(completed_shards(campaign_dir)))
+    if now > seen:
+        bar.update(now - seen)
+    return _result(job)
+
+
+def _result(job: Any) -> str:
+    """'' if the job succeeded, else the last line of its error (details: failure reports, log)."""
+    try:
+        job.result()
+    except Exception as err:
+        lines = str(err).strip().splitlines()
+        return lines[-1] if lines else type(err).__name__
+    return ""

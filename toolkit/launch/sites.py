@@ -1,0 +1,33 @@
+"""Turn a site profile, a target and task resources into sbatch options (pure; no Slurm needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.manifest import Resources, SiteProfile
+from toolkit.plan import ANY_TARGET
+
+ORDER = ("partition", "account", "qos", "constraint", "gres", "gpus")
+
+
+def sbatch_options(site: SiteProfile, target: str, resources: Resources, gather: bool = False) -> dict[str, Any]:
+    """Ordered sbatch options (`--key=value` without dashes) plus `extra` raw lines."""
+    base = dict(site.defaults)
+    override = site.gather if gather else (site.targets[target] if target != ANY_TARGET else {})
+    extra = list(base.pop("extra", [])) + list(override.get("extra", []))
+    merged = {**base, **{k: v for k, v in override.items() if k != "extra"}}
+    out: dict[str, Any] = {k: merged[k] for k in ORDER if k in merged}
+    if gather or target == ANY_TARGET:
+        out.pop("gres", None)
+        out.pop("gpus", None)
+    out["time"] = 30 if gather else resources.time_min
+    out["cpus-per-task"] = 1 if gather else resources.cpus
+    out["mem"] = "4G" if gather else f"{int(resources.mem_gb * 1024)}M"
+    out["extra"] = extra
+    return out
+
+
+def sbatch_lines(options: dict[str, Any]) -> list[str]:
+    """The options as `#SBATCH` lines, in a stable order."""
+    lines = [f"#SBATCH --{k}={v}" for k, v in options.items() if k != "extra"]
+    return lines + [f"#SBATCH {line}" for line in options.get("extra", [])]

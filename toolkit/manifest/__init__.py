@@ -1,0 +1,66 @@
+"""Load and validate a campaign manifest — the only place YAML is parsed.
+
+`load_manifest(path)` returns a frozen `Manifest` or raises `ManifestError` listing every
+problem with `file:line:col: field.path: message`.  Validation is complete before anything is
+created: unknown keys, types, ranges, experiment names (did-you-mean), targets known to the site
+profile, campaign and id names, duplicate ids, `needs` (unknown, cyclic, missing inputs) and
+experiment params checked against each experiment's `Params` dataclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from toolkit.errors import ManifestError
+from toolkit.manifest.checker import Checker
+from toolkit.manifest.located import YamlProblem, load_located
+from toolkit.manifest.model import (
+    Container,
+    ExperimentSpec,
+    Manifest,
+    ModelSpec,
+    Numerics,
+    Resources,
+    SiteProfile,
+)
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+__all__ = [
+    "Container",
+    "ExperimentSpec",
+    "Manifest",
+    "ModelSpec",
+    "Numerics",
+    "Resources",
+    "SiteProfile",
+    "load_manifest",
+]
+
+
+def load_manifest(path: str | Path, site: str | None = None) -> Manifest:
+    """Read, parse and validate the manifest at `path`; `site` overrides the manifest's `site:`."""
+    path = Path(path)
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError([f"{shown}: no such file"]) from None
+    except OSError as err:
+        raise ManifestError([f"{shown}: cannot read: {err.strerror}"]) from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError([f"{shown}:1:1: manifest is larger than {MAX_MANIFEST_BYTES} bytes"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError([f"{shown}:1:1: not UTF-8 text ({err.reason} at byte {err.start})"]) from None
+    try:
+        located = load_located(text, shown)
+    except YamlProblem as err:
+        raise ManifestError([err.message]) from None
+    checker = Checker(located, path.resolve().parent, site_override=site)
+    manifest = checker.check(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    if checker.problems or manifest is None:
+        raise ManifestError(checker.problems or [f"{shown}:1:1: invalid manifest"])
+    return manifest

@@ -1,0 +1,280 @@
+"""Field-by-field validation of a parsed manifest into the frozen dataclasses of `model.py`."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from toolkit.manifest.located import Located
+from toolkit.manifest.model import (
+    ATTN_IMPLEMENTATIONS,
+    DTYPES,
+    NUMERICS_FIELDS,
+    RUNTIMES,
+    Container,
+    ExperimentSpec,
+    Manifest,
+    ModelSpec,
+    Numerics,
+    Resources,
+    SiteProfile,
+)
+from toolkit.manifest.params import coerce
+from toolkit.manifest.site import available_sites, find_site, load_site
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", "resources", "container", "site")
+MODEL_KEYS = ("source", "revision", "device") + NUMERICS_FIELDS
+RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
+CONTAINER_KEYS = ("runtime", "image")
+NUMERIC_CHOICES: dict[str, tuple[Any, ...]] = {
+    "dtype": DTYPES,
+    "attn_implementation": ATTN_IMPLEMENTATIONS,
+    "kv_cache": (True, False),
+    "tf32": (True, False),
+    "deterministic": (True, False),
+}
+
+
+def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class Checker:
+    """Collects every problem of one manifest; `check()` returns the Manifest or None."""
+
+    def __init__(self, located: Located, manifest_dir: Path, site_override: str | None = None) -> None:
+        self.located = located
+        self.dir = manifest_dir
+        self.site_override = site_override
+        self.problems: list[str] = []
+
+    def problem(self, path: tuple[Any, ...], message: str) -> None:
+        field = _dotted(path)
+        self.problems.append(f"{self.located.where(path)}: {field + ': ' if field else ''}{message}")
+
+    def _keys(self, data: dict[str, Any], allowed: tuple[str, ...], path: tuple[Any, ...]) -> None:
+        for key in data:
+            if key not in allowed:
+                hint = _did_you_mean(key, allowed)
+                self.problem(path + (key,), f"unknown key; {hint}valid keys: {', '.join(allowed)}")
+
+    def _mapping(self, value: Any, path: tuple[Any, ...], required: bool = False) -> dict[str, Any] | None:
+        if value is None and not required:
+            return {}
+        if not isinstance(value, dict):
+            self.problem(path, f"must be a mapping, got {_kind(value)}")
+            return None
+        return value
+
+    def _int(self, value: Any, path: tuple[Any, ...], minimum: int) -> int | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.problem(path, f"must be an integer, got {value!r}")
+            return None
+        if value < minimum:
+            self.problem(path, f"must be >= {minimum}, got {value}")
+            return None
+        return value
+
+    # -- sections -------------------------------------------------------------------------
+    def check(self, path: Path, text: str, sha256: str) -> Manifest | None:
+        data = self.located.value
+        if not isinstance(data, dict):
+            self.problem((), f"a manifest must be a mapping with keys {', '.join(TOP_KEYS)}, got {_kind(data)}")
+            return None
+        self._keys(data, TOP_KEYS, ())
+        for key in ("campaign", "model", "experiments"):
+            if key not in data:
+                self.problem((), f"missing required key {key!r}")
+        campaign = self._campaign(data.get("campaign"))
+        output = self._output(data.get("output", "campaigns"))
+        model, numerics = self._model(data.get("model"))
+        prompts = self._prompts(data.get("prompts", []))
+        site = self._site(data.get("site", "default"))
+        targets = self._targets(data.get("targets", ["cpu"]), ("targets",), site)
+        resources = self._resources(data.get("resources"), ("resources",), Resources())
+        container = self._container(data.get("container"))
+        experiments = self._experiments(data.get("experiments"), targets, numerics, resources, site)
+        if self.problems or None in (campaign, model, site, experiments, resources, container):
+            return None
+        return Manifest(
+            path=path, text=text, sha256=sha256, campaign=campaign, output=output, model=model,
+            prompts=prompts, targets=targets, experiments=experiments, resources=resources,
+            container=container, site=site, numerics=numerics,
+        )
+
+    def _campaign(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+            self.problem(("campaign",), f"must match [a-z0-9][a-z0-9._-]{{0,63}} (a folder name, no "
+                         f"'..', '/', spaces or shell characters), got {value!r}")
+            return None
+        return value
+
+    def _output(self, value: Any) -> Path:
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            self.problem(("output",), f"must be a folder path, got {value!r}")
+            return Path("campaigns")
+        return Path(value)
+
+    def _model(self, value: Any) -> tuple[ModelSpec | None, Numerics]:
+        data = self._mapping(value, ("model",), required=True)
+        if data is None:
+            return None, Numerics()
+        self._keys(data, MODEL_KEYS, ("model",))
+        numerics = self._numerics({k: v for k, v in data.items() if k in NUMERICS_FIELDS}, ("model",), Numerics())
+        source = data.get("source")
+        if not isinstance(source, str) or not source.strip():
+            self.problem(("model", "source"), f"must name a packaged model, a local folder or a hub id, got {source!r}")
+            return None, numerics
+        source = self._resolve_source(source)
+        device = data.get("device", "auto")
+        if not isinstance(device, str) or not DEVICE_RE.match(device):
+            self.problem(("model", "device"), f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        revision = data.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            self.problem(("model", "revision"), f"must be a string, got {revision!r}")
+        return ModelSpec(source=source or "", revision=revision, device=str(device)), numerics
+
+    def _resolve_source(self, source: str) -> str | None:
+        from toolkit.models.packaged import PACKAGED
+
+        if source in PACKAGED:
+            return source
+        candidate = (self.dir / source).expanduser()
+        if candidate.is_dir():
+            return str(candidate.resolve())
+        if source.startswith((".", "/", "~")) or not HUB_ID_RE.match(source):
+            self.problem(("model", "source"), f"{source!r} is not a packaged model "
+                         f"({', '.join(PACKAGED)}), an existing folder, or a hub id like org/name")
+            return None
+        return source
+
+    def _numerics(self, data: dict[str, Any], path: tuple[Any, ...], base: Numerics) -> Numerics:
+        values = dataclasses.asdict(base)
+        for key, value in data.items():
+            choices = NUMERIC_CHOICES[key]
+            if value not in choices or type(value) is not type(choices[0]):
+                self.problem(path + (key,), f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+            else:
+                values[key] = value
+        return Numerics(**values)
+
+    def _prompts(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, dict):
+            self._keys(value, ("file",), ("prompts",))
+            name = value.get("file")
+            if not isinstance(name, str):
+                self.problem(("prompts", "file"), "must be a path to a text file, one prompt per line")
+                return ()
+            try:
+                lines = (self.dir / name).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                self.problem(("prompts", "file"), f"cannot read {name!r}: {getattr(err, 'strerror', err)}")
+                return ()
+            prompts = tuple(line for line in lines if line.strip())
+            if not prompts:
+                self.problem(("prompts", "file"), f"{name!r} holds no prompts")
+            return prompts
+        if not isinstance(value, list):
+            self.problem(("prompts",), f"must be a list of strings or {{file: path}}, got {_kind(value)}")
+            return ()
+        for i, prompt in enumerate(value):
+            if not isinstance(prompt, str) or not prompt.strip():
+                self.problem(("prompts", i), f"must be a non-empty string, got {prompt!r}")
+        return tuple(p for p in value if isinstance(p, str))
+
+    def _site(self, value: Any) -> SiteProfile | None:
+        name = self.site_override or value
+        if not isinstance(name, str) or not name:
+            self.problem(("site",), f"must name a site profile, got {value!r}")
+            return None
+        path = find_site(name, self.dir)
+        if path is None:
+            self.problem(("site",), f"unknown site profile {name!r}; {_did_you_mean(name, available_sites())}"
+                         f"known: {', '.join(available_sites()) or '(none)'}; or give a path to a .yaml file")
+            return None
+        profile, problems = load_site(path)
+        self.problems.extend(problems)
+        return profile
+
+    def _targets(self, value: Any, path: tuple[Any, ...], site: SiteProfile | None) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            self.problem(path, f"must be a non-empty list of GPU types, got {value!r}")
+            return ()
+        seen: list[str] = []
+        for i, target in enumerate(value):
+            if not isinstance(target, str) or not TARGET_RE.match(target):
+                self.problem(path + (i,), f"must be a lower-case target name like a100, got {target!r}")
+            elif target in seen:
+                self.problem(path + (i,), f"duplicate target {target!r}")
+            elif site is not None and target not in site.targets:
+                self.problem(path + (i,), f"unknown target {target!r} for site {site.name!r}; "
+                             f"{_did_you_mean(target, list(site.targets))}known: {', '.join(site.targets)}")
+            else:
+                seen.append(target)
+        return tuple(seen)
+
+    def _resources(self, value: Any, path: tuple[Any, ...], base: Resources) -> Resources | None:
+        data = self._mapping(value, path)
+        if data is None:
+            return None
+        self._keys(data, RESOURCE_KEYS, path)
+        values = dataclasses.asdict(base)
+        for key in ("time_min", "cpus", "gpus", "array_parallelism"):
+            if key in data:
+                values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1)
+        if "mem_gb" in data:
+            ok, mem = coerce(float, data["mem_gb"])
+            if not ok or mem <= 0:
+                self.problem(path + ("mem_gb",), f"must be a number > 0, got {data['mem_gb']!r}")
+            values["mem_gb"] = mem
+        return Resources(**{k: (v if v is not None or k == "array_parallelism" else getattr(base, k))
+                            for k, v in values.items()})
+
+    def _container(self, value: Any) -> Container | None:
+        data = self._mapping(value, ("container",))
+        if data is None:
+            return None
+        self._keys(data, CONTAINER_KEYS, ("container",))
+        runtime = data.get("runtime", "none")
+        if runtime not in RUNTIMES:
+            self.problem(("container", "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+            return None
+        if runtime != "none":
+            self.problem(("container", "runtime"), f"runtime {runtime!r} is not supported by this version "
+                         "of toolkit yet; use runtime: none")
+            return None
+        return Container(runtime=runtime, image=data.get("image"))
+
+    def _experiments(self, value: Any, targets: tuple[str, ...], numerics: Numerics,
+                     resources: Resources | None, site: SiteProfile | None) -> tuple[ExperimentSpec, ...] | None:
+        from toolkit.manifest.experiments import check_experiments
+
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.problem(("experiments",), f"must be a non-empty list of experiments, got {_kind(value)}")
+            return None
+        return check_experiments(self, value, targets, numerics, resources or Resources(), site)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), repr(value))
+

@@ -1,0 +1,113 @@
+"""The validated, frozen form of a manifest: what the planner and the workers consume."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+RUNTIMES = ("none", "apptainer", "docker", "podman")
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Every setting that changes rounding; part of a task's identity and always recorded."""
+
+    dtype: str = "float32"
+    attn_implementation: str = "eager"
+    kv_cache: bool = True
+    tf32: bool = False
+    deterministic: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def label(self) -> str:
+        """Short human label, e.g. `bfloat16/eager/kv`."""
+        return f"{self.dtype}/{self.attn_implementation}/{'kv' if self.kv_cache else 'full'}"
+
+
+NUMERICS_FIELDS = tuple(Numerics.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which weights to load: a packaged name, a local folder, or a hub id in the offline cache."""
+
+    source: str
+    revision: str | None = None
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Scheduler resources of one task (Slurm) — ignored by the local executor except `cpus`."""
+
+    time_min: int = 60
+    cpus: int = 4
+    mem_gb: float = 16
+    gpus: int = 1
+    array_parallelism: int | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    """Where tasks run: on the host (`none`) or inside an image."""
+
+    runtime: str = "none"
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """How one cluster names its GPUs: target name → sbatch options."""
+
+    name: str
+    description: str
+    defaults: dict[str, Any]
+    gather: dict[str, Any]
+    targets: dict[str, dict[str, Any]]
+    path: str
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One `experiments:` entry after validation."""
+
+    name: str
+    id: str
+    params: Any  # the experiment's frozen Params instance (base values, before sweeps)
+    raw_params: dict[str, Any]
+    sweep: dict[str, tuple[Any, ...]]
+    repeats: int
+    needs: tuple[str, ...]
+    targets: tuple[str, ...]
+    numerics: Numerics
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A whole validated manifest."""
+
+    path: Path
+    text: str
+    sha256: str
+    campaign: str
+    output: Path
+    model: ModelSpec
+    prompts: tuple[str, ...]
+    targets: tuple[str, ...]
+    experiments: tuple[ExperimentSpec, ...]
+    resources: Resources
+    container: Container
+    site: SiteProfile
+    numerics: Numerics = field(default_factory=Numerics)
+
+    def experiment(self, exp_id: str) -> ExperimentSpec:
+        return next(e for e in self.experiments if e.id == exp_id)

@@ -1,0 +1,124 @@
+"""Check user-written values against the type annotations of an experiment's `Params` dataclass.
+
+Supported annotations: int, float, bool, str, Literal[...], tuple[T, ...], list[T] (stored as
+tuples so Params stay hashable), and Optional[T].  Everything else is a programming error in
+the experiment module, reported as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Callable
+
+Problem = Callable[[tuple[Any, ...], str], None]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (tuple, list):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(tp: Any, value: Any) -> tuple[bool, Any]:
+    """(ok, converted value) for `value` against annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return (value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, conv = coerce(arg, value)
+            if ok:
+                return True, conv
+        return False, value
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            return False, value
+        converted = []
+        for item in value:
+            ok, conv = coerce(typing.get_args(tp)[0], item)
+            if not ok:
+                return False, value
+            converted.append(conv)
+        return True, tuple(converted)
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported Params annotation {tp!r}")
+
+
+def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem) -> Any | None:
+    """Instantiate `cls` from the mapping `raw`, reporting every problem; None if any."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problem(path, f"must be a mapping of parameter names to values, got {type(raw).__name__}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    before = _Counter(problem)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            before(path + (key,), f"unknown parameter; {hint}valid: {', '.join(fields) or '(none)'}")
+            continue
+        ok, converted = coerce(hints[key], value)
+        if not ok:
+            before(path + (key,), f"must be {_type_name(hints[key])}, got {value!r}")
+            continue
+        kwargs[key] = converted
+    for name, f in fields.items():
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and name not in raw:
+            before(path, f"missing required parameter {name!r}")
+    if before.count:
+        return None
+    instance = cls(**kwargs)
+    check = getattr(instance, "check", None)
+    for field_name, message in (check() if check else []):
+        before(path + (field_name,), message)
+    return None if before.count else instance
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(name, type, default) rows for `toolkit experiments`."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        rows.append((f.name, _type_name(hints[f.name]), default))
+    return rows
+
+
+class _Counter:
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.count = 0
+
+    def __call__(self, path: tuple[Any, ...], message: str) -> None:
+        self.count += 1
+        self.problem(path, message)

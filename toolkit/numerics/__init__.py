@@ -1,0 +1,1 @@
+"""Shared numerical primitives used by the experiments (never copied between them)."""

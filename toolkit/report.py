@@ -1,0 +1,84 @@
+"""Human-readable text for `toolkit plan`, `status`, `show` and `experiments` (no I/O here)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from toolkit.launch.sites import sbatch_options
+from toolkit.plan import Plan
+
+
+def plan_text(plan: Plan, done: set[str] | None = None) -> str:
+    """Stages, array groups with their sbatch options, tasks, and dependencies."""
+    done = done or set()
+    m = plan.manifest
+    lines = [f"campaign {m.campaign}: {len(plan.tasks)} task(s) in {len(plan.stages)} stage(s); "
+             f"site {m.site.name}; model {m.model.source}; {len(m.prompts)} prompt(s)"]
+    for stage in plan.stages:
+        after = f"after gather {stage.index - 1}" if stage.index > 1 else "no dependencies"
+        lines.append(f"stage {stage.index} ({', '.join(stage.exp_ids)}) — {after}")
+        for group in stage.groups:
+            options = sbatch_options(m.site, group.target, group.resources)
+            flags = " ".join(f"--{k}={v}" for k, v in options.items() if k != "extra")
+            flags += "".join(f" {x}" for x in options["extra"])
+            parallel = group.resources.array_parallelism
+            lines.append(f"  array {group.name}: {len(group.task_ids)} task(s)"
+                         f"{f' %{parallel}' if parallel else ''}  {flags}")
+            for task_id in group.task_ids:
+                task = plan.tasks[task_id]
+                mark = "  (done)" if task_id in done else ""
+                lines.append(f"    {task_id}  {task.experiment:<16} {task.label()}  [{task.numerics.label()}]{mark}")
+        lines.append(f"  gather {stage.index}: one CPU job after the arrays of stage {stage.index}")
+    return "\n".join(lines)
+
+
+def show_tree(store: Any) -> str:
+    """Tasks of a store with experiment, target, status and dataset shapes."""
+    attrs = store.attrs
+    lines = [f"{store.path}: campaign {attrs.get('campaign')}, schema {attrs.get('schema_version')}, "
+             f"{len(store.task_ids())} task(s), toolkit {attrs.get('toolkit_version')}"]
+    for run in store.runs():
+        device = run.attrs.get("provenance", {}).get("device_name")
+        lines.append(f"  {run.task_id}  {run.experiment:<16} {run.label()}  {run.attrs.get('status')}  "
+                     f"device={device}")
+        for name, (shape, dtype) in run.datasets().items():
+            lines.append(f"      {name:<36} {str(shape):<16} {dtype}")
+    return "\n".join(lines)
+
+
+def show_json(store: Any) -> str:
+    """The same as `show_tree`, as JSON."""
+    payload = {"store": str(store.path), "attrs": {k: v for k, v in store.attrs.items() if k != "manifest"},
+               "tasks": [{"task_id": r.task_id, **{k: v for k, v in r.attrs.items() if k != "checksums"},
+                          "datasets": {n: {"shape": list(s), "dtype": d} for n, (s, d) in r.datasets().items()}}
+                         for r in store.runs()]}
+    return json.dumps(payload, indent=2, default=str)
+
+
+def status_text(rows: list[Any]) -> str:
+    """One line per task plus a count per state."""
+    counts: dict[str, int] = {}
+    lines = []
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+        detail = f"  {row.detail}" if row.detail else ""
+        lines.append(f"  {row.task_id}  stage {row.stage}  {row.state:<8} {row.label}{detail}")
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return "\n".join([f"{len(rows)} task(s): {summary}"] + lines)
+
+
+def experiment_text(name: str, module: Any) -> str:
+    """Purpose, params (type, default), what it stores and reads."""
+    from toolkit.manifest.params import describe
+
+    doc = (module.__doc__ or "").strip()
+    lines = [doc, "", "params:"]
+    rows = describe(module.Params) or [("(none)", "", "")]
+    lines += [f"  {n:<18} {t:<20} default {d}" if t else f"  {n}" for n, t, d in rows]
+    lines.append(f"runs: {'once per target and repeat' if module.PER_TARGET else 'once per campaign'}"
+                 f"{', loads the model' if module.NEEDS_MODEL else ', no model (reads the store)'}")
+    lines.append(f"reads: {', '.join(module.READS) or 'nothing upstream'}")
+    lines.append("stores:")
+    lines += [f"  {k:<34} {v}" for k, v in module.STORES.items()]
+    return "\n".join(lines)

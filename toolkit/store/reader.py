@@ -1,0 +1,121 @@
+"""Read-only views of store.h5 for downstream experiments, plots and `toolkit show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from toolkit.errors import StoreError
+
+JSON_ATTRS = ("params", "numerics", "model", "provenance", "inputs", "checksums")
+
+
+class RunView:
+    """One task's group: parsed attributes and lazy access to its datasets (as numpy arrays)."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.task_id: str = group.name.rsplit("/", 1)[-1]
+        self.attrs: dict[str, Any] = {}
+        for key, value in group.attrs.items():
+            if isinstance(value, bytes):
+                value = value.decode()
+            if key in JSON_ATTRS and isinstance(value, str):
+                value = json.loads(value)
+            self.attrs[key] = value
+
+    @property
+    def experiment(self) -> str:
+        return str(self.attrs.get("experiment", ""))
+
+    @property
+    def exp_id(self) -> str:
+        return str(self.attrs.get("exp_id", ""))
+
+    @property
+    def target(self) -> str:
+        return str(self.attrs.get("target", ""))
+
+    @property
+    def repeat(self) -> int:
+        return int(self.attrs.get("repeat", 0))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.attrs.get("params", {}))
+
+    @property
+    def numerics(self) -> dict[str, Any]:
+        return dict(self.attrs.get("numerics", {}))
+
+    def label(self) -> str:
+        """Human label used in tables and figures, e.g. `a100 r0 bfloat16/eager/kv`."""
+        n = self.numerics
+        kv = "kv" if n.get("kv_cache", True) else "full"
+        return f"{self.target} r{self.repeat} {n.get('dtype', '?')}/{n.get('attn_implementation', '?')}/{kv}"
+
+    def __getitem__(self, path: str) -> Any:
+        return self.group[path][()]
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.group
+
+    def datasets(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Relative path → (shape, dtype) of every dataset."""
+        import h5py
+
+        out: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.group.visititems(lambda n, o: out.__setitem__(n, (o.shape, str(o.dtype)))
+                              if isinstance(o, h5py.Dataset) else None)
+        return out
+
+
+class Store:
+    """An open store.h5 (read-only).  Use as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no store yet; run toolkit submit or toolkit gather first")
+        try:
+            self.handle = h5py.File(self.path, "r", locking=False)
+        except OSError as err:
+            raise StoreError(f"{self.path}: not a readable HDF5 store ({err})") from None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.handle.close()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.handle.attrs.items()}
+
+    def task_ids(self) -> list[str]:
+        return sorted(self.handle["tasks"]) if "tasks" in self.handle else []
+
+    def run(self, task_id: str) -> RunView:
+        if task_id not in self.task_ids():
+            raise StoreError(f"{self.path}: no task {task_id}")
+        return RunView(self.handle["tasks"][task_id])
+
+    def runs(self, experiment: str | None = None, ids: list[str] | tuple[str, ...] | None = None) -> list[RunView]:
+        """Runs filtered by experiment name and/or task ids, in a stable order."""
+        wanted = set(ids) if ids is not None else None
+        views = [RunView(self.handle["tasks"][t]) for t in self.task_ids() if wanted is None or t in wanted]
+        views = [v for v in views if experiment is None or v.experiment == experiment]
+        return sorted(views, key=lambda v: (v.exp_id, _numerics_key(v), v.target, v.repeat, v.task_id))
+
+    def __iter__(self) -> Iterator[RunView]:
+        return iter(self.runs())
+
+
+def _numerics_key(view: RunView) -> str:
+    return json.dumps(view.numerics, sort_keys=True)

@@ -1,0 +1,105 @@
+"""The per-task shard: one HDF5 file written by exactly one worker, published by atomic rename.
+
+A worker writes into a hidden temporary file; only when the experiment returned and every
+dataset's checksum is recorded is the file fsynced and renamed to `<task_id>.h5`.  A worker killed
+at any moment therefore leaves either no shard or a complete one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from toolkit import faults
+from toolkit.store import schema
+from toolkit.store.files import atomic_write_text, fsync_path, temp_name
+
+
+def dataset_checksums(group: Any) -> dict[str, str]:
+    """sha256 of the raw bytes of every dataset under `group`, keyed by relative path."""
+    import h5py
+
+    sums: dict[str, str] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            data = obj[()]
+            raw = data.tobytes() if hasattr(data, "tobytes") else bytes(str(data), "utf-8")
+            sums[name] = hashlib.sha256(raw).hexdigest()
+
+    group.visititems(visit)
+    return dict(sorted(sums.items()))
+
+
+@contextlib.contextmanager
+def open_shard(campaign_dir: Path, task_id: str, attrs: dict[str, Any]) -> Iterator[Any]:
+    """Yield the root group of a new shard; publish it atomically when the block succeeds.
+
+    `attrs` are written as task attributes (dicts and lists as JSON).  On an exception the
+    temporary file is removed and a `<task_id>.failed.json` records the error.
+    """
+    import h5py
+
+    final = schema.shard_path(campaign_dir, task_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
+    handle = h5py.File(tmp, "w", locking=False)
+    try:
+        _write_attrs(handle, {**attrs, "status": "running", "run_uid": uuid.uuid4().hex,
+                              "started_utc": schema.utc_now()})
+        yield handle
+        handle.attrs["finished_utc"] = schema.utc_now()
+        handle.attrs["checksums"] = json.dumps(dataset_checksums(handle))
+        handle.attrs["status"] = schema.STATUS_COMPLETE
+        handle.flush()
+        faults.checkpoint("shard-publish")
+        handle.close()
+        fsync_path(tmp)
+        os.replace(tmp, final)
+        fsync_path(final.parent)
+        schema.failure_path(campaign_dir, task_id).unlink(missing_ok=True)
+    except BaseException as err:
+        handle.close()
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, (KeyboardInterrupt, SystemExit)):
+            record_failure(campaign_dir, task_id, err)
+        raise
+
+
+def record_failure(campaign_dir: Path, task_id: str, err: BaseException) -> None:
+    """Write `<task_id>.failed.json` with the error and its traceback."""
+    import traceback
+
+    report = {"task_id": task_id, "error": f"{type(err).__name__}: {err}", "utc": schema.utc_now(),
+              "traceback": "".join(traceback.format_exception(err))}
+    atomic_write_text(schema.failure_path(campaign_dir, task_id), json.dumps(report, indent=2))
+
+
+def _write_attrs(handle: Any, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        handle.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+
+
+def completed_shards(campaign_dir: Path) -> dict[str, Path]:
+    """task_id → path of every published shard."""
+    folder = schema.shards_dir(campaign_dir)
+    if not folder.is_dir():
+        return {}
+    return {p.name[: -len(".h5")]: p for p in folder.glob("*.h5") if not p.name.startswith(".")}
+
+
+def failed_tasks(campaign_dir: Path) -> dict[str, dict[str, Any]]:
+    """task_id → failure report of every task whose last attempt failed."""
+    folder = schema.shards_dir(campaign_dir)
+    out = {}
+    for path in sorted(folder.glob("*.failed.json")) if folder.is_dir() else []:
+        try:
+            out[path.name.split(".")[0]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            out[path.name.split(".")[0]] = {"error": "unreadable failure report"}
+    return out

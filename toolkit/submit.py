@@ -1,0 +1,50 @@
+"""`toolkit submit`: validate, plan, prepare the campaign folder, run what is missing, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from toolkit.errors import UsageError
+
+
+def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site: str | None, force: bool,
+                    wait: bool, plot: bool, say: Callable[[str], None]) -> Path:
+    """Run a manifest end to end with the chosen executor; returns the campaign folder."""
+    from toolkit import campaign
+    from toolkit.manifest import load_manifest
+    from toolkit.plan import build_plan
+
+    plan = build_plan(load_manifest(manifest_path, site=site))
+    if executor == "slurm":
+        raise UsageError("the slurm executor is not available in this version yet; use --executor local")
+    if not wait:
+        raise UsageError("--no-wait needs the slurm executor: local jobs run under this command")
+    folder = campaign.campaign_dir_for(plan, root)
+    campaign.prepare(plan, folder)
+    done = set() if force else campaign.done_task_ids(folder)
+    todo = set(plan.tasks) - done
+    say(f"campaign {plan.manifest.campaign}: {len(plan.tasks)} task(s), {len(plan.tasks) - len(todo)} already "
+        f"complete, {len(todo)} to run ({executor} executor) in {folder}")
+    from toolkit.launch.local import run_local
+
+    run_local(plan, folder, todo, force=force, debug=executor == "debug", say=say)
+    if plot:
+        from toolkit.figures import make_figures
+
+        figures = make_figures(folder)
+        say(f"figures: {len(figures)} in {folder / 'figures'}")
+    say(f"store: {folder / 'store.h5'}")
+    _print_summaries(folder, plan, say)
+    return folder
+
+
+def _print_summaries(folder: Path, plan: object, say: Callable[[str], None]) -> None:
+    from toolkit.store import schema
+    from toolkit.store.reader import Store
+
+    with Store(schema.store_path(folder)) as store:
+        for run in store.runs():
+            summary = run.attrs.get("summary")
+            if summary and run.task_id in getattr(plan, "tasks"):
+                say(f"{run.experiment} {run.task_id}:\n{summary}")

@@ -1,0 +1,103 @@
+"""Runs tasks inside a job: load the model once per numerics setting, run each experiment, write
+one shard per task.  Called by submitit in a fresh process (local subprocess or Slurm array)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from toolkit.context import Inputs, RunContext
+from toolkit.manifest import ModelSpec, Numerics
+from toolkit.plan import Task
+from toolkit.store import schema
+from toolkit.store.shard import completed_shards, open_shard
+
+
+def load_plan_file(campaign_dir: Path) -> dict[str, Any]:
+    """The `plan.json` written at submission: tasks, model spec and prompts."""
+    return json.loads((campaign_dir / "plan.json").read_text())
+
+
+def run_tasks(campaign_dir: str, task_ids: list[str], force: bool = False) -> list[str]:
+    """Run the given tasks in order, skipping those already published; returns the ids run.
+
+    A failing task is recorded in its `.failed.json` and the remaining tasks still run; the job
+    fails at the end if any task failed, so the scheduler sees it.
+    """
+    folder = Path(campaign_dir)
+    plan = load_plan_file(folder)
+    model_spec = ModelSpec(**plan["model"])
+    prompts = tuple(plan["prompts"])
+    models = _ModelCache(model_spec)
+    done = completed_shards(folder)
+    ran, failed = [], []
+    for task_id in task_ids:
+        if task_id in done and not force:
+            continue
+        task = Task.from_json(plan["tasks"][task_id])
+        try:
+            run_one(folder, task, models, prompts, plan["model_identity"])
+            ran.append(task_id)
+        except Exception as err:  # recorded in the .failed.json by open_shard
+            print(f"task {task_id} ({task.label()}) failed: {type(err).__name__}: {err}", file=sys.stderr)
+            failed.append(task_id)
+    if failed:
+        raise RuntimeError(f"{len(failed)} task(s) failed: {', '.join(failed)}; see shards/<id>.failed.json")
+    return ran
+
+
+def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, ...],
+            model_identity: dict[str, Any]) -> None:
+    """Run one task and publish its shard."""
+    from toolkit import experiments
+    from toolkit.manifest.params import build_params
+    from toolkit.store import provenance
+    from toolkit.store.reader import Store
+
+    module = experiments.get(task.experiment)
+    params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
+    model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
+    store = Store(schema.store_path(folder)) if task.inputs else None
+    attrs = {"experiment": task.experiment, "exp_id": task.exp_id, "target": task.target, "repeat": task.repeat,
+             "params": task.params, "numerics": task.numerics.to_dict(), "model": model_identity,
+             "inputs": list(task.inputs), "provenance": provenance.collect(device, flags)}
+    try:
+        with open_shard(folder, task.task_id, attrs) as out:
+            ctx = RunContext(task=task, model=model, tokenizer=tokenizer, device=device, numerics=task.numerics,
+                             prompts=prompts, inputs=Inputs(store, task.inputs), out=out)
+            module.run(ctx, params)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _as_yaml_values(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+
+def _raise(path: tuple[Any, ...], message: str) -> None:
+    raise ValueError(f"params.{'.'.join(map(str, path))}: {message}")
+
+
+class _ModelCache:
+    """One loaded model per (dtype, attention) in this process."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.loaded: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+    def get(self, numerics: Numerics, needs_model: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
+        from toolkit.models import loading
+        from toolkit.models import numerics as numerics_flags
+
+        flags = numerics_flags.apply(numerics)
+        if not needs_model:
+            return None, None, None, flags
+        key = (numerics.dtype, numerics.attn_implementation)
+        if key not in self.loaded:
+            self.loaded.clear()
+            self.loaded[key] = loading.load(self.spec, numerics)
+        model, tokenizer, device = self.loaded[key]
+        return model, tokenizer, device, flags
