@@ -142,6 +142,8 @@ install -m 0644 "$TMP/gres.conf" "$TC_CONF_DIR/gres.conf"
 install -m 0644 "$TMP/cgroup.conf" "$TC_CONF_DIR/cgroup.conf"
 install -m 0600 -o root -g root "$TMP/slurmdbd.conf" "$TC_CONF_DIR/slurmdbd.conf"
 
+# daemons are started with "9>&-": they must not inherit the lock (fd 9) of take_lock
+
 # ---- 3. munge
 if [[ ! -s /etc/munge/munge.key ]]; then
     log "creating /etc/munge/munge.key"
@@ -159,7 +161,7 @@ if ! munge_ok; then
     chmod 0755 /run/munge
     if pid=$(live_pid "$MUNGE_PID" munged); then kill -TERM "$pid"; sleep 0.5; fi
     rm -f "$MUNGE_PID"
-    runuser -u munge -- /usr/sbin/munged --force ||
+    runuser -u munge -- /usr/sbin/munged --force 9>&- ||
         die "munged did not start" /var/log/munge/munged.log
     wait_for 10 munge_ok || die "munge does not work" /var/log/munge/munged.log
     log "started munged"
@@ -167,7 +169,7 @@ fi
 
 # ---- 4. MariaDB with the accounting database
 if ! mariadb_ok; then
-    /etc/init.d/mariadb start >"$TMP/mariadb.log" 2>&1 ||
+    /etc/init.d/mariadb start >"$TMP/mariadb.log" 2>&1 9>&- ||
         die "MariaDB did not start" "$TMP/mariadb.log" /var/log/mysql/error.log
     wait_for 30 mariadb_ok || die "MariaDB does not answer" "$TMP/mariadb.log" /var/log/mysql/error.log
     log "started MariaDB"
@@ -181,7 +183,7 @@ SQL
 
 # ---- 5. slurmdbd, cluster registration
 if ! live_pid "$TC_RUN_DIR/slurmdbd.pid" slurmdbd >/dev/null; then
-    slurmdbd || die "slurmdbd did not start" "$TC_LOG_DIR/slurmdbd.log"
+    slurmdbd 9>&- || die "slurmdbd did not start" "$TC_LOG_DIR/slurmdbd.log"
     log "started slurmdbd"
 fi
 wait_for "$TIMEOUT" dbd_ok || die "slurmdbd does not answer after ${TIMEOUT}s" "$TC_LOG_DIR/slurmdbd.log"
@@ -193,7 +195,7 @@ fi
 # ---- 6. slurmctld
 if ! live_pid "$TC_RUN_DIR/slurmctld.pid" slurmctld >/dev/null; then
     # -i: a state file that no longer matches the config is dropped instead of being fatal
-    slurmctld -i || die "slurmctld did not start" "$TC_LOG_DIR/slurmctld.log"
+    slurmctld -i 9>&- || die "slurmctld did not start" "$TC_LOG_DIR/slurmctld.log"
     log "started slurmctld"
 fi
 wait_for "$TIMEOUT" ctld_up || die "scontrol ping: slurmctld not UP after ${TIMEOUT}s" "$TC_LOG_DIR/slurmctld.log"
@@ -201,7 +203,7 @@ wait_for "$TIMEOUT" ctld_up || die "scontrol ping: slurmctld not UP after ${TIME
 # ---- 7. one slurmd per node
 for node in "${TC_NODES[@]}"; do
     if ! live_pid "$(slurmd_pidfile "$node")" slurmd >/dev/null; then
-        slurmd -N "$node" || die "slurmd -N $node did not start" "$TC_LOG_DIR/slurmd-$node.log"
+        slurmd -N "$node" 9>&- || die "slurmd -N $node did not start" "$TC_LOG_DIR/slurmd-$node.log"
         log "started slurmd $node"
     fi
 done

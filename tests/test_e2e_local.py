@@ -1,0 +1,135 @@
+"""End to end through the real CLI and submitit's local executor, with real models and HDF5.
+
+The tiny random Llama keeps the plumbing tests fast; the packaged SmolLM2-135M shows the science:
+replicates agree bit for bit on one device, bf16 and fp32 really diverge.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from toolkit.store.reader import Store
+
+
+def _datasets(run) -> dict[str, np.ndarray]:
+    return {name: run[name] for name in run.datasets()}
+
+
+def test_tiny_campaign_runs_stores_and_resumes(tiny_manifest, tmp_path):
+    manifest = tiny_manifest()
+    first = run_cli("submit", str(manifest), "--executor", "local")
+    assert first.code == 0, first.err
+    folder = tmp_path / "campaigns" / "tiny"
+    assert "5 task(s), 0 already complete, 5 to run" in first.out
+    assert f"store: {folder / 'store.h5'}" in first.out
+    with Store(folder / "store.h5") as store:
+        generate = store.runs("exp4.generate")
+        compare = store.runs("exp4.compare")
+        assert len(generate) == 4 and len(compare) == 1
+        reference = _datasets(generate[0])
+        assert len(reference) == 2 * 7  # 7 datasets per prompt, 2 prompts
+        for run in generate[1:]:  # replicates and both targets: bitwise equal on one device
+            other = _datasets(run)
+            assert all(np.array_equal(reference[k], other[k]) for k in reference)
+            assert other["prompts/000/topk_logits"].tobytes() == reference["prompts/000/topk_logits"].tobytes()
+        run = generate[0]
+        assert run.attrs["status"] == "complete" and run.numerics["dtype"] == "float32"
+        prov = run.attrs["provenance"]
+        assert prov["device"] == "cpu" and prov["versions"]["torch"] and prov["host"]
+        assert prov["flags"]["deterministic_algorithms"] is True
+        ids = run["prompts/000/generated_ids"]
+        assert np.array_equal(ids, run["prompts/000/topk_ids"][:, 0])  # greedy = top-1 of stored top-k
+        table = compare[0]
+        assert table["first_divergence"].shape == (4, 4, 2)
+        assert (table["first_divergence"] == -1).all() and (table["first_bitwise_diff"] == -1).all()
+        assert sorted(table.attrs["inputs"]) == sorted(r.task_id for r in generate)
+        uids = {r.task_id: r.attrs["run_uid"] for r in store.runs()}
+    assert sorted(p.name for p in (folder / "figures").iterdir())[:2] == [
+        f"compare_matrix_{compare[0].task_id}.png", f"compare_survival_{compare[0].task_id}.png"]
+
+    again = run_cli("submit", str(manifest), "--executor", "local")
+    assert again.code == 0, again.err
+    assert "5 already complete, 0 to run" in again.out
+    with Store(folder / "store.h5") as store:
+        assert {r.task_id: r.attrs["run_uid"] for r in store.runs()} == uids
+
+    status = run_cli("status", str(folder))
+    assert status.code == 0 and status.out.startswith("5 task(s): 5 stored")
+    shown = json.loads(run_cli("show", str(folder / "store.h5"), "--json").out)
+    assert len(shown["tasks"]) == 5
+    assert shown["tasks"][0]["datasets"]
+
+
+def test_force_reruns_and_gives_identical_results(tiny_manifest, tmp_path):
+    manifest = tiny_manifest(campaign="forced", tokens=3)
+    assert run_cli("submit", str(manifest), "--executor", "local", "--no-plot").code == 0
+    store_path = tmp_path / "campaigns" / "forced" / "store.h5"
+    with Store(store_path) as store:
+        before = {r.task_id: (r.attrs["run_uid"], _datasets(r)) for r in store.runs("exp4.generate")}
+    forced = run_cli("submit", str(manifest), "--executor", "local", "--force", "--no-plot")
+    assert forced.code == 0, forced.err
+    assert "0 already complete, 5 to run" in forced.out
+    with Store(store_path) as store:
+        for run in store.runs("exp4.generate"):
+            uid, data = before[run.task_id]
+            assert run.attrs["run_uid"] != uid
+            assert all(np.array_equal(data[k], run[k]) for k in data)
+
+
+def test_debug_executor_runs_in_process(tiny_manifest, tmp_path):
+    manifest = tiny_manifest(campaign="debugged", tokens=2)
+    result = run_cli("submit", str(manifest), "--executor", "debug", "--no-plot")
+    assert result.code == 0, result.err
+    with h5py.File(tmp_path / "campaigns" / "debugged" / "store.h5", "r") as handle:
+        assert len(handle["tasks"]) == 5
+
+
+@pytest.mark.slow
+def test_packaged_model_replicates_agree_and_bf16_diverges(write_manifest, tmp_path):
+    manifest = write_manifest(f"""\
+        campaign: real
+        output: {tmp_path / 'out'}
+        model: {{source: smollm2-135m, attn_implementation: eager}}
+        prompts: ["The capital of France is"]
+        targets: [a100, h100]
+        experiments:
+          - name: exp4.generate
+            id: generate
+            params: {{max_new_tokens: 24, top_k: 10}}
+            sweep: {{dtype: [float32, bfloat16]}}
+          - name: exp4.compare
+            id: compare
+            needs: [generate]
+        """)
+    result = run_cli("submit", str(manifest), "--executor", "local")
+    assert result.code == 0, result.err
+    with Store(tmp_path / "out" / "real" / "store.h5") as store:
+        runs = {(r.target, r.numerics["dtype"]): r for r in store.runs("exp4.generate")}
+        fp32, bf16 = runs[("a100", "float32")], runs[("a100", "bfloat16")]
+        from transformers import AutoTokenizer
+
+        from toolkit.models.loading import prepare_packaged
+
+        tokenizer = AutoTokenizer.from_pretrained(str(prepare_packaged()))
+        assert tokenizer.decode(fp32["prompts/000/generated_ids"]).startswith(" Paris")
+        for dtype in ("float32", "bfloat16"):  # the two "targets" share this CPU: bitwise equal
+            a, b = _datasets(runs[("a100", dtype)]), _datasets(runs[("h100", dtype)])
+            assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert fp32["prompts/000/final_hidden"].shape[1] == 576
+        table = store.runs("exp4.compare")[0]
+        labels = [x.decode() for x in table["run_labels"]]
+        i, j = labels.index(bf16.label()), labels.index(fp32.label())
+        assert table["first_bitwise_diff"][i, j, 0] == 0  # bf16 logits differ from the first step
+        d = int(table["first_divergence"][i, j, 0])
+        ga, gb = bf16["prompts/000/generated_ids"], fp32["prompts/000/generated_ids"]
+        assert 0 <= d < 24, "bf16 and fp32 should diverge within 24 tokens on this prompt"
+        assert np.array_equal(ga[:d], gb[:d]) and ga[d] != gb[d]
+        assert tuple(table["tokens_at_divergence"][i, j, 0]) == (ga[d], gb[d])
+        assert table["margin_at_divergence"][i, j, 0, 0] == bf16["prompts/000/margin"][d]
+        assert table["first_divergence"][j, i, 0] == d
