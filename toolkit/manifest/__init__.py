@@ -54,7 +54,10 @@ def load_manifest(path: str | Path, site: str | None = None) -> Manifest:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ManifestError([f"{shown}:1:1: not UTF-8 text ({err.reason} at byte {err.start})"]) from None
+        line_start = raw.rfind(b"\n", 0, err.start) + 1  # everything before err.start is valid UTF-8
+        line = raw.count(b"\n", 0, err.start) + 1
+        where = f"{line}:{len(raw[line_start:err.start].decode('utf-8')) + 1}"
+        raise ManifestError([f"{shown}:{where}: not UTF-8 text ({err.reason} at byte {err.start})"]) from None
     try:
         located = load_located(text, shown)
     except YamlProblem as err:

@@ -64,15 +64,16 @@ class Checker:
         self.site_override = site_override
         self.problems: list[str] = []
 
-    def problem(self, path: tuple[Any, ...], message: str) -> None:
+    def problem(self, path: tuple[Any, ...], message: str, at_key: bool = False) -> None:
         field = _dotted(path)
-        self.problems.append(f"{self.located.where(path)}: {field + ': ' if field else ''}{message}")
+        where = self.located.where_key(path) if at_key else self.located.where(path)
+        self.problems.append(f"{where}: {field + ': ' if field else ''}{message}")
 
     def _keys(self, data: dict[str, Any], allowed: tuple[str, ...], path: tuple[Any, ...]) -> None:
         for key in data:
             if key not in allowed:
                 hint = _did_you_mean(key, allowed)
-                self.problem(path + (key,), f"unknown key; {hint}valid keys: {', '.join(allowed)}")
+                self.problem(path + (key,), f"unknown key; {hint}valid keys: {', '.join(allowed)}", at_key=True)
 
     def _mapping(self, value: Any, path: tuple[Any, ...], required: bool = False) -> dict[str, Any] | None:
         if value is None and not required:
@@ -101,6 +102,8 @@ class Checker:
         for key in ("campaign", "model", "experiments"):
             if key not in data:
                 self.problem((), f"missing required key {key!r}")
+            elif data[key] is None:
+                self.problem((key,), "is empty; a value is required")
         campaign = self._campaign(data.get("campaign"))
         output = self._output(data.get("output", "campaigns"))
         model, numerics = self._model(data.get("model"))
@@ -134,6 +137,8 @@ class Checker:
         return Path(value)
 
     def _model(self, value: Any) -> tuple[ModelSpec | None, Numerics]:
+        if value is None:  # missing or empty: already reported by check()
+            return None, Numerics()
         data = self._mapping(value, ("model",), required=True)
         if data is None:
             return None, Numerics()
@@ -185,7 +190,7 @@ class Checker:
                 return ()
             try:
                 lines = (self.dir / name).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as err:
+            except (OSError, UnicodeDecodeError, ValueError) as err:
                 self.problem(("prompts", "file"), f"cannot read {name!r}: {getattr(err, 'strerror', err)}")
                 return ()
             prompts = tuple(line for line in lines if line.strip())
@@ -242,8 +247,8 @@ class Checker:
                 values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1)
         if "mem_gb" in data:
             ok, mem = coerce(float, data["mem_gb"])
-            if not ok or mem <= 0:
-                self.problem(path + ("mem_gb",), f"must be a number > 0, got {data['mem_gb']!r}")
+            if not ok or not 0 < mem < float("inf"):
+                self.problem(path + ("mem_gb",), f"must be a finite number > 0, got {data['mem_gb']!r}")
             values["mem_gb"] = mem
         return Resources(**{k: (v if v is not None or k == "array_parallelism" else getattr(base, k))
                             for k, v in values.items()})
@@ -276,5 +281,7 @@ class Checker:
 
 
 def _kind(value: Any) -> str:
+    if value == [] or value == {}:
+        return f"an empty {'list' if isinstance(value, list) else 'mapping'}"
     return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), repr(value))
 

@@ -57,7 +57,8 @@ def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tup
         checker.problem(path + ("id",), f"must match [a-z0-9][a-z0-9._-]{{0,63}}, got {exp_id!r}")
         return None
     raw_params = data.get("params") or {}
-    params = build_params(module.Params, raw_params, path + ("params",), checker.problem)
+    params = build_params(module.Params, raw_params, path + ("params",), checker.problem,
+                          lambda p, m: checker.problem(p, m, at_key=True))
     sweep = _check_sweep(checker, data.get("sweep"), path + ("sweep",), module.Params, raw_params)
     repeats = checker._int(data.get("repeats", 1), path + ("repeats",), 1)
     needs = _check_needs_list(checker, data.get("needs", []), path + ("needs",))
@@ -79,6 +80,8 @@ def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tup
 
 def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls: type,
                  raw_params: Any) -> dict[str, tuple[Any, ...]] | None:
+    from toolkit.manifest.checker import NUMERIC_CHOICES
+
     data = checker._mapping(value, path)
     if data is None:
         return None
@@ -91,10 +94,11 @@ def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls
             ok = False
             continue
         if key in NUMERICS_FIELDS:
-            before = len(checker.problems)
+            choices = NUMERIC_CHOICES[key]
             for i, v in enumerate(values):
-                checker._numerics({key: v}, path + (key, i), Numerics())
-            ok &= len(checker.problems) == before
+                if v not in choices or type(v) is not type(choices[0]):
+                    checker.problem(path + (key, i), f"must be one of {', '.join(map(str, choices))}, got {v!r}")
+                    ok = False
         elif key in fields:
             base = raw_params if isinstance(raw_params, dict) else {}
             for i, v in enumerate(values):
@@ -105,7 +109,8 @@ def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls
                 ok &= not messages
         else:
             checker.problem(path + (key,), "unknown sweep key; sweep a parameter "
-                            f"({', '.join(fields) or 'none'}) or a numerics setting ({', '.join(NUMERICS_FIELDS)})")
+                            f"({', '.join(fields) or 'none'}) or a numerics setting ({', '.join(NUMERICS_FIELDS)})",
+                            at_key=True)
             ok = False
             continue
         if len(set(map(repr, values))) != len(values):
@@ -137,6 +142,8 @@ def _check_needs(checker: Checker, specs: list[ExperimentSpec], ids: dict[str, i
                                 f"{_did_you_mean(need, list(by_id))}ids: {', '.join(by_id)}")
             elif need == spec.id:
                 checker.problem(("experiments", index, "needs", j), "an experiment cannot need itself")
+            elif need in spec.needs[:j]:
+                checker.problem(("experiments", index, "needs", j), f"duplicate id {need!r} in needs")
         provided = {by_id[n].name for n in spec.needs if n in by_id}
         for wanted in experiments.get(spec.name).READS:
             if wanted not in provided:

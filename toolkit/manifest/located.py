@@ -24,6 +24,7 @@ class Located:
     value: Any
     file: str
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
 
     def where(self, path: Path_) -> str:
         """`file:line:col` of the deepest known node on `path`."""
@@ -32,6 +33,11 @@ class Located:
             if mark is not None:
                 return f"{self.file}:{mark[0]}:{mark[1]}"
         return f"{self.file}:1:1"
+
+    def where_key(self, path: Path_) -> str:
+        """`file:line:col` of the mapping key that ends `path` (for unknown-key problems)."""
+        mark = self.key_marks.get(tuple(path))
+        return f"{self.file}:{mark[0]}:{mark[1]}" if mark is not None else self.where(path)
 
 
 class YamlProblem(Exception):
@@ -115,5 +121,6 @@ class _Builder:
                 key = str(key)
             if key in out:
                 raise YamlProblem(f"{self._where(key_node)}: duplicate key {key!r}")
+            self.located.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = self.build(value_node, path + (key,), depth + 1)
         return out

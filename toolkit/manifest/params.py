@@ -64,8 +64,12 @@ def coerce(tp: Any, value: Any) -> tuple[bool, Any]:
     raise TypeError(f"unsupported Params annotation {tp!r}")
 
 
-def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem) -> Any | None:
-    """Instantiate `cls` from the mapping `raw`, reporting every problem; None if any."""
+def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
+                 key_problem: Problem | None = None) -> Any | None:
+    """Instantiate `cls` from the mapping `raw`, reporting every problem; None if any.
+
+    `key_problem`, if given, reports unknown parameter names (located at the key, not the value).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -73,13 +77,13 @@ def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem) -
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    before = _Counter(problem)
+    before = _Counter(problem, key_problem)
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            before(path + (key,), f"unknown parameter; {hint}valid: {', '.join(fields) or '(none)'}")
+            before.key(path + (key,), f"unknown parameter; {hint}valid: {', '.join(fields) or '(none)'}")
             continue
         ok, converted = coerce(hints[key], value)
         if not ok:
@@ -115,10 +119,15 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
 
 
 class _Counter:
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, key_problem: Problem | None = None) -> None:
         self.problem = problem
+        self.key_problem = key_problem or problem
         self.count = 0
 
     def __call__(self, path: tuple[Any, ...], message: str) -> None:
         self.count += 1
         self.problem(path, message)
+
+    def key(self, path: tuple[Any, ...], message: str) -> None:
+        self.count += 1
+        self.key_problem(path, message)

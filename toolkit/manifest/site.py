@@ -23,7 +23,10 @@ def site_dirs() -> list[Path]:
 def find_site(name: str, manifest_dir: Path) -> Path | None:
     """Resolve a site name (or a path to a .yaml file) to a file, or None."""
     if name.endswith((".yaml", ".yml")):
-        candidate = (manifest_dir / name).resolve()
+        try:
+            candidate = (manifest_dir / name).resolve()
+        except (OSError, ValueError):  # e.g. a NUL byte in the name
+            return None
         return candidate if candidate.is_file() else None
     for folder in site_dirs():
         candidate = folder / f"{name}.yaml"
@@ -40,16 +43,18 @@ def available_sites() -> list[str]:
 def load_site(path: Path) -> tuple[SiteProfile | None, list[str]]:
     """Parse and check a site profile; (profile, problems)."""
     try:
-        located = load_located(path.read_text(), str(path))
+        located = load_located(path.read_text(encoding="utf-8"), str(path))
     except YamlProblem as err:
         return None, [err.message]
+    except (OSError, UnicodeDecodeError) as err:
+        return None, [f"{path}:1:1: cannot read site profile: {getattr(err, 'strerror', None) or err}"]
     problems: list[str] = []
     data = located.value
     if not isinstance(data, dict):
         return None, [f"{located.where(())}: a site profile must be a mapping"]
     for key in data:
         if key not in SITE_KEYS:
-            problems.append(f"{located.where((key,))}: unknown key {key!r}; valid: {', '.join(SITE_KEYS)}")
+            problems.append(f"{located.where_key((key,))}: unknown key {key!r}; valid: {', '.join(SITE_KEYS)}")
     targets = data.get("targets") or {}
     if not isinstance(targets, dict) or not targets:
         problems.append(f"{located.where(('targets',))}: targets must be a non-empty mapping")

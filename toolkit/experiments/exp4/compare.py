@@ -156,28 +156,35 @@ def _labels(run: Any) -> list[str]:
 
 
 def _survival(run: Any, out_dir: Path) -> Path:
+    """One curve per pair of bit-identical classes (pairs inside a class are the flat controls)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels, d, common = _labels(run), run["first_divergence"], run["common_length"]
-    horizon = int(common.max())
+    labels = _labels(run)
+    tables = {k: run[k] for k in ("first_divergence", "first_bitwise_diff", "common_length")}
+    d, classes = tables["first_divergence"], identical_classes(tables)
+    names = [chr(ord("A") + k) if k < 26 else f"C{k}" for k in range(len(classes))]
+    horizon = int(tables["common_length"].max())
     steps = np.arange(horizon + 1)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i in range(len(labels)):
-        for j in range(i + 1, len(labels)):
-            div = np.where(d[i, j] >= 0, d[i, j], horizon + 1)
+    ax.axhline(1.0, color="0.5", ls="--", lw=1, label="pairs within a class (controls): identical")
+    for a in range(len(classes)):
+        for b in range(a + 1, len(classes)):
+            pair = d[classes[a][0], classes[b][0]]
+            div = np.where(pair >= 0, pair, horizon + 1)
             alive = (div[None, :] > steps[:, None]).mean(axis=1)
-            same_target = labels[i].split()[0] == labels[j].split()[0] and labels[i].split()[2:] == labels[j].split()[2:]
-            ax.step(steps, alive, where="post", lw=1.5 if not same_target else 1,
-                    ls="--" if same_target else "-", label=f"{labels[i]} vs {labels[j]}")
+            ax.step(steps, alive, where="post", lw=2, label=f"[{names[a]}] vs [{names[b]}]")
+    legend = "\n".join(f"[{n}] " + ", ".join(labels[i] for i in members) for n, members in zip(names, classes))
+    ax.text(0.01, 0.02, legend, transform=ax.transAxes, fontsize=6, va="bottom", family="monospace",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
     ax.set_xlabel("generation step")
     ax.set_ylabel("fraction of prompts still token-identical")
     ax.set_ylim(-0.02, 1.05)
-    ax.set_title("exp4: survival of identical greedy outputs (dashed: replicate controls)")
-    ax.legend(fontsize=6, loc="lower left")
+    ax.set_title("exp4: survival of identical greedy outputs, per class of bit-identical runs")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     path = out_dir / f"compare_survival_{run.task_id}.png"
     fig.savefig(path, dpi=120)
