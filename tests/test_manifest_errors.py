@@ -63,6 +63,8 @@ CASES = [
          ("1:1", "missing required key 'experiments'")),
     case("missing-campaign", GOOD.replace("campaign: demo\n", ""),
          ("1:1", "missing required key 'campaign'")),
+    case("missing-model", GOOD.replace("model: {source: tiny-random-llama}\n", ""),
+         ("1:1", "missing required key 'model'")),
     case("empty-campaign", GOOD.replace("campaign: demo", "campaign:"),
          ("1:10", "campaign: is empty")),
     case("campaign-dotdot", GOOD.replace("demo", "../evil"),
@@ -193,6 +195,20 @@ def test_malformed_manifest_is_rejected_with_located_errors(tmp_path: Path, text
         assert _tree(tmp_path) == before, command
         assert not (tmp_path / "out").exists() and not (tmp_path / "campaigns").exists()
         assert not (tmp_path / "pwned").exists()  # the python tag was not executed
+
+
+def test_bad_site_profile_files_are_located_errors(tmp_path: Path):
+    (tmp_path / "latin1.yaml").write_bytes(b"name: x\ndescription: caf\xe9\ntargets: {a100: {}}\n")
+    (tmp_path / "typo.yaml").write_text("name: typo\ntarget:\n  a100: {gres: 'gpu:a100:1'}\n")
+    for site, expected in [("latin1.yaml", f"error: {tmp_path / 'latin1.yaml'}:1:1: cannot read site profile: "),
+                           ("typo.yaml", f"error: {tmp_path / 'typo.yaml'}:2:1: unknown key 'target'")]:
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_text(GOOD + f"site: {site}\n")
+        before = _tree(tmp_path)
+        result = run_cli("validate", str(manifest), cwd=tmp_path, timeout=60)
+        assert result.code == 2 and "Traceback" not in result.err, result.err
+        assert result.err.splitlines()[0].startswith(expected), result.err
+        assert _tree(tmp_path) == before
 
 
 def test_validate_missing_file_is_one_line(tmp_path: Path):

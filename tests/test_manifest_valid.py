@@ -75,6 +75,7 @@ def test_task_ids_are_stable_and_follow_params_not_formatting(tmp_path: Path):
 
     # A changed prompt changes every id too (prompts are part of the identity).
     prompt = text.replace("The capital of France is", "The capital of Italy is")
+    assert prompt != text
     assert not set(_ids(_write(tmp_path / "prompt", prompt))) & set(first)
 
 

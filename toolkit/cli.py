@@ -100,7 +100,25 @@ def status(campaign_dir: Path) -> None:
     from toolkit.campaign import task_states
     from toolkit.report import status_text
 
-    click.echo(status_text(task_states(campaign_dir)))
+    rows = task_states(campaign_dir)
+    slurm: dict[str, tuple[str, str]] = {}
+    if (campaign_dir / "slurm.json").exists() and shutil.which("sacct"):
+        from toolkit.launch.slurm_wait import task_slurm_states
+
+        slurm = task_slurm_states(campaign_dir)
+    click.echo(status_text(rows, slurm))
+
+
+@cli.command()
+@click.argument("campaign_dir", type=click.Path(path_type=Path))
+def cancel(campaign_dir: Path) -> None:
+    """Cancel the Slurm jobs of CAMPAIGN_DIR that are still queued or running."""
+    from toolkit.launch.slurm_wait import cancel_campaign
+
+    if not (campaign_dir / "slurm.json").exists():
+        raise UsageError(f"{campaign_dir}: no Slurm submission recorded (slurm.json); nothing to cancel")
+    cancelled = cancel_campaign(campaign_dir)
+    click.echo(f"cancelled {len(cancelled)} job(s){': ' + ', '.join(cancelled) if cancelled else ''}")
 
 
 @cli.command()

@@ -56,14 +56,16 @@ def show_json(store: Any) -> str:
     return json.dumps(payload, indent=2, default=str)
 
 
-def status_text(rows: list[Any]) -> str:
-    """One line per task plus a count per state."""
+def status_text(rows: list[Any], slurm: dict[str, tuple[str, str]] | None = None) -> str:
+    """One line per task (store state, and Slurm state and node when known) plus counts."""
     counts: dict[str, int] = {}
     lines = []
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
         detail = f"  {row.detail}" if row.detail else ""
-        lines.append(f"  {row.task_id}  stage {row.stage}  {row.state:<8} {row.label}{detail}")
+        state, node = (slurm or {}).get(row.task_id, ("", ""))
+        job = f"  slurm {state}{' on ' + node if node and node != 'None assigned' else ''}" if state else ""
+        lines.append(f"  {row.task_id}  stage {row.stage}  {row.state:<8} {row.label}{job}{detail}")
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     return "\n".join([f"{len(rows)} task(s): {summary}"] + lines)
 

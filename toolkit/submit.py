@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -16,9 +17,9 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     from toolkit.plan import build_plan
 
     plan = build_plan(load_manifest(manifest_path, site=site))
-    if executor == "slurm":
-        raise UsageError("the slurm executor is not available in this version yet; use --executor local")
-    if not wait:
+    if executor == "slurm" and not shutil.which("sbatch"):
+        raise UsageError("--executor slurm needs sbatch on PATH; use --executor local on this machine")
+    if not wait and executor != "slurm":
         raise UsageError("--no-wait needs the slurm executor: local jobs run under this command")
     folder = campaign.campaign_dir_for(plan, root)
     campaign.prepare(plan, folder)
@@ -26,14 +27,27 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     todo = set(plan.tasks) - done
     say(f"campaign {plan.manifest.campaign}: {len(plan.tasks)} task(s), {len(plan.tasks) - len(todo)} already "
         f"complete, {len(todo)} to run ({executor} executor) in {folder}")
-    from toolkit.launch.local import run_local
+    if executor == "slurm":
+        from toolkit.launch.slurm import submit_slurm
+        from toolkit.launch.slurm_wait import wait_slurm
 
-    run_local(plan, folder, todo, force=force, debug=executor == "debug", say=say)
+        record = submit_slurm(plan, folder, todo, force=force, plot=plot, say=say)
+        if not wait:
+            say(f"submitted; follow with: toolkit status {folder}")
+            return folder
+        wait_slurm(folder, record, say)
+        plot = False  # the last gather job made the figures
+    else:
+        from toolkit.launch.local import run_local
+
+        run_local(plan, folder, todo, force=force, debug=executor == "debug", say=say)
     if plot:
         from toolkit.figures import make_figures
 
         figures = make_figures(folder)
         say(f"figures: {len(figures)} in {folder / 'figures'}")
+    if not plot and (folder / "figures").is_dir():
+        say(f"figures: {folder / 'figures'}")
     say(f"store: {folder / 'store.h5'}")
     _print_summaries(folder, plan, say)
     return folder

@@ -1,0 +1,167 @@
+"""Submit a plan to Slurm through submitit as one DAG: per stage, one array per (target, resources)
+group (split past MaxArraySize), then a small CPU gather job `afterok` on those arrays; the next
+stage's arrays depend on that gather.  Everything is submitted at once, so nothing on the login
+node has to stay alive.  Job ids are recorded in `<campaign>/slurm.json` for status and cancel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from toolkit.errors import LaunchError
+from toolkit.launch.local import jobs_folder
+from toolkit.launch.sites import sbatch_options
+from toolkit.plan import Plan
+from toolkit.store.files import atomic_write_text
+
+RECORD = "slurm.json"
+
+
+class TaskRunner:
+    """The submitted callable: runs its tasks; on preemption or timeout submitit requeues it.
+
+    Tasks are idempotent (a published shard is skipped), so a requeued element simply reruns
+    what did not finish, and its results equal those of an uninterrupted run.
+    """
+
+    def __call__(self, campaign_dir: str, task_ids: list[str], force: bool) -> list[str]:
+        from toolkit.worker import run_tasks
+
+        return run_tasks(campaign_dir, task_ids, force=force)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
+    """The gather step of a stage: fails (so dependents never start) if a task is missing."""
+    from toolkit.store.gather import gather
+    from toolkit.store.shard import completed_shards
+
+    report = gather(Path(campaign_dir))
+    missing = sorted(set(expected) - set(completed_shards(Path(campaign_dir))))
+    if missing:
+        raise RuntimeError(f"{len(missing)} task(s) of this stage did not complete: {', '.join(missing)}")
+    if plot:
+        from toolkit.figures import make_figures
+
+        make_figures(Path(campaign_dir))
+    return report.summary()
+
+
+def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, plot: bool,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Submit the whole DAG; returns the submission record (also appended to slurm.json)."""
+    import submitit
+
+    from toolkit.launch.slurm_state import cancel, max_array_size
+
+    folder = jobs_folder(campaign_dir)
+    limit = max_array_size()
+    record: dict[str, Any] = {"folder": str(folder), "stages": []}
+    submitted: list[str] = []
+    previous_gather: str | None = None
+    try:
+        for stage in plan.stages:
+            arrays = []
+            for group in stage.groups:
+                ids = [t for t in group.task_ids if t in todo]
+                for start in range(0, len(ids), limit):
+                    chunk = ids[start:start + limit]
+                    executor = _executor(submitit, folder, plan, group.target, group.resources,
+                                         f"{plan.manifest.campaign}-{group.name}",
+                                         [previous_gather] if previous_gather else [])
+                    jobs = executor.map_array(TaskRunner(), [str(campaign_dir)] * len(chunk), [[t] for t in chunk],
+                                              [force] * len(chunk))
+                    array_id = jobs[0].job_id.split("_")[0]
+                    submitted.append(array_id)
+                    arrays.append({"job_id": array_id, "target": group.target, "task_ids": chunk})
+            expected = [t for g in stage.groups for t in g.task_ids]
+            after = [a["job_id"] for a in arrays] + ([previous_gather] if previous_gather else [])
+            gather_exec = _executor(submitit, folder, plan, "any", None, f"{plan.manifest.campaign}-gather{stage.index}",
+                                    after)
+            last = stage.index == len(plan.stages)
+            job = gather_exec.submit(gather_job, str(campaign_dir), expected, plot and last)
+            previous_gather = job.job_id
+            submitted.append(job.job_id)
+            record["stages"].append({"index": stage.index, "arrays": arrays, "gather": job.job_id})
+            say(f"stage {stage.index}: {sum(len(a['task_ids']) for a in arrays)} task(s) in arrays "
+                f"{', '.join(a['job_id'] for a in arrays) or '(none)'}; gather job {job.job_id}")
+    except Exception as err:
+        try:
+            cancel(submitted)
+        except LaunchError:
+            pass
+        raise LaunchError(f"sbatch refused the campaign ({_first_line(err)}); nothing was left queued") from None
+    _append_record(campaign_dir, record)
+    return record
+
+
+def _executor(submitit: Any, folder: Path, plan: Plan, target: str, resources: Any, name: str,
+              after: list[str]) -> Any:
+    """A SlurmExecutor for one array (resources given) or one gather job (resources None)."""
+    from toolkit.manifest import Resources
+
+    options = sbatch_options(plan.manifest.site, target, resources or Resources(), gather=resources is None)
+    params: dict[str, Any] = {"job_name": name, "time": options["time"], "cpus_per_task": options["cpus-per-task"],
+                              "mem": options["mem"], "signal_delay_s": 30}
+    for key in ("partition", "account", "qos", "constraint", "gres"):
+        if key in options:
+            params[key] = options[key]
+    additional: dict[str, Any] = {}
+    if "gpus" in options:
+        additional["gpus"] = options["gpus"]
+    if after:
+        additional["dependency"] = "afterok:" + ":".join(after)
+    for line in options["extra"]:
+        key, sep, value = line.lstrip("-").partition("=")
+        additional[key] = value if sep else True
+    if resources is not None and resources.array_parallelism:
+        params["array_parallelism"] = resources.array_parallelism
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+    executor.update_parameters(additional_parameters=additional, **params)
+    return executor
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    for line in text.splitlines():
+        if "error" in line.lower():
+            return line.strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
+def _append_record(campaign_dir: Path, record: dict[str, Any]) -> None:
+    path = campaign_dir / RECORD
+    history = json.loads(path.read_text()) if path.exists() else {"submissions": []}
+    history["submissions"].append(record)
+    atomic_write_text(path, json.dumps(history, indent=1))
+
+
+def load_record(campaign_dir: Path) -> list[dict[str, Any]]:
+    """All Slurm submissions of a campaign, oldest first."""
+    path = campaign_dir / RECORD
+    return json.loads(path.read_text())["submissions"] if path.exists() else []
+
+
+def task_jobs(campaign_dir: Path) -> dict[str, tuple[str, int]]:
+    """task_id → (array job id, index) of its latest submission."""
+    out: dict[str, tuple[str, int]] = {}
+    for submission in load_record(campaign_dir):
+        for stage in submission["stages"]:
+            for array in stage["arrays"]:
+                for index, task_id in enumerate(array["task_ids"]):
+                    out[task_id] = (array["job_id"], index)
+    return out
+
+
+def all_job_ids(campaign_dir: Path) -> list[str]:
+    """Every array and gather job id ever submitted for the campaign."""
+    ids = []
+    for submission in load_record(campaign_dir):
+        for stage in submission["stages"]:
+            ids += [a["job_id"] for a in stage["arrays"]] + [stage["gather"]]
+    return ids

@@ -1,0 +1,90 @@
+"""Follow a submitted Slurm campaign to its end (`toolkit submit --wait`), and report per-task
+Slurm states for `toolkit status` / `toolkit cancel`.  A failed or cancelled task is reported,
+never waited on forever: jobs left pending behind it can never start, so they are cancelled."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from toolkit.errors import TaskFailed
+from toolkit.launch import slurm_state
+from toolkit.launch.slurm import all_job_ids, task_jobs
+from toolkit.progress import Progress
+from toolkit.store.shard import completed_shards
+
+
+def task_slurm_states(campaign_dir: Path) -> dict[str, tuple[str, str]]:
+    """task_id → (Slurm state, node) of its latest submission ({} if never submitted to Slurm)."""
+    jobs = task_jobs(campaign_dir)
+    if not jobs:
+        return {}
+    states = slurm_state.job_states({array for array, _ in jobs.values()})
+    return {task: slurm_state.element_state(states, array, index) for task, (array, index) in jobs.items()}
+
+
+def wait_slurm(campaign_dir: Path, record: dict[str, Any], say: Callable[[str], None],
+               poll_s: float = 2.0) -> None:
+    """Poll sacct until the last gather completes; raise TaskFailed naming failed tasks."""
+    tasks = [t for stage in record["stages"] for a in stage["arrays"] for t in a["task_ids"]]
+    gathers = [stage["gather"] for stage in record["stages"]]
+    ids = [a["job_id"] for stage in record["stages"] for a in stage["arrays"]] + gathers
+    bar = Progress(len(tasks), "tasks", every_s=15.0)
+    seen = 0
+    while True:
+        states = slurm_state.job_states(ids)
+        done = len(set(tasks) & set(completed_shards(campaign_dir)))
+        if done > seen:
+            bar.update(done - seen)
+            seen = done
+        final = states.get(gathers[-1], ("UNKNOWN", ""))[0] if gathers else "COMPLETED"
+        if final == "COMPLETED":
+            return
+        failed = _failed_tasks(campaign_dir, states)
+        broken_gather = [g for g in gathers if states.get(g, ("", ""))[0] in slurm_state.FAILED]
+        if failed or broken_gather:
+            if _settled(states, ids):
+                _cancel_stranded(states, ids)
+                raise TaskFailed(_failure_message(failed, broken_gather, campaign_dir))
+        time.sleep(poll_s)
+
+
+def _failed_tasks(campaign_dir: Path, states: dict[str, tuple[str, str]]) -> dict[str, str]:
+    out = {}
+    for task, (array, index) in task_jobs(campaign_dir).items():
+        state = slurm_state.element_state(states, array, index)[0]
+        if state in slurm_state.FAILED:
+            out[task] = state
+    return out
+
+
+def _settled(states: dict[str, tuple[str, str]], ids: list[str]) -> bool:
+    """No job is running any more (what is left is terminal or pending behind a failure)."""
+    return all(v[0] in slurm_state.TERMINAL or v[0] == "PENDING" for v in states.values())
+
+
+def _cancel_stranded(states: dict[str, tuple[str, str]], ids: list[str]) -> None:
+    pending = {job.split("_")[0] for job, (state, _) in states.items() if state == "PENDING"}
+    if pending:
+        slurm_state.cancel(pending & {i.split("_")[0] for i in ids})
+
+
+def _failure_message(failed: dict[str, str], gathers: list[str], campaign_dir: Path) -> str:
+    by_state: dict[str, list[str]] = {}
+    for task, state in sorted(failed.items()):
+        by_state.setdefault(state, []).append(task)
+    parts = [f"{len(v)} task(s) {k.lower()}: {', '.join(v)}" for k, v in sorted(by_state.items())]
+    if not parts:
+        parts = [f"gather job(s) {', '.join(gathers)} failed"]
+    return (f"{'; '.join(parts)}; toolkit status {campaign_dir} shows each task; "
+            "rerun toolkit submit to run just the missing ones")
+
+
+def cancel_campaign(campaign_dir: Path) -> list[str]:
+    """Cancel every queued or running job of the campaign; returns the job ids cancelled."""
+    ids = all_job_ids(campaign_dir)
+    states = slurm_state.job_states(ids)
+    live = sorted({job.split("_")[0] for job, (state, _) in states.items() if state not in slurm_state.TERMINAL})
+    slurm_state.cancel(live)
+    return live
