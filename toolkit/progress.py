@@ -22,6 +22,8 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         """Record `n` more units; redraw at most 10 times a second (tty) or every `every_s`."""
+        if n <= 0:
+            return
         self.done = min(self.done + n, self.total)
         now = time.monotonic()
         if self.done == self.total or now - self.last >= (0.1 if self.tty else self.every_s):

@@ -86,7 +86,9 @@ def load(spec: ModelSpec, numerics: Numerics) -> tuple[Any, Any, Any]:
     """(model in eval mode on its device with `numerics` dtype/attention, tokenizer, device)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor bars only clutter job logs
     device = resolve_device(spec.device)
     dtype = getattr(torch, TORCH_DTYPES[numerics.dtype])
     if spec.source == "tiny-random-llama":
