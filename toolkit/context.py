@@ -26,7 +26,11 @@ class Inputs:
 
 @dataclass
 class RunContext:
-    """Everything an experiment may touch; it never opens files or picks devices itself."""
+    """Everything an experiment may touch; it never opens files or picks devices itself.
+
+    `checkpoint` (a `toolkit.store.checkpoint.Checkpoint`) lets a long experiment save finished
+    units of work, so a requeued task resumes instead of starting over.
+    """
 
     task: Task
     model: Any
@@ -36,6 +40,7 @@ class RunContext:
     prompts: tuple[str, ...]
     inputs: Inputs
     out: Any
+    checkpoint: Any = None
     progress_stream: Any = None
 
     def progress(self, total: int, label: str | None = None) -> Progress:

@@ -12,6 +12,7 @@ from toolkit.context import Inputs, RunContext
 from toolkit.manifest import ModelSpec, Numerics
 from toolkit.plan import Task
 from toolkit.store import schema
+from toolkit.store.checkpoint import Checkpoint
 from toolkit.store.shard import completed_shards, open_shard
 
 
@@ -63,11 +64,13 @@ def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, .
     attrs = {"experiment": task.experiment, "exp_id": task.exp_id, "target": task.target, "repeat": task.repeat,
              "params": task.params, "numerics": task.numerics.to_dict(), "model": model_identity,
              "inputs": list(task.inputs), "provenance": provenance.collect(device, flags)}
+    checkpoint = Checkpoint(folder, task.task_id)
     try:
         with open_shard(folder, task.task_id, attrs) as out:
             ctx = RunContext(task=task, model=model, tokenizer=tokenizer, device=device, numerics=task.numerics,
-                             prompts=prompts, inputs=Inputs(store, task.inputs), out=out)
+                             prompts=prompts, inputs=Inputs(store, task.inputs), out=out, checkpoint=checkpoint)
             module.run(ctx, params)
+        checkpoint.clear()
     finally:
         if store is not None:
             store.close()

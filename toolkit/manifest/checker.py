@@ -28,6 +28,7 @@ from toolkit.manifest.site import available_sites, find_site, load_site
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_PROMPTS_BYTES = 16 * 1024 * 1024
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", "resources", "container", "site")
@@ -189,7 +190,12 @@ class Checker:
                 self.problem(("prompts", "file"), "must be a path to a text file, one prompt per line")
                 return ()
             try:
-                lines = (self.dir / name).read_text(encoding="utf-8").splitlines()
+                with open(self.dir / name, "rb") as handle:
+                    raw = handle.read(MAX_PROMPTS_BYTES + 1)
+                if len(raw) > MAX_PROMPTS_BYTES:
+                    self.problem(("prompts", "file"), f"{name!r} is larger than {MAX_PROMPTS_BYTES} bytes")
+                    return ()
+                lines = raw.decode("utf-8").splitlines()
             except (OSError, UnicodeDecodeError, ValueError) as err:
                 self.problem(("prompts", "file"), f"cannot read {name!r}: {getattr(err, 'strerror', err)}")
                 return ()

@@ -32,7 +32,24 @@ def check_experiments(checker: Checker, entries: list[Any], targets: tuple[str, 
     if len(specs) != len(entries):
         return None
     _check_needs(checker, specs, ids)
+    _check_size(checker, specs)
     return tuple(specs)
+
+
+MAX_TASKS = 200_000
+
+
+def _check_size(checker: Checker, specs: list[ExperimentSpec]) -> None:
+    """Refuse manifests that expand to more tasks than a campaign can sensibly hold."""
+    import math
+
+    total = 0
+    for spec in specs:
+        total += spec.repeats * len(spec.targets) * math.prod(len(v) for v in spec.sweep.values())
+        if total > MAX_TASKS:
+            checker.problem(("experiments",), f"expands to more than {MAX_TASKS} tasks (at experiments id "
+                            f"{spec.id!r}); reduce repeats, targets or sweeps, or split the campaign")
+            return
 
 
 def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tuple[str, ...],

@@ -63,8 +63,14 @@ def run(ctx: Any, params: Params) -> None:
     ctx.out.attrs["logits_dtype"] = str(ctx.numerics.dtype)
     with torch.inference_mode():
         for index, prompt in enumerate(ctx.prompts):
-            trace = _generate(ctx, prompt, params, stop_ids, norm, bar)
-            _write(ctx.out.create_group(f"prompts/{index:03d}"), prompt, trace)
+            key = f"prompt{index:03d}"
+            if ctx.checkpoint is not None and ctx.checkpoint.has(key):  # resumed after preemption
+                arrays, attrs = ctx.checkpoint.load(key)
+            else:
+                arrays, attrs = _arrays(prompt, _generate(ctx, prompt, params, stop_ids, norm, bar))
+                if ctx.checkpoint is not None:
+                    ctx.checkpoint.save(key, arrays, attrs)
+            _write(ctx.out.create_group(f"prompts/{index:03d}"), arrays, attrs)
     bar.update(bar.total - bar.done)
 
 
@@ -109,24 +115,34 @@ def _generate(ctx: Any, prompt: str, params: Params, stop_ids: set[int], norm: s
     return steps
 
 
-def _write(group: Any, prompt: str, steps: dict[str, Any]) -> None:
+def _arrays(prompt: str, steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored form of one prompt's trace: (datasets, attributes)."""
     import numpy as np
     import torch
 
-    group.attrs["prompt"] = prompt
-    group.attrs["stop_reason"] = steps["stop_reason"][0]
-    group.attrs["n_steps"] = len(steps["ids"])
-    group.create_dataset("prompt_ids", data=steps["prompt_ids"][0].numpy().astype(np.int64))
-    group.create_dataset("generated_ids", data=np.asarray(steps["ids"], dtype=np.int64))
-    group.create_dataset("topk_ids", data=torch.stack(steps["topk_ids"]).numpy().astype(np.int64))
-    group.create_dataset("topk_logits", data=torch.stack(steps["topk_logits"]).numpy().astype(np.float32))
-    group.create_dataset("margin", data=np.asarray(steps["margin"], dtype=np.float64))
-    group.create_dataset("logits_hash", data=np.asarray(steps["hash"], dtype=np.uint64))
+    arrays = {
+        "prompt_ids": steps["prompt_ids"][0].numpy().astype(np.int64),
+        "generated_ids": np.asarray(steps["ids"], dtype=np.int64),
+        "topk_ids": torch.stack(steps["topk_ids"]).numpy().astype(np.int64),
+        "topk_logits": torch.stack(steps["topk_logits"]).numpy().astype(np.float32),
+        "margin": np.asarray(steps["margin"], dtype=np.float64),
+        "logits_hash": np.asarray(steps["hash"], dtype=np.uint64),
+    }
     if steps["hidden"][0] is not None:
         hidden = torch.stack(steps["hidden"])
-        hidden = hidden if hidden.dtype == torch.float64 else hidden.float()
-        group.create_dataset("final_hidden", data=hidden.numpy(), chunks=True, compression="gzip",
-                             compression_opts=1, shuffle=True)
+        arrays["final_hidden"] = (hidden if hidden.dtype == torch.float64 else hidden.float()).numpy()
+    attrs = {"prompt": prompt, "stop_reason": steps["stop_reason"][0], "n_steps": len(steps["ids"])}
+    return arrays, attrs
+
+
+def _write(group: Any, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+    for name, value in attrs.items():
+        group.attrs[name] = value
+    for name, value in arrays.items():
+        if name == "final_hidden":
+            group.create_dataset(name, data=value, chunks=True, compression="gzip", compression_opts=1, shuffle=True)
+        else:
+            group.create_dataset(name, data=value)
 
 
 def plot(run: Any, out_dir: Path) -> list[Path]:
