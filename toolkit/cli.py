@@ -140,6 +140,8 @@ def show(store: Path, as_json: bool) -> None:
     from toolkit.store.reader import Store
 
     path = store / "store.h5" if store.is_dir() else store
+    if not path.exists():
+        raise UsageError(f"{path}: no such store; give a campaign folder or its store.h5")
     with Store(path) as opened:
         click.echo(show_json(opened) if as_json else show_tree(opened))
 

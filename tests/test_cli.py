@@ -1,0 +1,50 @@
+"""The thin CLI: help, the registry listing, exit codes for bad arguments."""
+
+from conftest import run_cli
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.code == 0
+    for command in ("validate", "plan", "submit", "experiments", "status", "gather", "show", "plot", "cancel"):
+        assert f"  {command}" in result.out
+
+
+def test_experiments_lists_and_describes():
+    listing = run_cli("experiments")
+    assert listing.code == 0
+    assert [line.split()[0] for line in listing.out.splitlines()][:2] == ["exp4.compare", "exp4.generate"]
+    described = run_cli("experiments", "exp4.generate")
+    assert described.code == 0
+    assert "max_new_tokens     int" in described.out and "default 64" in described.out
+    assert "prompts/<k>/logits_hash" in described.out and "reads: nothing upstream" in described.out
+    assert "reads: exp4.generate" in run_cli("experiments", "exp4.compare").out
+
+
+def test_unknown_experiment_is_bad_input_with_suggestion():
+    result = run_cli("experiments", "exp4.generat")
+    assert result.code == 2 and result.out == ""
+    assert result.err.strip().splitlines() == [
+        "error: unknown experiment 'exp4.generat'; did you mean 'exp4.generate'? known experiments: "
+        + ", ".join(sorted(__import__("toolkit.experiments", fromlist=["names"]).names()))]
+
+
+def test_missing_campaign_folder_and_store_are_bad_input(tmp_path):
+    status = run_cli("status", str(tmp_path / "nope"))
+    assert status.code == 2 and status.err.startswith("error: ") and "no plan.json" in status.err
+    show = run_cli("show", str(tmp_path / "store.h5"))
+    assert show.code == 2 and "no such store" in show.err
+    cancel = run_cli("cancel", str(tmp_path))
+    assert cancel.code == 2 and "no Slurm submission recorded" in cancel.err
+
+
+def test_local_executor_refuses_no_wait(tiny_manifest, tmp_path):
+    result = run_cli("submit", str(tiny_manifest()), "--executor", "local", "--no-wait")
+    assert result.code == 2
+    assert result.err.strip() == "error: --no-wait needs the slurm executor: local jobs run under this command"
+    assert not (tmp_path / "campaigns").exists()
+
+
+def test_bad_option_value_exits_2():
+    result = run_cli("submit", "x.yaml", "--executor", "cloud")
+    assert result.code == 2 and "error: " in result.err and "cloud" in result.err
