@@ -17,14 +17,29 @@ def sbatch_options(site: SiteProfile, target: str, resources: Resources, gather:
     extra = list(base.pop("extra", [])) + list(override.get("extra", []))
     merged = {**base, **{k: v for k, v in override.items() if k != "extra"}}
     out: dict[str, Any] = {k: merged[k] for k in ORDER if k in merged}
-    if gather or target == ANY_TARGET:
+    if gather or target == ANY_TARGET or resources.gpus == 0:
         out.pop("gres", None)
         out.pop("gpus", None)
+    else:  # the manifest's gpus count wins over the count written in the site profile
+        if "gres" in out:
+            out["gres"] = _gres_with_count(str(out["gres"]), resources.gpus)
+        if "gpus" in out:
+            out["gpus"] = resources.gpus
     out["time"] = 30 if gather else resources.time_min
     out["cpus-per-task"] = 1 if gather else resources.cpus
     out["mem"] = "4G" if gather else f"{int(resources.mem_gb * 1024)}M"
     out["extra"] = extra
     return out
+
+
+def _gres_with_count(gres: str, count: int) -> str:
+    """`gpu:a100:1` → `gpu:a100:<count>`; several comma-separated resources are left alone."""
+    if "," in gres:
+        return gres
+    parts = gres.split(":")
+    if parts[-1].isdigit():
+        parts = parts[:-1]
+    return ":".join(parts + [str(count)])
 
 
 def sbatch_lines(options: dict[str, Any]) -> list[str]:

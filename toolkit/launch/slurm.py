@@ -119,8 +119,8 @@ def _executor(submitit: Any, folder: Path, plan: Plan, target: str, resources: A
     for line in options["extra"]:
         key, sep, value = line.lstrip("-").partition("=")
         additional[key] = value if sep else True
-    if resources is not None and resources.array_parallelism:
-        params["array_parallelism"] = resources.array_parallelism
+    if resources is not None:  # null: no throttle (submitit's default would add %256)
+        params["array_parallelism"] = resources.array_parallelism or 2**31 - 1
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
     executor.update_parameters(additional_parameters=additional, **params)
     return executor

@@ -34,8 +34,13 @@ def max_array_size() -> int:
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
 
 
-def job_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """`jobid[_index]` → (state, node list) from sacct, for the given (array) job ids."""
+def job_states(job_ids: Iterable[str],
+               elements: dict[str, Iterable[int]] | None = None) -> dict[str, tuple[str, str]]:
+    """`jobid[_index]` → (state, node list) for the given (array) job ids: sacct's records, updated
+    with what slurmctld holds now (accounting lags by seconds: a just-started element can be
+    missing from sacct).  An array element known to neither was cancelled before it started
+    (Slurm keeps no record of it): with `elements` (array id → its indices) it is reported
+    CANCELLED, provided slurmctld answered and the array has other records."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
@@ -45,6 +50,32 @@ def job_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         parts = line.split("|")
         if len(parts) >= 3:
             states[parts[0]] = (parts[1].split()[0] if parts[1] else "UNKNOWN", parts[2])
+    live = _controller_states(ids)
+    if live is None:
+        return states
+    states.update(live)
+    for array_id, indices in (elements or {}).items():
+        if any(job.startswith(f"{array_id}_") for job in states):
+            for index in indices:
+                if element_state(states, array_id, index)[0] == "UNKNOWN":
+                    states[f"{array_id}_{index}"] = ("CANCELLED", "")
+    return states
+
+
+def _controller_states(ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """Every element slurmctld still holds (any state, pending ones one by one); None if no answer."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:  # all ids already purged from slurmctld (MinJobAge), or it is down
+        return {} if "Invalid job id" in proc.stderr else None
+    states: dict[str, tuple[str, str]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 3:
+            states[parts[0]] = (parts[1] or "UNKNOWN", parts[2])
     return states
 
 

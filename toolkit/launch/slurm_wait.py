@@ -20,7 +20,10 @@ def task_slurm_states(campaign_dir: Path) -> dict[str, tuple[str, str]]:
     jobs = task_jobs(campaign_dir)
     if not jobs:
         return {}
-    states = slurm_state.job_states({array for array, _ in jobs.values()})
+    elements: dict[str, list[int]] = {}
+    for array, index in jobs.values():
+        elements.setdefault(array, []).append(index)
+    states = slurm_state.job_states(elements, elements)
     return {task: slurm_state.element_state(states, array, index) for task, (array, index) in jobs.items()}
 
 
@@ -30,10 +33,11 @@ def wait_slurm(campaign_dir: Path, record: dict[str, Any], say: Callable[[str], 
     tasks = [t for stage in record["stages"] for a in stage["arrays"] for t in a["task_ids"]]
     gathers = [stage["gather"] for stage in record["stages"]]
     ids = [a["job_id"] for stage in record["stages"] for a in stage["arrays"]] + gathers
+    elements = {a["job_id"]: range(len(a["task_ids"])) for stage in record["stages"] for a in stage["arrays"]}
     bar = Progress(len(tasks), "tasks", every_s=15.0)
     seen = 0
     while True:
-        states = slurm_state.job_states(ids)
+        states = slurm_state.job_states(ids, elements)
         done = len(set(tasks) & set(completed_shards(campaign_dir)))
         if done > seen:
             bar.update(done - seen)
@@ -44,8 +48,9 @@ def wait_slurm(campaign_dir: Path, record: dict[str, Any], say: Callable[[str], 
         failed = _failed_tasks(campaign_dir, states)
         broken_gather = [g for g in gathers if states.get(g, ("", ""))[0] in slurm_state.FAILED]
         if failed or broken_gather:
-            if _settled(states, ids):
-                _cancel_stranded(states, ids)
+            stranded = _stranded(record, states, failed)
+            if _settled(states, stranded):
+                _cancel_stranded(states, stranded)
                 raise TaskFailed(_failure_message(failed, broken_gather, campaign_dir))
         time.sleep(poll_s)
 
@@ -59,15 +64,31 @@ def _failed_tasks(campaign_dir: Path, states: dict[str, tuple[str, str]]) -> dic
     return out
 
 
-def _settled(states: dict[str, tuple[str, str]], ids: list[str]) -> bool:
-    """No job is running any more (what is left is terminal or pending behind a failure)."""
-    return all(v[0] in slurm_state.TERMINAL or v[0] == "PENDING" for v in states.values())
+def _stranded(record: dict[str, Any], states: dict[str, tuple[str, str]], failed: dict[str, str]) -> set[str]:
+    """Jobs that can never start: `afterok` on a failed job or on a stranded one.  Other pending
+    jobs (array throttle, requeued after preemption, waiting for resources) may still run."""
+    stranded: set[str] = set()
+    blocked = False
+    for stage in record["stages"]:
+        if blocked:
+            stranded.update(a["job_id"] for a in stage["arrays"])
+        broken = any(t in failed for a in stage["arrays"] for t in a["task_ids"])
+        if blocked or broken or states.get(stage["gather"], ("", ""))[0] in slurm_state.FAILED:
+            stranded.add(stage["gather"])
+            blocked = True
+    return stranded
 
 
-def _cancel_stranded(states: dict[str, tuple[str, str]], ids: list[str]) -> None:
+def _settled(states: dict[str, tuple[str, str]], stranded: set[str]) -> bool:
+    """Nothing will change any more: every job is terminal or pending behind a failure."""
+    return all(state in slurm_state.TERMINAL or (state == "PENDING" and job.split("_")[0] in stranded)
+               for job, (state, _) in states.items())
+
+
+def _cancel_stranded(states: dict[str, tuple[str, str]], stranded: set[str]) -> None:
     pending = {job.split("_")[0] for job, (state, _) in states.items() if state == "PENDING"}
-    if pending:
-        slurm_state.cancel(pending & {i.split("_")[0] for i in ids})
+    if pending & stranded:
+        slurm_state.cancel(pending & stranded)
 
 
 def _failure_message(failed: dict[str, str], gathers: list[str], campaign_dir: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from toolkit.manifest.located import YamlProblem, load_located
 from toolkit.manifest.model import SiteProfile
 
 SBATCH_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus", "extra")
+LONG_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[^\n\r\0]+)?$")
 SITE_KEYS = ("name", "description", "defaults", "gather", "targets")
 
 
@@ -89,6 +91,9 @@ def _check_options(options: Any, located: Any, path: tuple[str, ...]) -> list[st
         elif key == "extra":
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 problems.append(f"{where}: extra must be a list of strings")
+            else:
+                problems += [f"{where}: extra line {line!r} must be a long sbatch option like "
+                             "'--exclude=node13' or '--exclusive'" for line in value if not LONG_OPTION.match(line)]
         elif key == "gpus":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{where}: gpus must be an integer >= 0")
