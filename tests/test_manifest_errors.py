@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from toolkit.experiments import names
 
 # One experiment, everything valid: the cases below each break one thing (or three).
 GOOD = """\
@@ -87,7 +88,7 @@ CASES = [
          ("7:14", ("experiments[0].params.max_new_token: unknown parameter", "did you mean 'max_new_tokens'?"))),
     case("experiment-unknown-did-you-mean", GOOD.replace("exp4.generate", "exp4.generat"),
          ("5:11", ("experiments[0].name: unknown experiment 'exp4.generat'", "did you mean 'exp4.generate'?",
-                   "known experiments: exp4.compare, exp4.generate"))),
+                   "known experiments: " + ", ".join(names())))),
     case("target-unknown", GOOD.replace("[a100]", "[a100, b200]"),
          ("3:17", ("targets[1]: unknown target 'b200' for site 'default'",
                    "known: a100, h100, h200, v100, l40s, a10, cpu"))),

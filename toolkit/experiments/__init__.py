@@ -14,6 +14,7 @@ from types import ModuleType
 from toolkit.errors import UsageError
 
 REGISTRY: dict[str, str] = {
+    "exp2.lipschitz": "toolkit.experiments.exp2.lipschitz",
     "exp4.generate": "toolkit.experiments.exp4.generate",
     "exp4.compare": "toolkit.experiments.exp4.compare",
 }

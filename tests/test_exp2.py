@@ -1,0 +1,117 @@
+"""exp2.lipschitz end to end through the CLI (local executor) on the tiny random Llama, plus its checks."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+from toolkit.store.reader import Store
+
+MANIFEST = """\
+campaign: lipschitz-tiny
+output: {output}
+model: {{source: tiny-random-llama, attn_implementation: eager}}
+prompts: ["The capital of France is", "Numbers: 1, 2, 3,"]
+experiments:
+  - name: exp2.lipschitz
+    id: lipschitz
+    params: {{top_k: 3, iterations: 25, eps_min: 1.0e-9, eps_max: 1.0e-2, eps_steps: 8, n_random: 2,
+              n_noise: 2, seed: 7}}
+    sweep: {{dtype: [float32, float64]}}
+  - name: exp2.lipschitz
+    id: lipschitz-double-vjp
+    params: {{top_k: 3, iterations: 25, eps_min: 1.0e-9, eps_max: 1.0e-2, eps_steps: 8, n_random: 2,
+              n_noise: 2, seed: 7, jvp_mode: double_vjp}}
+    numerics: {{dtype: float64}}
+"""
+
+
+def test_lipschitz_campaign_stores_sigma_and_gains(tmp_path):
+    manifest = tmp_path / "lipschitz.yaml"
+    manifest.write_text(MANIFEST.format(output=tmp_path / "campaigns"))
+    # one torch thread in the worker: on a machine shared with other jobs, OpenMP waits made this 4x slower
+    result = run_cli("submit", str(manifest), "--executor", "local", env={"OMP_NUM_THREADS": "1"})
+    assert result.code == 0, result.err
+    folder = tmp_path / "campaigns" / "lipschitz-tiny"
+    with Store(folder / "store.h5") as store:
+        runs = {r.numerics["dtype"]: r for r in store.runs("exp2.lipschitz") if r.exp_id == "lipschitz"}
+        assert sorted(runs) == ["float32", "float64"]
+        other = [r for r in store.runs("exp2.lipschitz") if r.exp_id == "lipschitz-double-vjp"][0]
+        assert other.attrs["jvp_mode"] == "double_vjp" and runs["float64"].attrs["jvp_mode"] == "forward"
+        for key in ("000", "001"):  # both ways of computing J·v give the same triplets in true fp64
+            a, b = other[f"prompts/{key}/sigma"], runs["float64"][f"prompts/{key}/sigma"]
+            assert np.allclose(a, b, rtol=1e-12)
+            assert np.allclose(other[f"prompts/{key}/right_vectors"], runs["float64"][f"prompts/{key}/right_vectors"],
+                               atol=1e-8)
+        for dtype, run in runs.items():
+            assert run.attrs["method"].startswith("subspace iteration")
+            assert run.attrs["iterations"] == 25 and run.attrs["dtype"] == dtype
+            assert bool(run.attrs["true_fp64"]) is (dtype == "float64")
+            patches = json.loads(run.attrs["true_fp64_patches"])
+            assert (len(patches) == 7) if dtype == "float64" else patches == []
+            for key in ("000", "001"):
+                group = f"prompts/{key}"
+                sigma, right = run[f"{group}/sigma"], run[f"{group}/right_vectors"]
+                assert sigma.shape == (3,) and right.shape == (3, 64) and sigma.dtype == np.float64
+                assert np.all(np.diff(sigma) <= 0) and np.all(sigma > 0)
+                assert np.allclose(np.linalg.norm(right, axis=1), 1, atol=1e-10)
+                assert np.allclose(right @ right.T, np.eye(3), atol=1e-8)
+                assert run[f"{group}/eps"].shape == (8,) and np.all(np.diff(run[f"{group}/eps"]) > 0)
+                assert run[f"{group}/gain_singular"].shape == (3, 8)
+                assert run[f"{group}/gain_random"].shape == (2, 8)
+                assert run[f"{group}/gain_noise"].shape == (8,)
+                assert run[f"{group}/residual"].shape == (3,) and run[f"{group}/residual_history"].shape == (25,)
+                gains, limit = run[f"{group}/gain_random"], run[f"{group}/jacobian_gain_random"]
+                assert np.allclose(gains[:, 4], limit, rtol=1e-3)  # ε ≈ 2e-5: random gains → ‖J r‖
+        fp64 = runs["float64"]
+        gain, sigma = fp64["prompts/000/gain_singular"], fp64["prompts/000/sigma"]
+        assert abs(gain[0, 1] - sigma[0]) / sigma[0] < 1e-6  # true fp64, ε ≈ 1e-8: converged to σ₁
+        assert np.all(fp64["prompts/000/changed_singular"] == 64)
+        fp32 = runs["float32"]
+        assert fp32["prompts/000/changed_singular"][0, 0] < 64  # ε = 1e-9 is below ulp32 of most entries
+        assert run_cli("plot", str(folder)).code == 0
+    figures = sorted(p.name for p in (folder / "figures").iterdir())
+    assert [f for f in figures if f.startswith("lipschitz_")] == sorted(f"lipschitz_{r.task_id}.png"
+                                                                      for r in [*runs.values(), other])
+
+
+def test_params_are_validated_and_the_manifest_is_valid(write_manifest):
+    bad = write_manifest("""\
+        campaign: bad
+        model: {source: tiny-random-llama}
+        experiments:
+          - name: exp2.lipschitz
+            params: {top_k: 0, eps_min: 1.0e-3, eps_max: 1.0e-5}
+        """)
+    result = run_cli("validate", str(bad))
+    assert result.code == 2
+    for fragment in ("params.top_k: must be between 1 and 256", "params.eps_max: must be >= eps_min"):
+        assert fragment in result.err, result.err
+    mode = run_cli("validate", str(write_manifest("""\
+        campaign: bad
+        model: {source: tiny-random-llama}
+        experiments:
+          - name: exp2.lipschitz
+            params: {perturb_mode: fp32}
+        """, name="mode.yaml")))
+    assert mode.code == 2 and "params.perturb_mode: must be 'fp64_then_round' | 'model_dtype'" in mode.err
+    shipped = run_cli("validate", str(REPO / "manifests" / "lipschitz.yaml"))
+    assert shipped.code == 0, shipped.err
+    assert "exp2.lipschitz" in run_cli("experiments").out
+
+
+def test_sdpa_fails_at_run_time_with_a_clear_message():
+    from toolkit.experiments.exp2 import lipschitz
+    from toolkit.manifest import ModelSpec, Numerics
+    from toolkit.models.loading import load
+
+    numerics = Numerics(dtype="float32", attn_implementation="sdpa")
+    model, tokenizer, device = load(ModelSpec("tiny-random-llama", device="cpu"), numerics)
+    ctx = SimpleNamespace(model=model, tokenizer=tokenizer, device=device, numerics=numerics,
+                          prompts=("x",), out=None, progress=None)
+    with pytest.raises(ValueError, match="need attn_implementation 'eager'"):
+        lipschitz.run(ctx, lipschitz.Params())

@@ -1,0 +1,285 @@
+"""exp2.lipschitz — singular values of J = ∂f/∂x and finite-difference gains along chosen directions.
+
+x is the last token's input embedding, f(x) the final-norm hidden state at the last position (the
+`lm_head` input), all other token embeddings fixed (`toolkit.numerics.embedding_forward`).  Per
+prompt:
+
+1. the top-k singular values σ and right singular vectors of J, matrix-free: subspace iteration
+   on JᵀJ with JVPs and VJPs (`toolkit.numerics.jacobian`), deterministic start and sign
+   convention, with each triplet's residual ‖Jᵀu − σv‖/σ;
+2. finite-difference gains  L̂(ε; v) = ‖f(x̃) − f(x)‖ / ‖x̃ − x‖  over a geometric ε grid, where
+   x̃ = x + ε·v rounded to the model dtype as `perturb_mode` says and the denominator is the
+   *realised* perturbation (the upstream scripts divided by the intended ε, which measures
+   rounding once most coordinates stop moving).  Directions: the top-k right singular vectors
+   (L̂ → σ_i as ε → 0 in exact arithmetic) and `n_random` seeded random unit vectors r (L̂ → ‖J r‖,
+   stored as `jacobian_gain_random`).  A gain is NaN where x̃ == x (nothing to divide by), and 0
+   where the input moved but f did not change in any bit;
+3. a seeded noise-averaged gain along v₁: with r_i = noise_scale·ε·U(−1,1)^D,
+   ‖mean_i f(x + εv₁ + r_i) − f(x + r_i)‖ / ‖mean_i (realised input differences)‖.
+
+Needs `attn_implementation: eager` (JVPs fail under SDPA); checked when the task starts.  With
+`dtype: float64` and `true_fp64` (default), RMSNorm, RoPE and the attention softmax are made to
+compute in float64 for the task (`toolkit.numerics.true_fp64`): a plain `.double()` model still
+rounds them to float32, and its finite differences stall at fp32 resolution.  Every forward is a
+full recompute of the prompt at batch size 1 (one code path for f and its perturbations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+PER_TARGET = True
+NEEDS_MODEL = True
+READS: tuple[str, ...] = ()
+STORES = {
+    "prompts/<k>/prompt_ids": "[T] int64 token ids of prompt k",
+    "prompts/<k>/sigma": "[K] float64 top-K singular values of J, descending",
+    "prompts/<k>/right_vectors": "[K,D] float64 right singular vectors (rows; largest-|entry| positive)",
+    "prompts/<k>/residual": "[K] float64 ‖Jᵀu_i − σ_i v_i‖ / σ_i of each triplet",
+    "prompts/<k>/residual_history": "[I] float64 largest relative Ritz residual after each iteration",
+    "prompts/<k>/eps": "[E] float64 the geometric ε grid (ascending)",
+    "prompts/<k>/gain_singular": "[K,E] float64 ‖f(x̃)−f(x)‖/‖x̃−x‖ along v_i (NaN: x̃ == x)",
+    "prompts/<k>/gain_random": "[R,E] float64 the same along seeded random unit directions",
+    "prompts/<k>/jacobian_gain_random": "[R] float64 ‖J r‖ of each random direction (the ε → 0 limit)",
+    "prompts/<k>/gain_noise": "[E] float64 noise-averaged gain along v_1 (absent when n_noise = 0)",
+    "prompts/<k>/changed_singular / changed_random": "[K|R,E] int64 input elements that changed",
+    "prompts/<k>/realised_singular / realised_random": "[K|R,E] float64 ‖x̃ − x‖ (intended: ε)",
+}
+METHOD = "subspace iteration on JᵀJ (block power, torch.func JVP+VJP), Rayleigh–Ritz on J"
+# JVP: forward mode (torch.func.jvp) or reverse over reverse; recorded in the attrs as jvp_mode
+
+
+@dataclass(frozen=True)
+class Params:
+    """top_k singular triplets by `iterations` of subspace iteration (block top_k + oversample),
+    J·v by forward-mode AD or, with jvp_mode double_vjp, reverse over reverse (faster on CPU);
+    finite differences over eps_steps values from eps_min to eps_max along them and n_random
+    seeded random directions, rounded by perturb_mode; noise-averaged gain over n_noise draws;
+    true_fp64: with dtype float64, compute RMSNorm/RoPE/softmax in float64 too."""
+
+    top_k: int = 5
+    iterations: int = 20
+    oversample: int = 2
+    eps_min: float = 1e-10
+    eps_max: float = 1e-1
+    eps_steps: int = 10
+    n_random: int = 4
+    n_noise: int = 8
+    noise_scale: float = 0.01
+    seed: int = 0
+    perturb_mode: Literal["fp64_then_round", "model_dtype"] = "fp64_then_round"
+    true_fp64: bool = True
+    jvp_mode: Literal["forward", "double_vjp"] = "forward"
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if not 1 <= self.top_k <= 256:
+            problems.append(("top_k", f"must be between 1 and 256, got {self.top_k}"))
+        if not 1 <= self.iterations <= 10_000:
+            problems.append(("iterations", f"must be between 1 and 10000, got {self.iterations}"))
+        if not 0 <= self.oversample <= 64:
+            problems.append(("oversample", f"must be between 0 and 64, got {self.oversample}"))
+        if not self.eps_min > 0:
+            problems.append(("eps_min", f"must be > 0, got {self.eps_min}"))
+        if not self.eps_max >= self.eps_min:
+            problems.append(("eps_max", f"must be >= eps_min ({self.eps_min}), got {self.eps_max}"))
+        if not 1 <= self.eps_steps <= 1000:
+            problems.append(("eps_steps", f"must be between 1 and 1000, got {self.eps_steps}"))
+        elif self.eps_steps == 1 and self.eps_max != self.eps_min:
+            problems.append(("eps_steps", "must be >= 2 when eps_max != eps_min"))
+        if not 0 <= self.n_random <= 1000:
+            problems.append(("n_random", f"must be between 0 and 1000, got {self.n_random}"))
+        if not 0 <= self.n_noise <= 100_000:
+            problems.append(("n_noise", f"must be between 0 and 100000, got {self.n_noise}"))
+        if not self.noise_scale > 0:
+            problems.append(("noise_scale", f"must be > 0, got {self.noise_scale}"))
+        if self.seed < 0:
+            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        return problems
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Per prompt: top-k singular triplets of J and finite-difference gains; see the module docstring."""
+    import contextlib
+    import json
+
+    import numpy as np
+
+    from toolkit.numerics.jacobian import require_eager
+    from toolkit.numerics.true_fp64 import true_fp64
+
+    attention = require_eager(ctx.model)
+    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    eps = np.geomspace(params.eps_min, params.eps_max, params.eps_steps) if params.eps_steps > 1 \
+        else np.array([params.eps_min])
+    per_prompt = params.iterations + 2 + len(eps) * (params.top_k + params.n_random + 2 * params.n_noise)
+    bar = ctx.progress(len(ctx.prompts) * per_prompt)
+    out = ctx.out
+    out.attrs["method"] = METHOD
+    out.attrs["iterations"] = params.iterations
+    out.attrs["block_size"] = params.top_k + params.oversample
+    out.attrs["jvp_mode"] = params.jvp_mode
+    out.attrs["f"] = ("final-norm hidden state (lm_head input) at the last position, "
+                      "w.r.t. the last token's input embedding")
+    out.attrs["gain"] = "||f(x~) - f(x)||_2 / ||x~ - x||_2 with the realised perturbation (float64 differences)"
+    out.attrs["noise"] = "r_i = noise_scale * eps * U(-1,1)^D (seed + 1); pairs f(x + eps v1 + r_i), f(x + r_i)"
+    out.attrs["perturb_mode"] = params.perturb_mode
+    out.attrs["dtype"] = ctx.numerics.dtype
+    out.attrs["attn_implementation"] = ctx.numerics.attn_implementation
+    out.attrs["true_fp64"] = bool(use_true_fp64)
+    out.attrs["forward_path"] = "full recompute of the prompt, batch size 1, no KV cache"
+    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
+        out.attrs["true_fp64_patches"] = json.dumps(patches)
+        out.attrs["attention_during_run"] = attention if not use_true_fp64 else ctx.model.config._attn_implementation
+        residuals = []
+        for index, prompt in enumerate(ctx.prompts):
+            group = out.create_group(f"prompts/{index:03d}")
+            residuals.append(_one_prompt(ctx, params, prompt, eps, group, bar))
+    out.attrs["residual_max"] = float(max(residuals)) if residuals else float("nan")
+    bar.update(bar.total - bar.done)
+
+
+def _one_prompt(ctx: Any, params: Params, prompt: str, eps: Any, group: Any, bar: Any) -> float:
+    import numpy as np
+    import torch
+
+    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=params.jvp_mode)
+    if params.top_k > op.in_dim:
+        raise ValueError(f"top_k = {params.top_k} exceeds the embedding dimension {op.in_dim}")
+    triplets = top_singular(op, params.top_k, iterations=params.iterations, oversample=params.oversample,
+                            seed=params.seed, progress=bar.update)
+    generator = torch.Generator().manual_seed(params.seed)
+    random_dirs = torch.randn(params.n_random, op.in_dim, generator=generator, dtype=torch.float64)
+    random_dirs = random_dirs / torch.linalg.vector_norm(random_dirs, dim=1, keepdim=True)
+    jacobian_gain_random = (torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random
+                            else torch.zeros(0, dtype=torch.float64))
+    bar.update()
+    with torch.no_grad():
+        base = op.f(op.x).double()
+    singular = _gains(op, base, triplets.right, eps, params.perturb_mode, bar)
+    randoms = _gains(op, base, random_dirs, eps, params.perturb_mode, bar)
+
+    group.attrs["prompt"] = prompt
+    group.attrs["iterations_done"] = triplets.iterations
+    group.attrs["residual_max"] = float(triplets.residual.max())
+    group.attrs["jvp_products"] = triplets.products.get("jvp", 0)
+    group.attrs["vjp_products"] = triplets.products.get("vjp", 0)
+    group.attrs["position"] = int(ids.shape[1] - 1)
+    data = {
+        "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
+        "sigma": triplets.sigma.numpy(), "right_vectors": triplets.right.numpy(),
+        "residual": triplets.residual.numpy(),
+        "residual_history": np.asarray(triplets.residual_history, dtype=np.float64),
+        "eps": np.asarray(eps, dtype=np.float64),
+        "gain_singular": singular["gain"], "changed_singular": singular["changed"],
+        "realised_singular": singular["realised"],
+        "gain_random": randoms["gain"], "changed_random": randoms["changed"], "realised_random": randoms["realised"],
+        "jacobian_gain_random": jacobian_gain_random.numpy(),
+    }
+    if params.n_noise:
+        data["gain_noise"] = _noise_gains(op, triplets.right[0], eps, params, bar)
+    for name, value in data.items():
+        group.create_dataset(name, data=value)
+    return float(triplets.residual.max())
+
+
+def _gains(op: Any, base: Any, directions: Any, eps: Any, mode: str, bar: Any) -> dict[str, Any]:
+    """Finite-difference gains [n_dirs, n_eps] with the realised perturbation in the denominator."""
+    import numpy as np
+    import torch
+
+    from toolkit.numerics.perturb import perturb
+
+    shape = (directions.shape[0], len(eps))
+    gain, realised = np.full(shape, np.nan), np.zeros(shape)
+    changed = np.zeros(shape, dtype=np.int64)
+    for i, direction in enumerate(directions):
+        for j, step in enumerate(eps):
+            p = perturb(op.x, direction, float(step), mode)
+            changed[i, j], realised[i, j] = p.n_changed, p.delta_norm
+            if p.delta_norm > 0:
+                with torch.no_grad():
+                    moved = op.f(p.x_tilde).double()
+                gain[i, j] = float(torch.linalg.vector_norm(moved - base)) / p.delta_norm
+            bar.update()
+    return {"gain": gain, "changed": changed, "realised": realised}
+
+
+def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Any) -> Any:
+    """Noise-averaged gain along `direction` per ε (NaN where the mean input difference is 0)."""
+    import numpy as np
+    import torch
+
+    from toolkit.numerics.perturb import perturb
+
+    generator = torch.Generator().manual_seed(params.seed + 1)
+    out = np.full(len(eps), np.nan)
+    for j, step in enumerate(eps):
+        outputs = torch.zeros(op.out_dim, dtype=torch.float64, device=op.x.device)
+        inputs = torch.zeros(op.in_dim, dtype=torch.float64, device=op.x.device)
+        for _ in range(params.n_noise):
+            noise = params.noise_scale * float(step) * (2 * torch.rand(op.in_dim, generator=generator,
+                                                                         dtype=torch.float64) - 1)
+            moved = perturb(op.x, float(step) * direction + noise, 1.0, params.perturb_mode)
+            anchor = perturb(op.x, noise, 1.0, params.perturb_mode)
+            with torch.no_grad():
+                outputs += op.f(moved.x_tilde).double() - op.f(anchor.x_tilde).double()
+            inputs += moved.x_tilde.double() - anchor.x_tilde.double()
+            bar.update(2)
+        denominator = float(torch.linalg.vector_norm(inputs))
+        if denominator > 0:
+            out[j] = float(torch.linalg.vector_norm(outputs)) / denominator
+    return out
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Per prompt: gain vs ε (log-log) with σ₁ as a horizontal line, and the σ spectrum."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = sorted(run.group["prompts"])
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]})
+    for row, key in zip(axes, keys):
+        base = f"prompts/{key}"
+        eps, sigma = run[f"{base}/eps"], run[f"{base}/sigma"]
+        gains, randoms = run[f"{base}/gain_singular"], run[f"{base}/gain_random"]
+        ax = row[0]
+        for i, gain in enumerate(gains):
+            ax.loglog(eps, _positive(gain), marker="o", ms=3, lw=1.2, label=f"v{i + 1}")
+        for i, gain in enumerate(randoms):
+            ax.loglog(eps, _positive(gain), color="0.6", lw=0.8, ls="--", label="random" if i == 0 else None)
+        if f"{base}/gain_noise" in run:
+            ax.loglog(eps, _positive(run[f"{base}/gain_noise"]), color="k", lw=1.2, ls=":", label="v1 + noise")
+        ax.axhline(sigma[0], color="C3", lw=1, label=f"σ1 = {sigma[0]:.4g}")
+        ax.set_xlabel("ε")
+        ax.set_ylabel("‖f(x̃) − f(x)‖ / ‖x̃ − x‖")
+        ax.set_title(f"prompt {int(key)}: finite-difference gain", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+        spec = row[1]
+        spec.semilogy(np.arange(1, len(sigma) + 1), sigma, marker="o")
+        spec.set_xticks(np.arange(1, len(sigma) + 1))
+        spec.set_xlabel("index i")
+        spec.set_ylabel("σ_i")
+        spec.set_title("top singular values of J", fontsize=9)
+    fig.suptitle(f"exp2.lipschitz — {run.label()}", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / f"lipschitz_{run.task_id}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def _positive(values: Any) -> Any:
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(values > 0, values, np.nan)
