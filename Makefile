@@ -5,7 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test model bench clean
+IMAGE_BASE ?= pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+IMAGE_TAG ?= localhost/toolkit:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' toolkit/__init__.py)
+SIF ?= toolkit.sif
+
+.PHONY: demo test model bench clean image image-ci sif lint-docker
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +32,18 @@ bench: model
 
 clean:
 	rm -rf $(VENV) campaigns .pytest_cache
+
+image: $(STAMP)  # production image on a CUDA PyTorch base (needs a registry)
+	PYTHON=$(BIN)/python containers/build.sh --base $(IMAGE_BASE) --tag $(IMAGE_TAG)
+
+image-ci: $(STAMP)  # the same Dockerfile on an offline CPU base built with debootstrap (cached)
+	containers/build-base.sh
+	PYTHON=$(BIN)/python containers/build.sh --base localhost/toolkit-base:bookworm --tag $(IMAGE_TAG)
+
+sif: image
+	mkdir -p build && podman save --format docker-archive -o build/toolkit-image.tar $(IMAGE_TAG)
+	apptainer build --force --build-arg IMAGE_ARCHIVE=$(CURDIR)/build/toolkit-image.tar $(SIF) containers/toolkit.def
+	rm -f build/toolkit-image.tar
+
+lint-docker: $(STAMP)
+	$(BIN)/hadolint containers/Dockerfile
