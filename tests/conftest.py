@@ -68,3 +68,15 @@ def tiny_manifest(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, restored after: many small ops gain nothing from a second
+    thread, and on a machine shared with other jobs OpenMP waits made them 4-10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

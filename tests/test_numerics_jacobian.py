@@ -16,13 +16,8 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread for this module, restored after: these many small ops gain nothing from a
-    second thread, and on a machine shared with other jobs OpenMP waits made them 4-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Every test of this module runs with one torch thread (see conftest.one_torch_thread)."""
 
 
 def _load(source: str, dtype: str, attn: str = "eager"):

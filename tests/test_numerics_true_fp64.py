@@ -23,13 +23,8 @@ EPS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread for this module, restored after: these many small ops gain nothing from a
-    second thread, and on a machine shared with other jobs OpenMP waits made them 4-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Every test of this module runs with one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
