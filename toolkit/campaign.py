@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from toolkit.errors import StoreError, UsageError
-from toolkit.plan import Plan, canonical_json, model_identity
+from toolkit.plan import Plan, Task, canonical_json, model_identity
 from toolkit.store import schema
 from toolkit.store.files import atomic_write_text, stale_temp
 from toolkit.store.shard import completed_shards, failed_tasks
@@ -85,7 +84,7 @@ def task_states(campaign_dir: Path) -> list[TaskState]:
                if not stale_temp(p)}
     rows = []
     for task_id, data in plan["tasks"].items():
-        label = _label(data)
+        label = Task.from_json(data).label()
         if task_id in stored:
             state, detail = "stored", ""
         elif task_id in shards:
@@ -99,7 +98,3 @@ def task_states(campaign_dir: Path) -> list[TaskState]:
         rows.append(TaskState(task_id, label, data["stage"], state, detail))
     return sorted(rows, key=lambda r: (r.stage, r.label))
 
-
-def _label(data: dict[str, Any]) -> str:
-    point = " ".join(f"{k}={v}" for k, v in data.get("sweep_point", {}).items())
-    return " ".join(p for p in (data["exp_id"], data["target"], f"r{data['repeat']}", point) if p)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from toolkit.errors import UsageError
+from toolkit.plan import Plan
 
 
 def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site: str | None, force: bool,
@@ -53,12 +54,12 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     return folder
 
 
-def _print_summaries(folder: Path, plan: object, say: Callable[[str], None]) -> None:
+def _print_summaries(folder: Path, plan: Plan, say: Callable[[str], None]) -> None:
     from toolkit.store import schema
     from toolkit.store.reader import Store
 
     with Store(schema.store_path(folder)) as store:
         for run in store.runs():
             summary = run.attrs.get("summary")
-            if summary and run.task_id in getattr(plan, "tasks"):
+            if summary and run.task_id in plan.tasks:
                 say(f"{run.experiment} {run.task_id}:\n{summary}")
