@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "exp2.lipschitz": "toolkit.experiments.exp2.lipschitz",
     "exp4.generate": "toolkit.experiments.exp4.generate",
     "exp4.compare": "toolkit.experiments.exp4.compare",
+    "exp6.equal_logits": "toolkit.experiments.exp6.equal_logits",
+    "exp6.token_flip": "toolkit.experiments.exp6.token_flip",
 }
 
 

@@ -1,0 +1,262 @@
+"""exp6.equal_logits — a last-token input embedding x0 at which the model's top-2 logits tie.
+
+Per prompt: starting from the last token's own embedding, search x (only that row of the input
+embedding matrix moves) until the two leading `lm_head` logits at the last position are equal in
+the model's dtype (`toolkit.numerics.tie_search`: `direct` minimises the gap of the current
+top-2, `geometric` makes the final hidden state orthogonal to W[a] − W[b] of the initial top-2;
+Gauss–Newton or the upstream Adam; then an optional lattice polish).  The best iterate is kept.
+
+The tie is certified by the model's own forward on the stored x0 through the shared path
+(`toolkit.numerics.embedding_forward.forward_states`: full recompute, batch 1, `logits_to_keep=1`):
+the two logits exactly as `lm_head` produced them, their gap (float64 of the native values), the
+gap in ULPs of the logit (0 = a true tie), the token `torch.argmax` picks (ties: lowest index) and
+whether the pair is still the top-2.  Then the top-K right singular vectors of
+J = ∂(final-norm hidden state at the last position)/∂x AT x0 (`toolkit.numerics.jacobian`), which
+exp6.token_flip and exp7.heatmap read from the store instead of recomputing them.
+
+All float datasets are float64 conversions of native values, so `torch.from_numpy(x0).to(dtype)`
+gives back x0 bit for bit.  Needs `attn_implementation: eager` (JVPs), checked at task start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+PER_TARGET = True
+NEEDS_MODEL = True
+READS: tuple[str, ...] = ()
+STORES = {
+    "prompts/<kkk>/prompt_ids": "[T] int64 token ids",
+    "prompts/<kkk>/x0": "[D] float64 the certified embedding (exact model-dtype values)",
+    "prompts/<kkk>/x_init": "[D] float64 the token's own embedding (exact)",
+    "prompts/<kkk>/embeds": "[T,D] float64 the full input embedding matrix, last row == x0 (exact)",
+    "prompts/<kkk>/pair": "[2] int64 (a, b): a = the model's argmax at x0, b = the other tied token",
+    "prompts/<kkk>/logits_ab": "[2] float64 the two logits exactly as lm_head produced them",
+    "prompts/<kkk>/gap / gap_ulps / argmax": "scalars: logit a − logit b, in ULPs of the logit, torch.argmax",
+    "prompts/<kkk>/hidden_x0": "[D] float64 final-norm hidden state (lm_head input) at x0 (exact)",
+    "prompts/<kkk>/gap_hw": "scalar float64 h(x0)·(W[a] − W[b]) in float64 (not the certified gap)",
+    "prompts/<kkk>/top_ids / top_logits": "[5] the lm_head top-5 at x0",
+    "prompts/<kkk>/trace_*": "[I] per evaluation: gap, gap_ulps, objective, step, phase (0 grad, 1 polish), "
+                             "pair [I,2], pair_is_top2",
+    "prompts/<kkk>/sigma / right_vectors / residual": "[K], [K,D], [K] top-K singular triplets of J at x0",
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """method: direct | geometric objective; optimizer newton (lr = damping, max_step caps ‖δ‖) or adam
+    (upstream: lr 1e-3, clip 1); stop after `iterations`, after `patience` iterations without a
+    better iterate, or at |gap| ≤ tol_ulps; then up to polish_steps lattice moves; n_directions
+    singular triplets of J at x0 by svd_iterations of subspace iteration (block n + oversample), J·v by
+    reverse over reverse (double_vjp, default: ~10x faster than forward mode on CPU) or forward mode."""
+
+    method: Literal["direct", "geometric"] = "direct"
+    optimizer: Literal["newton", "adam"] = "newton"
+    iterations: int = 50
+    lr: float = 1.0
+    max_step: float = 1.0
+    patience: int = 8
+    polish_steps: int = 200
+    tol_ulps: float = 0.0
+    n_directions: int = 10
+    svd_iterations: int = 20
+    oversample: int = 2
+    seed: int = 0
+    jvp_mode: Literal["forward", "double_vjp"] = "double_vjp"
+    true_fp64: bool = True
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if not 1 <= self.iterations <= 100_000:
+            problems.append(("iterations", f"must be between 1 and 100000, got {self.iterations}"))
+        if not self.lr > 0:
+            problems.append(("lr", f"must be > 0, got {self.lr}"))
+        if not self.max_step > 0:
+            problems.append(("max_step", f"must be > 0, got {self.max_step}"))
+        if not 1 <= self.patience <= 100_000:
+            problems.append(("patience", f"must be between 1 and 100000, got {self.patience}"))
+        if not 0 <= self.polish_steps <= 1_000_000:
+            problems.append(("polish_steps", f"must be between 0 and 1000000, got {self.polish_steps}"))
+        if not self.tol_ulps >= 0:
+            problems.append(("tol_ulps", f"must be >= 0 (0 asks for an exact tie), got {self.tol_ulps}"))
+        if not 1 <= self.n_directions <= 256:
+            problems.append(("n_directions", f"must be between 1 and 256, got {self.n_directions}"))
+        if not 1 <= self.svd_iterations <= 10_000:
+            problems.append(("svd_iterations", f"must be between 1 and 10000, got {self.svd_iterations}"))
+        if not 0 <= self.oversample <= 64:
+            problems.append(("oversample", f"must be between 0 and 64, got {self.oversample}"))
+        if self.seed < 0:
+            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        return problems
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Per prompt: search, certify, and take the Jacobian's top singular directions at x0."""
+    import contextlib
+    import json
+
+    from toolkit.numerics.jacobian import require_eager
+    from toolkit.numerics.tie_search import ARITHMETIC
+    from toolkit.numerics.true_fp64 import true_fp64
+
+    attention = require_eager(ctx.model)
+    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    out = ctx.out
+    for key, value in (("method", params.method), ("optimizer", params.optimizer), ("lr", params.lr),
+                       ("max_step", params.max_step), ("iterations", params.iterations),
+                       ("patience", params.patience), ("polish_steps", params.polish_steps),
+                       ("tol_ulps", params.tol_ulps), ("jvp_mode", params.jvp_mode),
+                       ("dtype", ctx.numerics.dtype), ("attn_implementation", ctx.numerics.attn_implementation),
+                       ("arithmetic", ARITHMETIC), ("true_fp64", bool(use_true_fp64))):
+        out.attrs[key] = value
+    out.attrs["optimiser"] = json.dumps({"optimizer": params.optimizer, "lr": params.lr, "max_step": params.max_step,
+                                         "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "adam_grad_clip": 1.0})
+    out.attrs["certified_by"] = ("toolkit.numerics.embedding_forward.forward_states: full recompute of the prompt, "
+                                 "batch 1, no KV cache, logits_to_keep=1; gap = float64(logit a) - float64(logit b)")
+    out.attrs["directions"] = ("right singular vectors of J = d(final-norm hidden, last position)/d(x) at x0, "
+                               "subspace iteration (toolkit.numerics.jacobian.top_singular), largest-|entry| positive")
+    per_prompt = params.iterations + params.polish_steps + params.svd_iterations + 2
+    bar = ctx.progress(len(ctx.prompts) * per_prompt)
+    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
+        out.attrs["true_fp64_patches"] = json.dumps(patches)
+        out.attrs["attention_during_run"] = attention if not use_true_fp64 else ctx.model.config._attn_implementation
+        for index, prompt in enumerate(ctx.prompts):
+            group = out.create_group(f"prompts/{index:03d}")
+            _one_prompt(ctx, params, prompt, group, bar)
+    bar.update(bar.total - bar.done)
+
+
+def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> None:
+    import torch
+
+    from toolkit.numerics.embedding_forward import forward_states, prompt_embeddings
+    from toolkit.numerics.tie import certify, top_two
+    from toolkit.numerics.tie_search import SearchSettings, TieObjective, search_tie
+
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    embeds = prompt_embeddings(ctx.model, ids)
+    if params.n_directions > embeds.shape[-1]:
+        raise ValueError(f"n_directions = {params.n_directions} exceeds the embedding dimension {embeds.shape[-1]}")
+    x_init = embeds[0, -1].clone()
+    pair0 = top_two(forward_states(ctx.model, ids, x_init).logits)
+    settings = SearchSettings(method=params.method, optimizer=params.optimizer, iterations=params.iterations,
+                              lr=params.lr, max_step=params.max_step, patience=params.patience,
+                              polish_steps=params.polish_steps, tol_ulps=params.tol_ulps)
+    objective = TieObjective(ctx.model, embeds, params.method, pair0)
+    result = search_tie(objective, x_init, settings, pair0, tick=bar.update)
+    x0 = result.x_best
+    states = forward_states(ctx.model, ids, x0)
+    cert = certify(states.logits, *result.pair)
+    trace_gap = result.trace["gap"][result.best_iteration] if result.best_iteration >= 0 else float("nan")
+    a, b = cert.pair
+    w = ctx.model.get_output_embeddings().weight
+    top = torch.topk(states.logits.detach(), 5)
+    _write_certificate(group, ids, x_init, embeds, x0, cert, states, top,
+                       gap_hw=float(states.final_norm.double() @ (w[a].detach().double() - w[b].detach().double())))
+    _write_trace(group, result.trace)
+    _write_directions(ctx, params, ids, x0, group, bar)
+    attrs = {"prompt": prompt, "method": params.method, "dtype": ctx.numerics.dtype,
+             "converged": bool(cert.pair_is_top2 and abs(cert.gap_ulps) <= params.tol_ulps),
+             "iterations_done": result.iterations_done, "best_iteration": result.best_iteration,
+             "polish_tries": result.polish_tries, "polish_accepted": result.polish_accepted,
+             "a_token": ctx.tokenizer.decode([a]), "b_token": ctx.tokenizer.decode([b]),
+             "initial_pair": list(pair0), "pair_is_top2": cert.pair_is_top2, "position": int(ids.shape[1] - 1),
+             "distance_from_init": float(torch.linalg.vector_norm(x0.double() - x_init.double())),
+             "trace_matches_certified": bool(abs(trace_gap) == abs(cert.gap))}
+    for key, value in attrs.items():
+        group.attrs[key] = value
+
+
+def _write_certificate(group: Any, ids: Any, x_init: Any, embeds: Any, x0: Any, cert: Any, states: Any,
+                       top: Any, gap_hw: float) -> None:
+    import numpy as np
+
+    from toolkit.numerics.embedding_forward import with_row
+
+    full = with_row(embeds, x0, -1)[0]
+    data = {"prompt_ids": ids[0].cpu().numpy().astype(np.int64),
+            "x0": x0.detach().double().cpu().numpy(), "x_init": x_init.detach().double().cpu().numpy(),
+            "embeds": full.detach().double().cpu().numpy(),
+            "pair": np.array(cert.pair, dtype=np.int64), "logits_ab": np.array(cert.logits_ab, dtype=np.float64),
+            "gap": np.float64(cert.gap), "gap_ulps": np.float64(cert.gap_ulps), "argmax": np.int64(cert.argmax),
+            "hidden_x0": states.final_norm.detach().double().cpu().numpy(), "gap_hw": np.float64(gap_hw),
+            "top_ids": top.indices.cpu().numpy().astype(np.int64), "top_logits": top.values.double().cpu().numpy()}
+    for name, value in data.items():
+        group.create_dataset(name, data=value)
+
+
+def _write_trace(group: Any, trace: dict[str, list[Any]]) -> None:
+    import numpy as np
+
+    group.create_dataset("trace_gap", data=np.asarray(trace["gap"], dtype=np.float64))
+    group.create_dataset("trace_gap_ulps", data=np.asarray(trace["gap_ulps"], dtype=np.float64))
+    group.create_dataset("trace_objective", data=np.asarray(trace["objective"], dtype=np.float64))
+    group.create_dataset("trace_step", data=np.asarray(trace["step"], dtype=np.float64))
+    group.create_dataset("trace_phase", data=np.asarray(trace["phase"], dtype=np.int8))
+    group.create_dataset("trace_pair", data=np.asarray(trace["pair"], dtype=np.int64).reshape(-1, 2))
+    group.create_dataset("trace_pair_is_top2", data=np.asarray(trace["pair_is_top2"], dtype=bool))
+
+
+def _write_directions(ctx: Any, params: Params, ids: Any, x0: Any, group: Any, bar: Any) -> None:
+    """Top-K right singular vectors of J at x0 (the prompt's other rows are the model's embeddings)."""
+    from toolkit.numerics.embedding_forward import make_f
+    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+
+    f, _ = make_f(ctx.model, ids)
+    op = JacobianOperator(f, x0, batched=True, jvp_mode=params.jvp_mode)
+    triplets = top_singular(op, params.n_directions, iterations=params.svd_iterations,
+                            oversample=params.oversample, seed=params.seed, progress=bar.update)
+    group.create_dataset("sigma", data=triplets.sigma.numpy())
+    group.create_dataset("right_vectors", data=triplets.right.numpy())
+    group.create_dataset("residual", data=triplets.residual.numpy())
+    group.attrs["svd_iterations_done"] = triplets.iterations
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Per prompt: |gap| in logit ULPs per evaluation (gradient phase and polish), and σ of J at x0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    keys = sorted(run.group["prompts"])
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]})
+    for row, key in zip(axes, keys):
+        base = f"prompts/{key}"
+        gap_ulps, phase = np.abs(run[f"{base}/trace_gap_ulps"]), run[f"{base}/trace_phase"]
+        steps = np.arange(len(gap_ulps))
+        attrs = run.group[base].attrs
+        ax = row[0]
+        for value, name, marker in ((0, "gradient phase", "o"), (1, "lattice polish", "x")):
+            mask = phase == value
+            if mask.any():
+                ax.plot(steps[mask], gap_ulps[mask], marker=marker, ms=4, lw=0.8, label=name)
+        best = int(attrs["best_iteration"])
+        ax.plot([best], [gap_ulps[best]], marker="o", ms=13, mfc="none", mec="C3", mew=1.5, ls="none",
+                clip_on=False, label=f"kept: certified gap {float(run[f'{base}/gap_ulps']):g} ULP")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=-0.2)  # the linear part of symlog: 0 ULP (a true tie) stays visible
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("evaluation (forward pass) index")
+        ax.set_ylabel("|logit a − logit b|  [ULPs of the logit]")
+        ax.set_title(f"prompt {int(key)}: {attrs['method']} tie of {attrs['a_token']!r} / {attrs['b_token']!r}",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        sigma = run[f"{base}/sigma"]
+        spec = row[1]
+        spec.plot(np.arange(1, len(sigma) + 1), sigma, marker="o")
+        spec.set_xticks(np.arange(1, len(sigma) + 1))
+        spec.set_xlabel("index i")
+        spec.set_ylabel("σ_i of J at x0")
+        spec.set_title("top singular values (directions stored)", fontsize=9)
+    fig.suptitle(f"exp6.equal_logits — {run.label()}", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / f"equal_logits_{run.task_id}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
