@@ -14,7 +14,11 @@ from types import ModuleType
 from toolkit.errors import UsageError
 
 REGISTRY: dict[str, str] = {
+    "exp1.layer_svd": "toolkit.experiments.exp1.layer_svd",
     "exp2.lipschitz": "toolkit.experiments.exp2.lipschitz",
+    "exp3.precision": "toolkit.experiments.exp3.precision",
+    "exp3.compare": "toolkit.experiments.exp3.compare",
+    "exp5.module_lipschitz": "toolkit.experiments.exp5.module_lipschitz",
     "exp4.generate": "toolkit.experiments.exp4.generate",
     "exp4.compare": "toolkit.experiments.exp4.compare",
     "exp6.equal_logits": "toolkit.experiments.exp6.equal_logits",

@@ -1,0 +1,1 @@
+"""Experiment 1: layer-wise propagation of a last-token embedding perturbation along singular directions."""

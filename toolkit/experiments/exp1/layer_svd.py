@@ -1,0 +1,272 @@
+"""exp1.layer_svd — how a perturbation of the last token's embedding travels through every layer.
+
+x is the last token's input embedding, f the final-norm hidden state at the last position and
+J = ∂f/∂x (all other token embeddings fixed).  Per prompt:
+
+1. the top-k right singular vectors v_i of J, matrix-free (`toolkit.numerics.jacobian`:
+   subspace iteration with JVPs/VJPs, deterministic start, largest-|entry|-positive signs) —
+   the directions the network amplifies most;
+2. for each v_i and each ε of a geometric grid reaching below the input's ULP scale,
+   x̃ = x + ε·v_i rounded to the model dtype as `perturb_mode` says, with the realised
+   perturbation x̃ − x stored (upstream used the intended ε and lost the sub-ulp files to name
+   collisions);
+3. one full forward per x̃ (batch 1, no KV cache, the same path as the unperturbed forward) and the
+   divergence of EVERY row — row 0 the input embedding itself, rows 1..L the decoder layers'
+   residual outputs, row L+1 the final norm — from the unperturbed forward: L2, L∞, relative L2,
+   number of changed elements, max and median ULP distance in the model's own format
+   (`toolkit.numerics.divergence`).
+
+Row 0's divergence is the realised input perturbation exactly.  Also stored: the ε where the first
+input coordinate can move (ulp(x_i)/(2|v_i|), minimum) and where half of them can (median).
+With `dtype: float64` and `true_fp64` the model computes RMSNorm/RoPE/softmax in float64.
+Needs `attn_implementation: eager` (JVPs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+PER_TARGET = True
+NEEDS_MODEL = True
+READS: tuple[str, ...] = ()
+STORES = {
+    "prompts/<k>/prompt_ids": "[T] int64 token ids",
+    "prompts/<k>/sigma / right_vectors / residual": "[K], [K,D], [K] float64 top-K triplets of J (as exp2)",
+    "prompts/<k>/eps": "[E] float64 geometric ε grid (ascending)",
+    "prompts/<k>/eps_first_change / eps_half_change": "[K] float64 min / median of ulp(x_i)/(2|v_i|)",
+    "prompts/<k>/realised_norm": "[K,E] float64 ‖x̃ − x‖₂ (intended: ε)",
+    "prompts/<k>/input_changed": "[K,E] int64 input elements that changed",
+    "prompts/<k>/x_tilde": "[K,E,D] float64 exact copies of the perturbed inputs",
+    "prompts/<k>/base_states": "[L+2,D] float64 unperturbed rows (0 input, 1..L layers, L+1 final norm)",
+    "prompts/<k>/l2 / linf / rel_l2": "[K,E,L+2] float64 divergence per row",
+    "prompts/<k>/n_changed / ulp_max": "[K,E,L+2] int64 changed elements, max ULP distance (model format)",
+    "prompts/<k>/ulp_median": "[K,E,L+2] float64 median ULP distance of the changed elements",
+}
+METHOD = "top-k right singular vectors of J by subspace iteration (JVP+VJP); one full forward per (v_i, ε)"
+
+
+@dataclass(frozen=True)
+class Params:
+    """top_k singular directions (found by `iterations` of subspace iteration, block top_k +
+    oversample, seeded), perturbed over eps_steps values from eps_min to eps_max (geometric),
+    rounded by perturb_mode; true_fp64: with dtype float64, RMSNorm/RoPE/softmax in float64."""
+
+    top_k: int = 2
+    iterations: int = 15
+    oversample: int = 2
+    eps_min: float = 1e-10
+    eps_max: float = 1e-1
+    eps_steps: int = 10
+    seed: int = 0
+    perturb_mode: Literal["fp64_then_round", "model_dtype"] = "fp64_then_round"
+    true_fp64: bool = True
+    jvp_mode: Literal["forward", "double_vjp"] = "forward"
+
+    def check(self) -> list[tuple[str, str]]:
+        return check_common(self)
+
+
+def check_common(p: Any) -> list[tuple[str, str]]:
+    """Checks shared with exp3.precision (same field names)."""
+    problems = []
+    if not 1 <= p.top_k <= 64:
+        problems.append(("top_k", f"must be between 1 and 64, got {p.top_k}"))
+    if not 1 <= p.iterations <= 10_000:
+        problems.append(("iterations", f"must be between 1 and 10000, got {p.iterations}"))
+    if not 0 <= p.oversample <= 64:
+        problems.append(("oversample", f"must be between 0 and 64, got {p.oversample}"))
+    if not p.eps_min > 0:
+        problems.append(("eps_min", f"must be > 0, got {p.eps_min}"))
+    if not p.eps_max >= p.eps_min:
+        problems.append(("eps_max", f"must be >= eps_min ({p.eps_min}), got {p.eps_max}"))
+    if not 1 <= p.eps_steps <= 1000:
+        problems.append(("eps_steps", f"must be between 1 and 1000, got {p.eps_steps}"))
+    elif p.eps_steps == 1 and p.eps_max != p.eps_min:
+        problems.append(("eps_steps", "must be >= 2 when eps_max != eps_min"))
+    if p.seed < 0:
+        problems.append(("seed", f"must be >= 0, got {p.seed}"))
+    return problems
+
+
+def eps_grid(p: Any) -> Any:
+    """The ascending geometric ε grid of params p."""
+    import numpy as np
+
+    return np.geomspace(p.eps_min, p.eps_max, p.eps_steps) if p.eps_steps > 1 else np.array([p.eps_min])
+
+
+def record_settings(ctx: Any, p: Any, use_true_fp64: bool) -> None:
+    """Every setting that changes rounding, in the task's attrs."""
+    out = ctx.out
+    out.attrs["iterations"] = p.iterations
+    out.attrs["block_size"] = p.top_k + p.oversample
+    out.attrs["jvp_mode"] = p.jvp_mode
+    out.attrs["perturb_mode"] = p.perturb_mode
+    out.attrs["dtype"] = ctx.numerics.dtype
+    out.attrs["attn_implementation"] = ctx.numerics.attn_implementation
+    out.attrs["true_fp64"] = bool(use_true_fp64)
+    out.attrs["forward_path"] = "full recompute of the prompt, batch size 1, no KV cache, logits_to_keep=1"
+    out.attrs["rows"] = "0: input embedding x~; 1..L: decoder layer outputs (residual stream); L+1: final norm"
+    out.attrs["ulp_format"] = f"ULPs of {ctx.numerics.dtype} (the model's format)"
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Per prompt: singular directions, then the per-layer divergence sweep; see the module docstring."""
+    import contextlib
+    import json
+
+    from toolkit.numerics.jacobian import require_eager
+    from toolkit.numerics.true_fp64 import true_fp64
+
+    require_eager(ctx.model)
+    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    eps = eps_grid(params)
+    bar = ctx.progress(len(ctx.prompts) * (params.iterations + 1 + params.top_k * len(eps)))
+    ctx.out.attrs["method"] = METHOD
+    record_settings(ctx, params, use_true_fp64)
+    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
+        ctx.out.attrs["true_fp64_patches"] = json.dumps(patches)
+        for index, prompt in enumerate(ctx.prompts):
+            group = ctx.out.create_group(f"prompts/{index:03d}")
+            data, _ = measure_prompt(ctx, params, prompt, eps, bar, keep_final=False)
+            group.attrs["prompt"] = prompt
+            group.attrs["position"] = int(data["prompt_ids"].shape[0] - 1)
+            for name, value in data.items():
+                group.create_dataset(name, data=value)
+    bar.update(bar.total - bar.done)
+
+
+def measure_prompt(ctx: Any, p: Any, prompt: str, eps: Any, bar: Any,
+                   keep_final: bool) -> tuple[dict[str, Any], Any]:
+    """(datasets, JacobianOperator): top-k directions of J and the layer sweep for one prompt
+    (also used by exp3.precision, which keeps f(x̃) − f(x) with `keep_final`).
+    """
+    import numpy as np
+
+    from toolkit.numerics.divergence import change_scale, layer_sweep
+    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=p.jvp_mode)
+    if p.top_k > op.in_dim:
+        raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {op.in_dim}")
+    triplets = top_singular(op, p.top_k, iterations=p.iterations, oversample=p.oversample, seed=p.seed,
+                            progress=bar.update)
+    bar.update()
+    sweep = layer_sweep(ctx.model, ids, op.x, triplets.right, eps, p.perturb_mode, tick=bar.update,
+                        keep_final=keep_final)
+    scales = np.array([change_scale(op.x, v) for v in triplets.right])
+    data = {"prompt_ids": ids[0].cpu().numpy().astype(np.int64), "sigma": triplets.sigma.numpy(),
+            "right_vectors": triplets.right.numpy(), "residual": triplets.residual.numpy(),
+            "eps": np.asarray(eps, dtype=np.float64), "eps_first_change": scales[:, 0],
+            "eps_half_change": scales[:, 1], **sweep}
+    return data, op
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Per prompt, direction v1: heatmap rows × ε of relative divergence, curves over rows per ε,
+    and the fraction of elements whose bits changed (rows × ε)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key in sorted(run.group["prompts"]):
+        base = f"prompts/{key}"
+        eps = run[f"{base}/eps"]
+        fig, axes = plt.subplots(1, 3, figsize=(19, 5.2), gridspec_kw={"width_ratios": [1.15, 1, 1.15]})
+        heatmap_rows_eps(axes[0], eps, run[f"{base}/rel_l2"][0],
+                         run[f"{base}/eps_first_change"][0], run[f"{base}/eps_half_change"][0])
+        curves_over_rows(axes[1], eps, run[f"{base}/rel_l2"][0])
+        changed_fraction(axes[2], eps, run[f"{base}/n_changed"][0] / run[f"{base}/base_states"].shape[1])
+        sigma = run[f"{base}/sigma"]
+        fig.suptitle(f"exp1.layer_svd — {run.label()} — prompt {int(key)}, direction v1 (σ1 = {sigma[0]:.4g})",
+                     fontsize=10)
+        fig.tight_layout()
+        path = out_dir / f"layer_svd_{run.task_id}_p{key}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def row_labels(n_rows: int) -> list[str]:
+    """Tick labels of the rows: input, layer 0..L-1, final norm."""
+    return ["input"] + [f"L{i}" for i in range(n_rows - 2)] + ["norm"]
+
+
+def _ticks(labels: list[str], most: int) -> tuple[list[int], list[str]]:
+    """About `most` evenly spaced tick positions, always the first and last row, never two adjacent."""
+    step = max(1, len(labels) // most)
+    last = len(labels) - 1
+    shown = [i for i in range(0, len(labels), step) if last - i >= step or i == last] + [last]
+    shown = sorted(set(shown))
+    return shown, [labels[i] for i in shown]
+
+
+def heatmap_rows_eps(ax: Any, eps: Any, rel: Any, first: float, half: float) -> None:
+    """log10 relative divergence, rows (y) × ε (x); grey where exactly zero."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.where(rel > 0, np.log10(np.where(rel > 0, rel, 1.0)), np.nan).T  # [rows, E]
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("0.85")
+    image = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest")
+    ticks = np.arange(len(eps))
+    ax.set_xticks(ticks, [f"{e:.0e}" for e in eps], rotation=60, fontsize=7)
+    ax.set_yticks(*_ticks(row_labels(values.shape[0]), 12), fontsize=7)
+    log_eps = np.log10(eps)
+    for value, style, name in ((first, ":", "first input coord. can move"), (half, "--", "half can move")):
+        if len(eps) > 1 and log_eps[0] <= np.log10(value) <= log_eps[-1]:
+            pos = np.interp(np.log10(value), log_eps, ticks)
+            ax.axvline(pos, color="w", ls=style, lw=1.2, label=name)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.6)
+    ax.set_xlabel("ε (intended step ‖εv‖)")
+    ax.set_ylabel("row (input → decoder layers → final norm)")
+    ax.set_title("log10 ‖h(x̃) − h(x)‖ / ‖h(x)‖   (grey: bitwise equal)", fontsize=9)
+    plt.colorbar(image, ax=ax, label="log10 relative L2 divergence")
+
+
+def changed_fraction(ax: Any, eps: Any, fraction: Any) -> None:
+    """Fraction of elements whose bits changed, rows (y) × ε (x), linear 0..1."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    image = ax.imshow(fraction.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
+                      interpolation="nearest")
+    ax.set_xticks(np.arange(len(eps)), [f"{e:.0e}" for e in eps], rotation=60, fontsize=7)
+    ax.set_yticks(*_ticks(row_labels(fraction.shape[1]), 12), fontsize=7)
+    ax.set_xlabel("ε (intended step ‖εv‖)")
+    ax.set_ylabel("row (input → decoder layers → final norm)")
+    ax.set_title("fraction of elements whose bits changed", fontsize=9)
+    plt.colorbar(image, ax=ax, label="changed elements / D")
+
+
+def curves_over_rows(ax: Any, eps: Any, rel: Any) -> None:
+    """Relative divergence vs row, one curve per ε (zeros drawn at the bottom as open markers)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = plt.get_cmap("plasma")(np.linspace(0.05, 0.9, len(eps)))
+    rows = np.arange(rel.shape[1])
+    positive = rel[rel > 0]
+    floor = positive.min() / 10 if positive.size else 1e-20
+    for j, e in enumerate(eps):
+        values = rel[j]
+        ax.semilogy(rows, np.where(values > 0, values, np.nan), color=colors[j], lw=1.2, marker=".", ms=3,
+                    label=f"ε={e:.0e}")
+        zero = values == 0
+        if zero.any():
+            ax.semilogy(rows[zero], np.full(zero.sum(), floor), ls="none", marker="o", mfc="none", ms=3,
+                        color=colors[j])
+    labels = row_labels(rel.shape[1])
+    ax.set_xticks(*_ticks(labels, 10), fontsize=7)
+    ax.set_xlabel("row (input → decoder layers → final norm)")
+    ax.set_ylabel("relative L2 divergence")
+    ax.set_title(f"per ε (open circles at {floor:.0e}: bitwise equal)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)

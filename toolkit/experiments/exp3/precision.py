@@ -1,0 +1,202 @@
+"""exp3.precision — where a perturbation is absorbed by rounding, and where it propagates, per dtype.
+
+One task per dtype: sweep `dtype: [float32, bfloat16, float16, float64]` in the manifest (the
+worker loads the model once per dtype; float64 runs as a true fp64 model, see exp2), and add an
+`exp3.compare` entry that needs this one to put the dtypes side by side.  Per prompt and task:
+
+1. the top-k right singular vectors v_i of J = ∂f/∂x in the task's dtype (as exp1.layer_svd);
+2. the exp1 measurement for x̃ = x + ε·v_i over the ε grid: realised input
+   perturbation and per-row divergence (input, every decoder layer, final norm) with ULPs in the
+   task's format;
+3. linear predictions J·δ for the realised δ (JVP in the task's dtype, on δ/‖δ‖ so tiny δ do not
+   underflow in float16), the deviation of the measured final-norm response from them, and the
+   regime of each (v_i, ε): absorbed by input rounding, absorbed by the network's rounding, signal,
+   nonlinear (curvature) or chaotic (rounding noise) — `toolkit.numerics.regimes`, tolerance
+   `signal_tol` (documented there).
+
+`gain` = ‖Δf‖/‖δ‖ is the finite-difference Lipschitz estimate along v_i (→ σ_i in the signal
+regime).  float16 on CPU: the forward may overflow (activations above 65504); a non-finite
+unperturbed forward stops the task with an error naming the first bad row.  bfloat16/float16 on
+CPU are several times slower than float32 (no native kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from toolkit.experiments.exp1.layer_svd import STORES as LAYER_STORES
+
+PER_TARGET = True
+NEEDS_MODEL = True
+READS: tuple[str, ...] = ()
+STORES = {
+    **LAYER_STORES,
+    "prompts/<k>/final_delta": "[K,E,D] float64 f(x̃) − f(x) at the final norm",
+    "prompts/<k>/linear_norm": "[K,E] float64 ‖Jδ‖ (linear prediction, JVP in the model dtype)",
+    "prompts/<k>/gain": "[K,E] float64 ‖Δf‖/‖δ‖ (NaN: x̃ == x)",
+    "prompts/<k>/deviation": "[K,E] float64 ‖Δf − Jδ‖/‖Jδ‖",
+    "prompts/<k>/regime": "[K,E] int8 index into attrs regime_names",
+}
+METHOD = "x + ε·v_i per ε, full forwards; regimes from the deviation of Δf from the JVP prediction J·δ"
+
+
+@dataclass(frozen=True)
+class Params:
+    """As exp1.layer_svd (top_k directions swept over the geometric ε grid),
+    plus signal_tol: the relative deviation from the linear prediction below which a response is
+    called signal (see toolkit.numerics.regimes)."""
+
+    top_k: int = 1
+    iterations: int = 15
+    oversample: int = 2
+    eps_min: float = 1e-10
+    eps_max: float = 1e-1
+    eps_steps: int = 10
+    seed: int = 0
+    perturb_mode: Literal["fp64_then_round", "model_dtype"] = "fp64_then_round"
+    true_fp64: bool = True
+    jvp_mode: Literal["forward", "double_vjp"] = "forward"
+    signal_tol: float = 0.1
+
+    def check(self) -> list[tuple[str, str]]:
+        from toolkit.experiments.exp1.layer_svd import check_common
+
+        problems = check_common(self)
+        if not 0 < self.signal_tol < 1:
+            problems.append(("signal_tol", f"must be between 0 and 1 (exclusive), got {self.signal_tol}"))
+        return problems
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Per prompt: the layer sweep, linear predictions and regimes; see the module docstring."""
+    import contextlib
+    import json
+
+    from toolkit.experiments.exp1.layer_svd import eps_grid, measure_prompt, record_settings
+    from toolkit.numerics.jacobian import require_eager
+    from toolkit.numerics.regimes import REGIMES
+    from toolkit.numerics.true_fp64 import true_fp64
+
+    require_eager(ctx.model)
+    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    eps = eps_grid(params)
+    bar = ctx.progress(len(ctx.prompts) * (params.iterations + 2 + params.top_k * len(eps)))
+    out = ctx.out
+    out.attrs["method"] = METHOD
+    record_settings(ctx, params, use_true_fp64)
+    out.attrs["regime_names"] = json.dumps(REGIMES)
+    out.attrs["signal_tol"] = params.signal_tol
+    out.attrs["linear_prediction"] = "J(d/||d||)*||d|| by JVP in the model dtype, d = realised x~ - x"
+    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
+        out.attrs["true_fp64_patches"] = json.dumps(patches)
+        for index, prompt in enumerate(ctx.prompts):
+            data, op = measure_prompt(ctx, params, prompt, eps, bar, keep_final=True)
+            _check_finite(data["base_states"], ctx.numerics.dtype)
+            data.update(regimes(op, data, params.signal_tol))
+            bar.update()
+            group = out.create_group(f"prompts/{index:03d}")
+            group.attrs["prompt"] = prompt
+            group.attrs["position"] = int(data["prompt_ids"].shape[0] - 1)
+            for name, value in data.items():
+                group.create_dataset(name, data=value)
+    bar.update(bar.total - bar.done)
+
+
+def _check_finite(states: Any, dtype: str) -> None:
+    import numpy as np
+
+    bad = np.nonzero(~np.isfinite(states).all(axis=1))[0]
+    if bad.size:
+        raise ValueError(f"the unperturbed {dtype} forward is not finite from row {int(bad[0])} on "
+                         f"(0 = input, last = final norm): the format overflows for this model and prompt; "
+                         "use bfloat16 or float32")
+
+
+def regimes(op: Any, data: dict[str, Any], tol: float) -> dict[str, Any]:
+    """gain, linear_norm, deviation and regime [K, E] from a layer sweep with `final_delta`."""
+    import numpy as np
+
+    from toolkit.numerics.regimes import classify, relative_deviation
+
+    x = op.x.detach().double().cpu().numpy()
+    predicted = _linear(op, data["x_tilde"] - x)                   # δ exact for fp16/bf16/fp32
+    measured = data["final_delta"]
+    realised = data["realised_norm"]
+    response = np.linalg.norm(measured, axis=-1)
+    gain = np.divide(response, realised, out=np.full_like(response, np.nan), where=realised > 0)
+    deviation = relative_deviation(measured, predicted)
+    regime = classify(data["input_changed"] > 0, data["n_changed"][..., -1] > 0, deviation, tol)
+    return {"gain": gain, "linear_norm": np.linalg.norm(predicted, axis=-1), "deviation": deviation,
+            "regime": regime}
+
+
+def _linear(op: Any, delta: Any) -> Any:
+    """J·δ for δ [..., D] float64: JVPs of δ/‖δ‖ (no underflow in the model dtype), scaled back."""
+    import numpy as np
+    import torch
+
+    flat = delta.reshape(-1, delta.shape[-1])
+    norms = np.linalg.norm(flat, axis=1)
+    units = np.divide(flat, norms[:, None], out=np.zeros_like(flat), where=norms[:, None] > 0)
+    image = op.jvp(torch.from_numpy(units)).numpy() * norms[:, None]
+    return image.reshape(*delta.shape[:-1], image.shape[-1])
+
+
+REGIME_COLORS = ("0.85", "0.55", "tab:green", "tab:blue", "tab:red")
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Per prompt: gain and deviation vs ε over regime bands (v1), and the per-row heatmap (+v1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toolkit.experiments.exp1.layer_svd import heatmap_rows_eps
+
+    paths = []
+    for key in sorted(run.group["prompts"]):
+        base = f"prompts/{key}"
+        eps, sigma = run[f"{base}/eps"], run[f"{base}/sigma"]
+        fig, axes = plt.subplots(1, 2, figsize=(14, 6.2), gridspec_kw={"width_ratios": [1, 1.1]})
+        gain_panel(axes[0], eps, run[f"{base}/gain"][0], run[f"{base}/deviation"][0], run[f"{base}/regime"][0],
+                   sigma[0], float(run.attrs["signal_tol"]))
+        heatmap_rows_eps(axes[1], eps, run[f"{base}/rel_l2"][0], run[f"{base}/eps_first_change"][0],
+                         run[f"{base}/eps_half_change"][0])
+        fig.suptitle(f"exp3.precision — {run.label()} — prompt {int(key)}, direction v1", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / f"precision_{run.task_id}_p{key}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def gain_panel(ax: Any, eps: Any, gain: Any, deviation: Any, regime: Any, sigma: float, tol: float) -> None:
+    """Gain (left axis) and deviation from linear (right axis) vs ε, regime of each ε as a band."""
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    from toolkit.numerics.regimes import REGIMES
+
+    edges = np.sqrt(eps[1:] * eps[:-1]) if len(eps) > 1 else np.array([])
+    lows = np.concatenate([[eps[0] / 2], edges])
+    highs = np.concatenate([edges, [eps[-1] * 2]])
+    for low, high, code in zip(lows, highs, regime):
+        ax.axvspan(low, high, color=REGIME_COLORS[int(code)], alpha=0.35, lw=0)
+    ax.loglog(eps, np.where(gain > 0, gain, np.nan), "k-o", ms=4, lw=1.4, label="gain ‖Δf‖/‖δ‖")
+    ax.axhline(sigma, color="k", ls="--", lw=1, label=f"σ1 = {sigma:.4g}")
+    ax.set_xlabel("ε (intended step ‖εv1‖)")
+    ax.set_ylabel("finite-difference gain")
+    twin = ax.twinx()
+    twin.loglog(eps, np.where(deviation > 0, deviation, np.nan), color="tab:purple", marker="s", ms=3, lw=1,
+                label="deviation ‖Δf − Jδ‖/‖Jδ‖")
+    twin.axhline(tol, color="tab:purple", ls=":", lw=1, label=f"signal tolerance {tol:g}")
+    twin.set_ylabel("relative deviation from linear", color="tab:purple")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    handles += [Patch(color=c, alpha=0.35, label=n) for c, n in zip(REGIME_COLORS, REGIMES)]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    ax.set_xlim(lows[0], highs[-1])
+    ax.set_title("gain and regime per ε", fontsize=9)
