@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "exp4.compare": "toolkit.experiments.exp4.compare",
     "exp6.equal_logits": "toolkit.experiments.exp6.equal_logits",
     "exp6.token_flip": "toolkit.experiments.exp6.token_flip",
+    "pdf.word_prediction": "toolkit.experiments.pdf.word_prediction",
 }
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from toolkit.manifest.model import NUMERICS_FIELDS, ExperimentSpec, Numerics, Resources, SiteProfile
-from toolkit.manifest.params import build_params
+from toolkit.manifest.params import build_params, resolve_path
 
 if TYPE_CHECKING:
     from toolkit.manifest.checker import Checker
@@ -75,7 +75,7 @@ def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tup
         return None
     raw_params = data.get("params") or {}
     params = build_params(module.Params, raw_params, path + ("params",), checker.problem,
-                          lambda p, m: checker.problem(p, m, at_key=True))
+                          lambda p, m: checker.problem(p, m, at_key=True), base_dir=checker.dir)
     sweep = _check_sweep(checker, data.get("sweep"), path + ("sweep",), module.Params, raw_params)
     repeats = checker._int(data.get("repeats", 1), path + ("repeats",), 1)
     needs = _check_needs_list(checker, data.get("needs", []), path + ("needs",))
@@ -118,9 +118,12 @@ def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls
                     ok = False
         elif key in fields:
             base = raw_params if isinstance(raw_params, dict) else {}
+            if key in getattr(params_cls, "PATH_FIELDS", ()):  # swept paths: absolute, like params
+                values = [resolve_path(v, checker.dir) if isinstance(v, str) else v for v in values]
             for i, v in enumerate(values):
                 messages: list[str] = []
-                build_params(params_cls, {**base, key: v}, (), lambda _p, m: messages.append(m))
+                build_params(params_cls, {**base, key: v}, (), lambda _p, m: messages.append(m),
+                             base_dir=checker.dir)
                 for message in messages:
                     checker.problem(path + (key, i), message)
                 ok &= not messages

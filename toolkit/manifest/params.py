@@ -3,6 +3,11 @@
 Supported annotations: int, float, bool, str, Literal[...], tuple[T, ...], list[T] (stored as
 tuples so Params stay hashable), and Optional[T].  Everything else is a programming error in
 the experiment module, reported as such.
+
+File paths: a Params class may list str fields in a `PATH_FIELDS` class attribute; given
+`base_dir` (the manifest's folder), a relative value there is made absolute against it before
+`check()` runs, so a path never depends on the current directory of the validating or running
+process (the absolute path is what the plan and the task id hold).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 Problem = Callable[[tuple[Any, ...], str], None]
@@ -64,11 +70,18 @@ def coerce(tp: Any, value: Any) -> tuple[bool, Any]:
     raise TypeError(f"unsupported Params annotation {tp!r}")
 
 
+def resolve_path(value: str, base_dir: Path) -> str:
+    """`value` (`~` expanded) made absolute against `base_dir` if it is relative."""
+    candidate = Path(value).expanduser()
+    return str(candidate if candidate.is_absolute() else (base_dir / candidate).resolve())
+
+
 def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
-                 key_problem: Problem | None = None) -> Any | None:
+                 key_problem: Problem | None = None, base_dir: Path | None = None) -> Any | None:
     """Instantiate `cls` from the mapping `raw`, reporting every problem; None if any.
 
     `key_problem`, if given, reports unknown parameter names (located at the key, not the value).
+    `base_dir`, if given, resolves the relative paths of the fields named in `cls.PATH_FIELDS`.
     """
     if raw is None:
         raw = {}
@@ -96,6 +109,9 @@ def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
             before(path, f"missing required parameter {name!r}")
     if before.count:
         return None
+    for name in getattr(cls, "PATH_FIELDS", ()):
+        if base_dir is not None and isinstance(kwargs.get(name), str):
+            kwargs[name] = resolve_path(kwargs[name], base_dir)
     instance = cls(**kwargs)
     check = getattr(instance, "check", None)
     for field_name, message in (check() if check else []):

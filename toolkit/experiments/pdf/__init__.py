@@ -1,0 +1,1 @@
+"""Experiments on the text of PDF documents (`pdf.word_prediction`)."""

@@ -1,0 +1,124 @@
+"""Teacher forcing over a long text: words → token spans → context windows → per-word scores.
+
+The text is tokenised once (fast tokenizer, `return_offsets_mapping`), so every word's tokens are
+the tokens of the real text in context — never a separate tokenisation of the word.  A token
+belongs to every word whose characters it overlaps; tokens with no characters of any word (a
+lone whitespace token, a special token such as BOS) belong to no word and are context only.
+
+Windows: `window` tokens starting at multiples of `stride`, one full forward each (batch size
+1, no KV cache).  Logits at position p predict token p + 1, so a word with tokens [j, e) needs
+a window s ≤ j − 1 with e ≤ s + window.  It is scored in the valid window where its first token
+has the most left context (the smallest such s) provided that context is at least `min_context`
+tokens — or the window starting at the beginning of the text, where the context is everything
+before the word.  With stride ≤ window − min_context every word of at most window − stride −
+min_context + 1 tokens fits; a longer word may fit no window that way and, like the very first
+token of a text without BOS, is not scored.
+
+Per word, from the window's native logits: logit, probability and rank of the true first token,
+top-k, the top-1/top-2 margin, the joint log-probability of all its tokens under teacher forcing
+(softmax in float64 of the native logits), and the cosine between the lm_head input at the
+position predicting the word and the true token's unembedding row (float64).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FIELDS_F64 = ("logit", "prob", "logprob_first", "logprob_word", "margin", "cosine")
+ROW_CHUNK = 64  # float64 log-softmax rows at a time, to bound memory for large vocabularies
+
+
+def word_token_spans(offsets: Any, word_starts: Any, word_ends: Any) -> tuple[Any, Any]:
+    """[start, end) token span of each word (−1, −1 when no token overlaps it) from char offsets.
+
+    `offsets` is [T, 2] (char start, end) per token; empty spans (special tokens) are skipped.
+    """
+    import numpy as np
+
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    n = len(word_starts)
+    first = np.full(n, -1, dtype=np.int64)
+    last = np.full(n, -2, dtype=np.int64)
+    for token, (lo, hi) in enumerate(offsets):
+        if hi <= lo:
+            continue
+        w = int(np.searchsorted(word_starts, hi, side="left")) - 1  # last word starting before hi
+        while w >= 0 and word_ends[w] > lo:
+            if first[w] < 0:
+                first[w] = token
+            last[w] = token
+            w -= 1
+    return first, last + 1
+
+
+def assign_windows(token_start: Any, token_end: Any, window: int, stride: int, min_context: int) -> Any:
+    """Window start of each word (−1: not scored); see the module docstring for the rule."""
+    import numpy as np
+
+    out = np.full(len(token_start), -1, dtype=np.int64)
+    for w, (j, e) in enumerate(zip(token_start, token_end)):
+        if j < 1:
+            continue
+        s = max(0, -(-(int(e) - window) // stride)) * stride  # smallest multiple of stride ≥ e − window
+        if s == 0 or j - s >= min_context:
+            out[w] = s
+    return out
+
+
+def forward_window(model: Any, ids: Any, norm_name: str) -> tuple[Any, Any]:
+    """(logits [T, V], final-norm output [T, D]) of one full forward over `ids` [1, T], native dtype."""
+    import torch
+
+    from toolkit.numerics.hooks import capture
+
+    with torch.inference_mode(), capture(model, [norm_name], last_position_only=False) as captured:
+        out = model(input_ids=ids, use_cache=False)
+    return out.logits[0], captured[norm_name][0]
+
+
+def score_words(logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tuple[int, int]],
+                offset: int, top_k: int) -> dict[str, Any]:
+    """Per-word scores from one window's outputs; `offset` is the window start s in the text.
+
+    `ids` [T_all] are the text's token ids; `spans` the words' [j, e) token spans (absolute).
+    Row p − s of `logits` (native dtype) predicts token p + 1.
+    """
+    import numpy as np
+    import torch
+
+    firsts = torch.tensor([j - 1 - offset for j, _ in spans], dtype=torch.long, device=logits.device)
+    true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=logits.device)
+    rows = logits[firsts]
+    true_logit = rows.gather(1, true[:, None])[:, 0]
+    order = torch.sort(rows.float(), dim=1, descending=True, stable=True).indices[:, :max(top_k, 2)]
+    top2 = rows.gather(1, order[:, :2]).double()
+    logp_first = _log_softmax_rows(rows)
+    h = hidden[firsts].double()
+    w = unembed[true].double()
+    cosine = (h * w).sum(1) / (torch.linalg.vector_norm(h, dim=1) * torch.linalg.vector_norm(w, dim=1))
+    word_logp = []
+    for j, e in spans:
+        positions = torch.arange(j - 1 - offset, e - 1 - offset, device=logits.device)
+        targets = torch.as_tensor(np.asarray(ids[j:e], dtype=np.int64), device=logits.device)
+        word_logp.append(float(_log_softmax_rows(logits[positions]).gather(1, targets[:, None]).sum()))
+    return {
+        "true_id": true.cpu().numpy(),
+        "logit": true_logit.double().cpu().numpy(),
+        "logprob_first": logp_first.gather(1, true[:, None])[:, 0].cpu().numpy(),
+        "prob": logp_first.gather(1, true[:, None])[:, 0].exp().cpu().numpy(),
+        "logprob_word": np.asarray(word_logp, dtype=np.float64),
+        "rank": (1 + (rows > true_logit[:, None]).sum(1)).cpu().numpy().astype(np.int64),
+        "top1_match": (order[:, 0] == true).cpu().numpy(),
+        "margin": (top2[:, 0] - top2[:, 1]).cpu().numpy(),
+        "topk_ids": order[:, :top_k].cpu().numpy().astype(np.int64),
+        "topk_probs": logp_first.gather(1, order[:, :top_k]).exp().cpu().numpy(),
+        "cosine": cosine.cpu().numpy(),
+    }
+
+
+def _log_softmax_rows(rows: Any) -> Any:
+    """float64 log-softmax of native-dtype logit rows, ROW_CHUNK rows at a time."""
+    import torch
+
+    parts = [torch.log_softmax(rows[i:i + ROW_CHUNK].double(), dim=1) for i in range(0, rows.shape[0], ROW_CHUNK)]
+    return torch.cat(parts) if parts else torch.zeros((0, rows.shape[1]), dtype=torch.float64)
