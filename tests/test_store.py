@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -114,3 +115,19 @@ def test_store_errors_are_clear(tmp_path):
         Store(tmp_path / "store.h5")
     with pytest.raises(StoreError, match="no such campaign folder"):
         gather(tmp_path / "missing")
+
+
+def test_variable_length_strings_are_checksummed_by_value(tmp_path):
+    words = ["naïve", "", "word with spaces", "ünïcödé"]
+    with open_shard(tmp_path, "s", ATTRS) as out:
+        out.create_dataset("words", data=words, dtype=h5py.string_dtype("utf-8"))
+    report = gather(tmp_path)  # re-reads the copy: a checksum of object pointers would not match
+    assert report.added == ["s"]
+    with Store(schema.store_path(tmp_path)) as store:
+        assert [w.decode() for w in store.run("s")["words"]] == words
+    with open_shard(tmp_path, "t", ATTRS) as out:
+        out.create_dataset("words", data=["other", "", "word with spaces", "ünïcödé"],
+                           dtype=h5py.string_dtype("utf-8"))
+    sums = {task: json.loads(h5py.File(schema.shard_path(tmp_path, task), "r").attrs["checksums"])["words"]
+            for task in ("s", "t")}
+    assert sums["s"] != sums["t"]

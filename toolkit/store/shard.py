@@ -28,12 +28,25 @@ def dataset_checksums(group: Any) -> dict[str, str]:
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
-            data = obj[()]
-            raw = data.tobytes() if hasattr(data, "tobytes") else bytes(str(data), "utf-8")
-            sums[name] = hashlib.sha256(raw).hexdigest()
+            sums[name] = _content_sha256(obj[()])
 
     group.visititems(visit)
     return dict(sorted(sums.items()))
+
+
+def _content_sha256(data: Any) -> str:
+    """sha256 of a dataset's values: raw bytes for fixed-size types; for variable-length strings
+    or bytes (object arrays, whose raw bytes are pointers) each element length-prefixed."""
+    digest = hashlib.sha256()
+    if getattr(data, "dtype", None) is not None and data.dtype.kind == "O":
+        for item in data.reshape(-1):
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            digest.update(len(raw).to_bytes(8, "little") + raw)
+    elif hasattr(data, "tobytes"):
+        digest.update(data.tobytes())
+    else:
+        digest.update(data if isinstance(data, bytes) else str(data).encode("utf-8"))
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
