@@ -1,0 +1,103 @@
+"""Benchmark: exp4.generate's greedy loop vs transformers' own `model.generate()`, tokens per second.
+
+Same model (packaged SmolLM2-135M, dequantized Q4_1 weights), same numerics (fp32, eager attention,
+KV cache by default, batch 1), same prompts and the same number of new tokens.  exp4.generate's
+loop (`toolkit.experiments.exp4.generate._generate`, exactly what a task runs) additionally sorts
+the full logits row for its top-k, hashes every logits row bit-exactly and captures the final-norm
+state each step; `model.generate(do_sample=False)` does only the argmax.  Both stop at EOS.
+
+Prints seconds and tokens/s for each method, the ratio (ours / transformers), and whether the two
+produced the same token ids for every prompt (they should: both are greedy over the same logits;
+a difference would mean a different kernel path, e.g. another cache implementation).  Exits 1 if
+the tokens differ.  Timings are the best of `--repeats` runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+PROMPTS = ("The capital of France is", "Once upon a time, in a small village by the sea,",
+           "Photosynthesis is the process by which")
+
+
+class _Bar:
+    """A silent progress reporter (the loop calls update())."""
+
+    total = done = 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+
+def ours(ctx: Any, prompt: str, tokens: int) -> list[int]:
+    """exp4.generate's per-prompt loop; returns the generated ids."""
+    from toolkit.experiments.exp4.generate import Params, _generate, _stop_ids
+    from toolkit.numerics.hooks import final_norm_name
+
+    import torch
+
+    params = Params(max_new_tokens=tokens, top_k=20)
+    with torch.inference_mode():  # as exp4.generate.run does
+        steps = _generate(ctx, prompt, params, _stop_ids(ctx.model, ctx.tokenizer), final_norm_name(ctx.model),
+                          _Bar())
+    return list(steps["ids"])
+
+
+def theirs(ctx: Any, prompt: str, tokens: int) -> list[int]:
+    """transformers' generate(), greedy; returns the generated ids."""
+    import torch
+
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    with torch.inference_mode():
+        out = ctx.model.generate(ids, max_new_tokens=tokens, do_sample=False, use_cache=ctx.numerics.kv_cache,
+                                 pad_token_id=ctx.tokenizer.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def timed(method: Any, ctx: Any, tokens: int, repeats: int) -> tuple[float, list[list[int]]]:
+    """Best wall time over `repeats` for all prompts, and the ids of the last run."""
+    best, result = float("inf"), []
+    method(ctx, PROMPTS[0], 2)  # warm-up
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = [method(ctx, p, tokens) for p in PROMPTS]
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> int:
+    """Run both methods and print times, tokens/s, the ratio and the token check."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--full-recompute", action="store_true", help="no KV cache on either side")
+    args = parser.parse_args()
+    import torch
+
+    from toolkit.manifest import ModelSpec, Numerics
+    from toolkit.models import loading
+
+    torch.set_num_threads(args.threads)
+    numerics = Numerics(dtype="float32", attn_implementation="eager", kv_cache=not args.full_recompute)
+    model, tokenizer, device = loading.load(ModelSpec("smollm2-135m"), numerics)
+    ctx = SimpleNamespace(model=model, tokenizer=tokenizer, device=device, numerics=numerics)
+    t_ours, ids_ours = timed(ours, ctx, args.tokens, args.repeats)
+    t_hf, ids_hf = timed(theirs, ctx, args.tokens, args.repeats)
+    n_ours, n_hf = sum(map(len, ids_ours)), sum(map(len, ids_hf))
+    print(f"model smollm2-135m fp32 eager, {'full recompute' if args.full_recompute else 'KV cache'}, "
+          f"{len(PROMPTS)} prompts x up to {args.tokens} tokens, {args.threads} thread(s)")
+    print(f"exp4.generate loop     : {t_ours:7.2f} s  {n_ours / t_ours:7.1f} tokens/s")
+    print(f"transformers generate(): {t_hf:7.2f} s  {n_hf / t_hf:7.1f} tokens/s")
+    print(f"ratio (ours / transformers, tokens/s): {(n_ours / t_ours) / (n_hf / t_hf):.2f}")
+    same = ids_ours == ids_hf
+    print(f"generated tokens equal: {same}" + ("" if same else f"\n  ours  {ids_ours}\n  theirs {ids_hf}"))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""One plain greedy decode from input embeddings, for perturbed and unperturbed inputs alike.
+
+`greedy_from_embeds(model, embeds, n_tokens, kv_cache)` feeds the prompt as `inputs_embeds`
+(so any row may be perturbed), then appends each argmax token's own embedding.  Two paths, one
+per call, recorded by the caller:
+
+* `kv_cache=False` — every step is a full forward over all positions (prompt embeddings followed by
+  the embeddings of the tokens generated so far), `logits_to_keep=1`;
+* `kv_cache=True`  — one prefill over the prompt embeddings, then one-token forwards on the cache.
+
+The two paths are not bitwise equal to each other (see ../shared/FACTS.md), so a perturbed run and
+its reference must use the same path; the experiment calls this one function for both.  Argmax
+picks the lowest token id among equal maxima (`torch.sort(stable=True)`, as exp4.generate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Greedy:
+    """Generated token ids and each step's top-1 − top-2 logit margin (native logits, exact in fp64)."""
+
+    ids: list[int]
+    margins: list[float]
+
+
+def first_difference(a: list[int], b: list[int]) -> int:
+    """First index where two id lists differ (-1: equal over their common length and same length)."""
+    for index, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return index
+    return -1 if len(a) == len(b) else min(len(a), len(b))
+
+
+def greedy_from_embeds(model: Any, embeds: Any, n_tokens: int, kv_cache: bool,
+                       stop_ids: frozenset[int] = frozenset()) -> Greedy:
+    """Greedy continuation of `embeds` [1, T, D] (model dtype) for up to `n_tokens` steps."""
+    import torch
+
+    from toolkit.numerics.forward import _cache_keyword
+
+    table = model.get_input_embeddings()
+    ids: list[int] = []
+    margins: list[float] = []
+    context, cache = embeds, None
+    with torch.inference_mode():
+        for _ in range(n_tokens):
+            kwargs: dict[str, Any] = {"use_cache": kv_cache, "logits_to_keep": 1}
+            if kv_cache and cache is not None:
+                kwargs[_cache_keyword(type(model))] = cache
+            out = model(inputs_embeds=context, **kwargs)
+            if kv_cache:
+                cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+            values, order = torch.sort(out.logits[0, -1].float(), descending=True, stable=True)
+            token = int(order[0])
+            ids.append(token)
+            margins.append(float(values[0].double() - values[1].double()))
+            if token in stop_ids:
+                break
+            new = table(torch.tensor([[token]], device=embeds.device)).to(embeds.dtype)
+            context = new if kv_cache else torch.cat([context, new], dim=1)
+    return Greedy(ids=ids, margins=margins)
