@@ -27,6 +27,9 @@ REGISTRY: dict[str, str] = {
     "exp4.embedding_similarity": "toolkit.experiments.exp4.embedding_similarity",
     "exp6.equal_logits": "toolkit.experiments.exp6.equal_logits",
     "exp6.token_flip": "toolkit.experiments.exp6.token_flip",
+    "exp7.heatmap": "toolkit.experiments.exp7.heatmap",
+    "exp7.zoom": "toolkit.experiments.exp7.zoom",
+    "exp7.randomness": "toolkit.experiments.exp7.randomness",
     "pdf.word_prediction": "toolkit.experiments.pdf.word_prediction",
 }
 

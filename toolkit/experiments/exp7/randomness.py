@@ -1,0 +1,231 @@
+"""exp7.randomness — how irregular is each stored exp7 map?  (no model; all upstream maps at once)
+
+For every map stored by exp7.heatmap (and every grid recomputed by exp7.zoom, same layout) it
+computes, on the classes B = 1 where the model's argmax restricted to (a, b) picks a (exact ties:
+the lower token id, as `torch.argmax` does) and on the gap G itself (`toolkit.numerics.spatial`,
+definitions in docs/science_ii_exp7.md):
+
+flip counts and ratio (with the i.i.d. reference 2p(1−p)), crossing density, connected regions
+per class (4-connectivity), Moran's I with rook weights in O(n), mean local entropy over
+`window`×`window` windows, the gradient magnitude of G per unit of e, and a permutation test of
+Moran's I against `n_perm` seeded shuffles of the same classes (a test of spatial randomness,
+not of class balance).  Upstream's six-indicator "randomness score" is not reproduced: its
+chi-square tested only the 50/50 balance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PER_TARGET = False
+NEEDS_MODEL = False
+READS: tuple[str, ...] = ("exp7.heatmap",)  # and exp7.zoom runs, when an exp7.zoom id is in needs
+STORES = {
+    "maps/<m>/classes": "[n1,n2] int8 1 where the model picks a over b",
+    "maps/<m>/local_entropy": "[n1−w+1, n2−w+1] float64 binary entropy per valid window",
+    "maps/<m>/gradient_magnitude": "[n1,n2] float64 |∇ gap| in logits per unit of e",
+    "maps/<m>/moran_null": "[n_perm] float64 Moran's I of the shuffled maps",
+    "maps/<m> attrs": "source_task_id, source_map, every scalar metric (see the module docstring)",
+    "summary": "attr: one line per map",
+}
+METRICS = ("fraction_class1", "flip_ratio", "iid_flip_ratio", "crossing_density", "regions", "morans_i",
+           "moran_p_two_sided", "moran_z", "mean_local_entropy", "mean_gradient", "max_gradient", "ties")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Local-entropy window size, permutation count and its seed."""
+
+    window: int = 5
+    n_perm: int = 999
+    seed: int = 0
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if not 1 <= self.window <= 101:
+            problems.append(("window", f"must be between 1 and 101, got {self.window}"))
+        if not 0 <= self.n_perm <= 100_000:
+            problems.append(("n_perm", f"must be between 0 and 100000, got {self.n_perm}"))
+        if self.seed < 0:
+            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        return problems
+
+
+def stored_maps(runs: list[Any]) -> list[tuple[Any, str]]:
+    """(run, map path) of every grid with a `gap` under `maps/` in the given runs."""
+    out = []
+    for run in runs:
+        if "maps" in run.group:
+            out += [(run, f"maps/{key}") for key in sorted(run.group["maps"]) if f"maps/{key}/gap" in run]
+    return out
+
+
+def metrics(gap: Any, pair: Any, e1: Any, e2: Any, params: Params) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(scalar metrics, arrays) of one map."""
+    import numpy as np
+
+    from toolkit.experiments.exp7.figures import side_of
+    from toolkit.numerics import spatial
+
+    classes = side_of(gap, pair)
+    flips = spatial.flips(classes)
+    test = spatial.permutation_test(classes, params.n_perm, params.seed)
+    entropy = spatial.local_entropy(classes, params.window)
+    grad = spatial.gradient_magnitude(gap, e1, e2)
+    scalars = {**flips, **spatial.fragmentation(classes), "morans_i": test["observed"],
+               "moran_p_two_sided": test["p_two_sided"], "moran_p_greater": test["p_greater"],
+               "moran_z": test["z_score"], "moran_null_mean": float(test["null"].mean()) if test["null"].size
+               else float("nan"), "mean_local_entropy": float(entropy.mean()) if entropy.size else float("nan"),
+               "mean_gradient": float(grad.mean()), "max_gradient": float(grad.max()),
+               "ties": int((gap == 0).sum()), "cells": int(gap.size)}
+    arrays = {"classes": classes, "local_entropy": entropy, "gradient_magnitude": grad,
+              "moran_null": np.asarray(test["null"], dtype=np.float64)}
+    return scalars, arrays
+
+
+def run(ctx: Any, params: Params) -> None:
+    """Metrics of every upstream map; see the module docstring."""
+    runs = ctx.inputs.runs("exp7.heatmap") + ctx.inputs.runs("exp7.zoom")
+    maps = stored_maps(runs)
+    if not maps:
+        raise ValueError("exp7.randomness found no stored map; add an exp7.heatmap (or exp7.zoom with "
+                         "recompute_steps > 0) entry's id to `needs:`")
+    bar = ctx.progress(len(maps))
+    lines = []
+    ctx.out.attrs["classes"] = "1 where the model's argmax restricted to (a, b) picks a (ties: lower id)"
+    ctx.out.attrs["window"] = params.window
+    ctx.out.attrs["n_perm"] = params.n_perm
+    for m, (source, path) in enumerate(maps):
+        scalars, arrays = metrics(source[f"{path}/gap"], source[f"{path}/pair"], source[f"{path}/e1"],
+                                  source[f"{path}/e2"], params)
+        group = ctx.out.create_group(f"maps/{m:03d}")
+        group.attrs["source_task_id"] = source.task_id
+        group.attrs["source_experiment"] = source.experiment
+        group.attrs["source_map"] = path
+        group.attrs["source_label"] = _source_label(source, path)
+        for key, value in scalars.items():
+            group.attrs[key] = value
+        for key, value in arrays.items():
+            group.create_dataset(key, data=value)
+        for key in ("gap", "e1", "e2", "pair"):
+            group.create_dataset(key, data=source[f"{path}/{key}"])
+        group.attrs["pair_tokens"] = source.group[path].attrs.get("pair_tokens", "[]")
+        group.attrs["directions"] = source.group[path].attrs.get("directions", [1, 2])
+        lines.append(f"{m:03d} {group.attrs['source_label']}: " + ", ".join(
+            f"{k}={_fmt(scalars[k])}" for k in METRICS))
+        bar.update()
+    ctx.out.attrs["summary"] = "\n".join(lines)
+
+
+def _source_label(run: Any, path: str) -> str:
+    attrs = run.group[path].attrs
+    dirs = [int(d) for d in attrs.get("directions", [])]
+    return f"{run.experiment} {run.task_id} {path} prompt {attrs.get('prompt_key', '?')} plane v{dirs}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def plot(run: Any, out_dir: Path) -> list[Path]:
+    """Per map: sign map, local entropy, gradient magnitude, Moran null distribution; plus a summary table."""
+    paths = [_map_panels(run, f"maps/{key}", out_dir / f"exp7_randomness_{run.task_id}_{key}.png")
+             for key in sorted(run.group["maps"])]
+    paths.append(_summary(run, out_dir / f"exp7_randomness_{run.task_id}_summary.png"))
+    return paths
+
+
+def _map_panels(run: Any, base: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from toolkit.experiments.exp7.figures import COLOUR_A, COLOUR_B, extent, token_names
+
+    attrs = run.group[base].attrs
+    e1, e2, classes = run[f"{base}/e1"], run[f"{base}/e2"], run[f"{base}/classes"]
+    box = extent(e1, e2)
+    name_a, name_b = token_names(run, base)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
+    ax = axes[0, 0]
+    ax.imshow(classes.T, origin="lower", extent=box, aspect="auto", interpolation="nearest",
+              cmap=ListedColormap([COLOUR_B, COLOUR_A]), vmin=0, vmax=1)
+    ax.legend(handles=[Patch(color=COLOUR_A, label=f"{name_a} wins"), Patch(color=COLOUR_B, label=f"{name_b} wins")],
+              fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    ax.set_title(f"sign map: flip ratio {attrs['flip_ratio']:.3f} (i.i.d. {attrs['iid_flip_ratio']:.3f}), "
+                 f"{attrs['regions']} regions", fontsize=9)
+    _entropy_panel(fig, axes[0, 1], run, base, box)
+    grad = run[f"{base}/gradient_magnitude"]
+    im = axes[1, 0].imshow(grad.T, origin="lower", extent=box, aspect="auto", cmap="magma", interpolation="nearest")
+    fig.colorbar(im, ax=axes[1, 0], label="|∇ gap| (logits per unit e)")
+    axes[1, 0].set_title("gradient magnitude of logit[a] − logit[b]", fontsize=9)
+    for a in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        dirs = [int(d) for d in attrs.get("directions", [1, 2])]
+        a.set_xlabel(f"e1: step along v{dirs[0]} (embedding units)")
+        a.set_ylabel(f"e2: step along v{dirs[1]} (embedding units)")
+        a.ticklabel_format(style="sci", scilimits=(0, 0))
+    null = run[f"{base}/moran_null"]
+    ax = axes[1, 1]
+    if null.size:
+        ax.hist(null, bins=40, color="0.6", label=f"{null.size} shuffles of the same classes")
+    if np.isfinite(attrs["morans_i"]):
+        ax.axvline(attrs["morans_i"], color="C3", lw=2, label=f"observed I = {attrs['morans_i']:.3f}")
+    ax.set_xlabel("Moran's I (rook weights)")
+    ax.set_ylabel("count")
+    ax.set_title(f"permutation test of spatial randomness: p = {attrs['moran_p_two_sided']:.3g} (two-sided)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"exp7.randomness — {attrs['source_label']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _entropy_panel(fig: Any, ax: Any, run: Any, base: str, box: list[float]) -> None:
+    """Local entropy drawn over the window centres it belongs to, inside the full map's extent."""
+    from toolkit.experiments.exp7.figures import extent
+
+    entropy = run[f"{base}/local_entropy"]
+    e1, e2 = run[f"{base}/e1"], run[f"{base}/e2"]
+    window = int(run.group.attrs.get("window", 5))
+    half = (window - 1) // 2
+    if entropy.size and len(e1) > 1 and len(e2) > 1:
+        inner = extent(e1[half:len(e1) - half], e2[half:len(e2) - half]) if window % 2 else box
+        im = ax.imshow(entropy.T, origin="lower", extent=inner, aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="binary entropy (bits)")
+        ax.set_xlim(box[0], box[1])
+        ax.set_ylim(box[2], box[3])
+    mean = run.group[base].attrs["mean_local_entropy"]
+    ax.set_title(f"local entropy, {window}×{window} windows (mean {mean:.3f} bit)", fontsize=9)
+
+
+def _summary(run: Any, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(run.group["maps"])
+    cols = ("flip_ratio", "iid_flip_ratio", "regions", "morans_i", "moran_p_two_sided", "mean_local_entropy",
+            "crossing_density", "fraction_class1")
+    cells = [[_fmt(run.group[f"maps/{k}"].attrs[c].item()) for c in cols] for k in keys]
+    rows = [f"{k}: v{[int(d) for d in run.group[f'maps/{k}'].attrs.get('directions', [])]}" for k in keys]
+    fig, ax = plt.subplots(figsize=(13, 0.9 + 0.35 * len(keys)))
+    ax.axis("off")
+    table = ax.table(cellText=cells, rowLabels=rows, colLabels=cols, loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    ax.set_title(f"exp7.randomness — metrics per map ({run.task_id})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
