@@ -21,22 +21,27 @@ STATUS_COMPLETE = "complete"
 
 
 def shards_dir(campaign_dir: Path) -> Path:
+    """Folder of the per-task shard files (the durable results until gathered)."""
     return campaign_dir / "shards"
 
 
 def shard_path(campaign_dir: Path, task_id: str) -> Path:
+    """The published shard of one task (present only when the task completed)."""
     return shards_dir(campaign_dir) / f"{task_id}.h5"
 
 
 def failure_path(campaign_dir: Path, task_id: str) -> Path:
+    """The JSON report a failed task leaves instead of a shard."""
     return shards_dir(campaign_dir) / f"{task_id}.failed.json"
 
 
 def store_path(campaign_dir: Path) -> Path:
+    """The campaign store, written only by gather."""
     return campaign_dir / STORE_NAME
 
 
 def utc_now() -> str:
+    """The current UTC time, ISO 8601 with microseconds, as stored in attrs."""
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
