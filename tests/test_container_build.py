@@ -22,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from container_helpers import BASE, BUILD_TIMEOUT, REPO, image, podman_socket  # noqa: F401  (fixtures)
+from container_helpers import ok as _ok
+from container_helpers import run as _run
+from container_helpers import unavailable as _unavailable
 from toolkit.launch.container import check_runtime, container_argv, container_python, image_digest
 
 pytestmark = pytest.mark.container
-
-REPO = Path(__file__).resolve().parents[1]
-CI = os.environ.get("CI") == "true"
-BASE = "localhost/toolkit-base:bookworm"
-BUILD_TIMEOUT = 1800
 
 FORWARD = """
 import hashlib, json, torch
@@ -44,37 +43,6 @@ print(json.dumps({"shape": list(logits.shape), "finite": bool(torch.isfinite(log
                   "next": tokenizer.decode(logits[0, -1].argmax()),
                   "sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest()}))
 """
-
-
-def _unavailable(reason: str) -> None:
-    if CI:
-        pytest.fail(f"CI=true: the container tests must run, but {reason}")
-    pytest.skip(reason)
-
-
-def _run(argv: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def _ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"{proc.args!r} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def image() -> dict[str, str]:
-    """Build (or find cached) the base and the production image; {'ref', 'id', 'build_s'}."""
-    if os.geteuid() != 0:
-        _unavailable("the container build needs root (debootstrap, podman as root): run the tests as root")
-    if not shutil.which("podman") and not shutil.which("apt-get"):
-        _unavailable("podman is not installed and apt-get is not available to install it")
-    base = _run(["bash", str(REPO / "containers/build-base.sh")], timeout=BUILD_TIMEOUT)
-    _ok(base)
-    start = time.monotonic()
-    build = _run(["bash", str(REPO / "containers/build.sh"), "--base", BASE], timeout=BUILD_TIMEOUT)
-    _ok(build)
-    lines = dict(line.split("=", 1) for line in build.stdout.splitlines() if "=" in line)
-    return {"ref": lines["image"], "id": lines["image_id"], "build_s": f"{time.monotonic() - start:.1f}"}
 
 
 def test_hadolint_passes():
@@ -148,35 +116,20 @@ def test_submitit_job_runs_inside_the_container(image, tmp_path):
     from toolkit.store.provenance import _container
 
     job = executor.submit(_container)
-    assert job.result() == {"inside": "podman", "image": image["ref"], "image_digest": digest}
+    assert job.result() == {"inside": True, "engine": "podman", "runtime": None, "image": image["ref"],
+                            "image_digest": digest}
 
 
-def test_docker_cli_against_podmans_socket(image, monkeypatch):
-    if not shutil.which("docker"):
-        _unavailable("the docker CLI is not installed")
-    sock = Path(tempfile.mkdtemp(prefix="toolkit-podman-")) / "podman.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert service.poll() is None and time.monotonic() < deadline, "podman system service did not start"
-            time.sleep(0.1)
-        monkeypatch.setenv("DOCKER_HOST", f"unix://{sock}")
-        env = dict(os.environ)
-        host = _ok(_run([str(Path(sys.executable).parent / "toolkit"), "--version"])).strip()
-        plain = _run(["docker", "run", "--rm", "--network", "none", image["ref"], "toolkit", "--version"], env=env)
-        assert _ok(plain).strip() == host
-        assert check_runtime("docker", image["ref"]) == shutil.which("docker")
-        digest = image_digest("docker", image["ref"])
-        argv = container_argv("docker", image["ref"], binds=[str(sock.parent)], digest=digest, user="1000:1000")
-        code = "import os, toolkit; print(toolkit.__version__, os.getuid(), os.environ['TOOLKIT_IMAGE_DIGEST'])"
-        out = _ok(_run([*argv, "-c", code], env=env)).split()
-        assert out == [host.rsplit(" ", 1)[-1], "1000", digest]
-    finally:
-        service.terminate()
-        try:
-            service.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            service.kill()
-        shutil.rmtree(sock.parent, ignore_errors=True)
+def test_docker_cli_against_podmans_socket(image, podman_socket, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", podman_socket)
+    env = dict(os.environ)
+    host = _ok(_run([str(Path(sys.executable).parent / "toolkit"), "--version"])).strip()
+    plain = _run(["docker", "run", "--rm", "--network", "none", image["ref"], "toolkit", "--version"], env=env)
+    assert _ok(plain).strip() == host
+    assert check_runtime("docker", image["ref"]) == shutil.which("docker")
+    digest = image_digest("docker", image["ref"])
+    sock_dir = podman_socket.removeprefix("unix://").rsplit("/", 1)[0]
+    argv = container_argv("docker", image["ref"], binds=[sock_dir], digest=digest, user="1000:1000")
+    code = "import os, toolkit; print(toolkit.__version__, os.getuid(), os.environ['TOOLKIT_IMAGE_DIGEST'])"
+    out = _ok(_run([*argv, "-c", code], env=env)).split()
+    assert out == [host.rsplit(" ", 1)[-1], "1000", digest]

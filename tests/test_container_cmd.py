@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
+import time
 import shlex
 import subprocess
 import sys
@@ -218,7 +221,10 @@ def test_apptainer_wrapper_passes_the_jobs_variables(tmp_path):
     env = {"PATH": os.environ["PATH"], "ARGV_OUT": str(out), "SLURM_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "3",
            "SLURMD_NODENAME": "gpu07", "SUBMITIT_EXECUTOR": "slurm", "CUDA_VISIBLE_DEVICES": "",
            "MY_VAR": tricky, "TOOLKIT_CACHE": "/home/me/.cache/toolkit", "PYTHONPATH": "/host/lib",
-           "UNRELATED": "x"}
+           "UNRELATED": "x",
+           # submitit's local controller sets it to this very command: apptainer 1.4.5 failed to
+           # parse it in its environment script (seen in a real run); the job does not need it
+           "SUBMITIT_LOCAL_COMMAND": shlex.join(argv)}
     subprocess.run([*argv, "-u", "-m", "submitit.core._submit", "/f"], env=env, cwd=tmp_path, check=True, timeout=30)
     got = json.loads(out.read_text())
     assert got["argv"] == ["exec", "--cleanenv", "--bind", f"{tmp_path}:{tmp_path}", "--pwd", str(tmp_path),
@@ -316,3 +322,131 @@ def test_import_runs_nothing():
             "subprocess.run = subprocess.Popen = boom\n"
             "import toolkit.launch.container\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- the supervisor (podman/docker as launched by campaigns) ---------------------------------------
+
+def test_supervised_podman_exact():
+    argv = container_argv("podman", IMAGE, binds=[CAMPAIGN], digest=DIGEST, supervise=True)
+    assert argv == ["/bin/sh", "-c", c._SUPERVISOR, "toolkit-container", "podman", "--rm", "--sig-proxy=false",
+                    "--network", "none", "-v", f"{CAMPAIGN}:{CAMPAIGN}", "--workdir", CAMPAIGN, *PODMAN_PASSED,
+                    "-e", f"TOOLKIT_IMAGE={IMAGE}", "-e", f"TOOLKIT_IMAGE_DIGEST={DIGEST}", DIGEST, "python"]
+    sif_argv = container_argv("apptainer", "/x/t.sif", binds=[CAMPAIGN], supervise=True)
+    assert "toolkit-container" not in sif_argv   # apptainer's processes are the job's own children
+
+
+FAKE_RUNTIME = """\
+#!{python}
+# stands in for podman: `run --name N ... IMAGE python ARGS` runs the host python with ARGS;
+# `kill N` kills it (through a pid file); every call is logged
+import json, os, signal, sys
+log = os.path.join(os.environ["FAKE_DIR"], "calls.jsonl")
+with open(log, "a") as handle:
+    handle.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "kill":
+    os.kill(int(open(os.path.join(os.environ["FAKE_DIR"], "pid")).read()), signal.SIGKILL)
+    sys.exit(0)
+args = sys.argv[1:]
+at = args.index("python")
+child = os.fork()
+if child == 0:
+    os.setsid()  # like conmon: not in the job's process group
+    os.execv(sys.executable, [sys.executable, *args[at + 1:]])
+open(os.path.join(os.environ["FAKE_DIR"], "pid"), "w").write(str(child))
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
+@pytest.fixture
+def fake_podman(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "podman"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_RUNTIME.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("FAKE_DIR", str(tmp_path))
+    return fake
+
+
+def _calls(tmp_path: Path) -> list[list[str]]:
+    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+
+
+def test_supervisor_passes_the_exit_code_and_names_the_container(tmp_path, fake_podman, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    argv = container_argv("podman", IMAGE, binds=[tmp_path], executable=str(fake_podman), supervise=True)
+    proc = subprocess.run([*argv, "-c", "import sys; print('hi'); sys.exit(7)"], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout) == (7, "hi\n")
+    [call] = _calls(tmp_path)
+    assert call[:2] == ["run", "--name"] and re.fullmatch(r"toolkit-4242-\d+-\d+", call[2])
+    assert call[3:5] == ["--rm", "--sig-proxy=false"]
+
+
+def test_supervisor_ignores_usr2_and_kills_the_container_on_term(tmp_path, fake_podman):
+    argv = container_argv("podman", IMAGE, binds=[tmp_path], executable=str(fake_podman), supervise=True)
+    job = subprocess.Popen([*argv, "-c", "import time; open('started', 'w').close(); time.sleep(60)"], cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR2)
+    time.sleep(0.5)
+    assert job.poll() is None and len(_calls(tmp_path)) == 1
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=30) == 143
+    run_call, kill_call = _calls(tmp_path)
+    assert kill_call == ["kill", run_call[2]]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+# --- what campaigns launch: TaskImage and the GPU decision -----------------------------------------
+
+def test_task_image_python_per_target():
+    from toolkit.launch.container import TaskImage
+
+    image = TaskImage("podman", IMAGE, DIGEST, CAMPAIGN)
+    gpu, cpu = shlex.split(image.python(gpu_target=True)), shlex.split(image.python(gpu_target=False))
+    assert gpu[gpu.index("--device") + 1] == "nvidia.com/gpu=all" and "--device" not in cpu
+    assert "TOOLKIT_CONTAINER_RUNTIME=podman" in cpu and cpu[:2] == ["/bin/sh", "-c"]
+    assert cpu[cpu.index("--network") + 1] == "none" and cpu[-2:] == [DIGEST, "python"]
+    never = TaskImage("docker", IMAGE, DIGEST, CAMPAIGN, gpu=False, network=True, extra_args=("--shm-size=1g",))
+    argv = shlex.split(never.python(gpu_target=True))
+    assert "--gpus" not in argv and "--network" not in argv and argv[-3:] == ["--shm-size=1g", DIGEST, "python"]
+    sif = shlex.split(TaskImage("apptainer", "/x/t.sif", DIGEST, CAMPAIGN).python(gpu_target=True))
+    assert sif[0] == "env" and "--nv" in sif and "APPTAINERENV_TOOLKIT_CONTAINER_RUNTIME=apptainer" in sif
+    assert image.record() == {"runtime": "podman", "image": IMAGE, "digest": DIGEST}
+
+
+def test_input_files_of_params_are_bound_read_only(write_manifest):
+    from toolkit.launch.container import TaskImage
+    from toolkit.manifest import load_manifest
+    from toolkit.plan import build_plan
+    from toolkit.submit import input_files
+
+    image = TaskImage("podman", IMAGE, DIGEST, CAMPAIGN, input_files=("/data/paper one.pdf",))
+    argv = shlex.split(image.python(gpu_target=False))
+    assert argv[argv.index("/data/paper one.pdf:/data/paper one.pdf:ro") - 1] == "-v"
+    pdf = Path(__file__).resolve().parents[1] / "manifests" / "data" / "sample.pdf"
+    manifest = write_manifest(f"""\
+        campaign: pdf-in-image
+        model: {{source: tiny-random-llama}}
+        experiments:
+          - {{name: pdf.word_prediction, params: {{pdf_path: "{pdf}"}}}}
+          - {{name: exp4.generate, params: {{max_new_tokens: 2}}}}
+        """)
+    assert input_files(build_plan(load_manifest(manifest))) == {str(pdf)}  # what submit binds
+
+
+def test_gpu_targets_come_from_the_site_profile():
+    from toolkit.launch.sites import gpu_target
+    from toolkit.manifest import Resources
+    from toolkit.manifest.site import find_site, load_site
+
+    site, problems = load_site(find_site("default", Path(".")))
+    assert not problems
+    assert gpu_target(site, "a100", Resources()) and gpu_target(site, "h100", Resources(gpus=2))
+    assert not gpu_target(site, "cpu", Resources())
+    assert not gpu_target(site, "a100", Resources(gpus=0))

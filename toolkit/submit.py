@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from toolkit.errors import UsageError
 from toolkit.plan import Plan
+
+if TYPE_CHECKING:
+    from toolkit.launch.container import TaskImage
 
 
 def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site: str | None, force: bool,
@@ -23,16 +26,21 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     if not wait and executor != "slurm":
         raise UsageError("--no-wait needs the slurm executor: local jobs run under this command")
     folder = campaign.campaign_dir_for(plan, root)
+    image = _task_image(plan, folder)
+    if image is not None:  # a task in the image works in the bound folder: relative paths would miss
+        folder = Path(image.campaign_dir)
     campaign.prepare(plan, folder)
     done = set() if force else campaign.done_task_ids(folder)
     todo = set(plan.tasks) - done
     say(f"campaign {plan.manifest.campaign}: {len(plan.tasks)} task(s), {len(plan.tasks) - len(todo)} already "
         f"complete, {len(todo)} to run ({executor} executor) in {folder}")
+    if image is not None:
+        say(f"tasks run in the {image.runtime} image {image.image} ({image.digest[:19]}...)")
     if executor == "slurm":
         from toolkit.launch.slurm import submit_slurm
         from toolkit.launch.slurm_wait import wait_slurm
 
-        record = submit_slurm(plan, folder, todo, force=force, plot=plot, say=say)
+        record = submit_slurm(plan, folder, todo, force=force, plot=plot, say=say, image=image)
         if not wait:
             say(f"submitted; follow with: toolkit status {folder}")
             return folder
@@ -41,7 +49,7 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     else:
         from toolkit.launch.local import run_local
 
-        run_local(plan, folder, todo, force=force, debug=executor == "debug", say=say)
+        run_local(plan, folder, todo, force=force, debug=executor == "debug", say=say, image=image)
     if plot:
         from toolkit.figures import make_figures
 
@@ -52,6 +60,24 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     say(f"store: {folder / 'store.h5'}")
     _print_summaries(folder, plan, say)
     return folder
+
+
+def _task_image(plan: Plan, folder: Path) -> TaskImage | None:
+    """The manifest's container resolved (runtime, image, digest), before anything is created."""
+    if not plan.manifest.container.enabled:
+        return None
+    from toolkit.launch.container import task_image
+
+    return task_image(plan.manifest.container, folder, input_files(plan))
+
+
+def input_files(plan: Plan) -> set[str]:
+    """The files the tasks read, named by their experiments' path params (`Params.PATH_FIELDS`,
+    absolute after validation): a container must see them, so they are bound read-only."""
+    from toolkit import experiments
+
+    return {str(task.params[name]) for task in plan.tasks.values()
+            for name in getattr(experiments.get(task.experiment).Params, "PATH_FIELDS", ())}
 
 
 def _print_summaries(folder: Path, plan: Plan, say: Callable[[str], None]) -> None:

@@ -38,7 +38,9 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.errors import UsageError
 
@@ -63,11 +65,30 @@ HOST_ONLY = ("TOOLKIT_CACHE", "TOOLKIT_SITES")
 
 #: The apptainer wrapper: copies each passed variable the job has into APPTAINERENV_<name>, which
 #: apptainer sets inside even with --cleanenv, then runs its arguments.  It is a constant: no path
-#: or value is ever spliced into it (they follow as arguments).
+#: or value is ever spliced into it (they follow as arguments).  SUBMITIT_LOCAL_COMMAND (this very
+#: command line, for submitit's local controller) is not passed: apptainer 1.4's environment
+#: script cannot parse its quotes and parentheses, and the job does not need it.
 _APPTAINER_WRAPPER = (
-    'for n in $(env | grep -oE "^({prefixes})[A-Za-z0-9_]*=" | tr -d =) {names}; do '
+    'for n in $(env | grep -oE "^({prefixes})[A-Za-z0-9_]*=" | tr -d = | grep -vx SUBMITIT_LOCAL_COMMAND) '
+    '{names}; do '
     'eval "[ -n \\"\\${{$n+x}}\\" ] && export APPTAINERENV_$n=\\"\\${{$n}}\\""; '
     'done; exec "$@"'
+)
+
+#: The podman/docker supervisor (``supervise=True``): runs ``<runtime> run --name <unique> ...`` in
+#: the background and removes the container when the job is signalled.  A container is not a
+#: child of the job (podman's conmon and docker's daemon own it), so when Slurm or submitit kill
+#: the job (scancel, preemption, time limit: SIGTERM, then SIGKILL), the client alone would die
+#: and the task would keep running outside any job.  USR1/USR2 are swallowed (with --sig-proxy
+#: off the container never sees them: there is no in-job requeue inside an image, see
+#: docs/containers.md).  Constant text: the runtime and its arguments follow as "$@".
+_SUPERVISOR = (
+    'exe=$1; shift; name="toolkit-${SLURM_JOB_ID:-local}-$$-$(date +%s)"; '
+    'stop() { "$exe" kill "$name" >/dev/null 2>&1; wait "$pid"; }; '
+    "trap 'stop; exit 143' TERM; trap 'stop; exit 130' INT; trap 'stop; exit 129' HUP; "
+    "trap : USR1 USR2; "
+    '"$exe" run --name "$name" "$@" & pid=$!; '
+    'while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || exit "$rc"; done'
 )
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -82,7 +103,8 @@ def container_argv(runtime: str, image: str, *, binds: Iterable[str | os.PathLik
                    gpu: bool = False, network: bool = False, digest: str | None = None,
                    env: Mapping[str, str] | None = None, pass_env: Iterable[str] = (), python: str = "python",
                    executable: str | None = None, user: str | None = None,
-                   extra_args: Sequence[str] = (), run_by_digest: bool = True) -> list[str]:
+                   extra_args: Sequence[str] = (), run_by_digest: bool = True,
+                   supervise: bool = False) -> list[str]:
     """The argv prefix that runs `python` in `image`; submitit appends ``-u -m ...`` to it.
 
     runtime     podman | docker | apptainer
@@ -98,6 +120,9 @@ def container_argv(runtime: str, image: str, *, binds: Iterable[str | os.PathLik
     executable  the runtime's binary (default: its name, looked up on PATH when the job starts)
     user        docker only: "uid:gid" the container runs as (default: the current user's)
     extra_args  more runtime options, placed before the image (e.g. ["--cgroups=disabled"])
+    supervise   podman/docker: run through `_SUPERVISOR` (a unique --name, --sig-proxy=false, the
+                container killed when the job is), as the launchers do; apptainer needs none
+                (its processes are the job's children)
     """
     if runtime not in RUNTIMES:
         raise ContainerError(f"unknown container runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -114,7 +139,8 @@ def container_argv(runtime: str, image: str, *, binds: Iterable[str | os.PathLik
     exe = executable or runtime
     if runtime == "apptainer":
         return _apptainer(exe, _sif(image), rw, ro, cwd, gpu, fixed, names, python, extra_args)
-    argv = [exe, "run", "--rm"]
+    argv = ["/bin/sh", "-c", _SUPERVISOR, "toolkit-container", exe, "--rm", "--sig-proxy=false"] if supervise \
+        else [exe, "run", "--rm"]
     if not network:
         argv += ["--network", "none"]
     if runtime == "docker":
@@ -177,6 +203,14 @@ def image_digest(runtime: str, image: str, executable: str | None = None, timeou
 def check_runtime(runtime: str, image: str, executable: str | None = None, timeout: float = 120) -> str:
     """Raise ContainerError unless the runtime is installed and has the image; returns the
     runtime's resolved executable."""
+    found = find_runtime(runtime, executable, timeout)
+    check_image(runtime, image, found, timeout)
+    return found
+
+
+def find_runtime(runtime: str, executable: str | None = None, timeout: float = 120) -> str:
+    """The runtime's executable on PATH (docker: and its daemon answers); ContainerError (what to
+    install or start) otherwise."""
     if runtime not in RUNTIMES:
         raise ContainerError(f"unknown container runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     name = executable or runtime
@@ -186,22 +220,70 @@ def check_runtime(runtime: str, image: str, executable: str | None = None, timeo
                 "docker": "install Docker, or use podman",
                 "apptainer": "module load apptainer, or install it (https://apptainer.org)"}[runtime]
         raise ContainerError(f"container runtime {name!r} is not installed (not on PATH): {hint}")
-    if runtime == "apptainer":
-        path = Path(image)
-        if not path.is_file():
-            raise ContainerError(f"SIF image {image} does not exist; build it with "
-                                 f"apptainer build {image} containers/toolkit.def")
-        return found
     if runtime == "docker":
         out = _run([found, "version", "--format", "{{.Server.Version}}"], timeout)
         if out.returncode != 0:
             raise ContainerError(f"docker cannot reach its daemon ({_last_line(out.stderr)}); start it, or set "
                                  f"DOCKER_HOST (e.g. to podman's socket)")
+    return found
+
+
+def check_image(runtime: str, image: str, found: str, timeout: float = 120) -> None:
+    """Raise ContainerError unless the runtime at `found` has the image (the SIF file exists)."""
+    if runtime == "apptainer":
+        path = Path(image)
+        if not path.is_file():
+            raise ContainerError(f"SIF image {image} does not exist; build it with "
+                                 f"apptainer build {image} containers/toolkit.def")
+        return
     out = _run([found, "image", "inspect", "--format", "{{.Id}}", image], timeout)
     if out.returncode != 0:
-        raise ContainerError(f"{runtime} has no image {image!r} ({_last_line(out.stderr)}); build it with "
+        detail = _last_line(out.stderr)
+        known = re.search(r"image not known|no such (image|object)", detail, re.IGNORECASE)
+        raise ContainerError(f"{runtime} has no image {image!r}{'' if known else f' ({detail})'}; build it with "
                              f"containers/build.sh or pull it")
-    return found
+
+
+@dataclass(frozen=True)
+class TaskImage:
+    """A campaign's image, resolved once at submission: what every task job runs in."""
+
+    runtime: str
+    image: str
+    digest: str
+    campaign_dir: str
+    network: bool = False
+    gpu: str | bool = "auto"
+    extra_args: tuple[str, ...] = ()
+    input_files: tuple[str, ...] = ()  # files named by experiment params (PATH_FIELDS), bound read-only
+
+    def python(self, gpu_target: bool) -> str:
+        """submitit's ``python=`` for a task job; GPUs only for a GPU target (and gpu: auto)."""
+        return container_python(self.runtime, self.image, binds=[self.campaign_dir], digest=self.digest,
+                                ro_binds=self.input_files,
+                                gpu=gpu_target and self.gpu == "auto", network=self.network,
+                                env={"TOOLKIT_CONTAINER_RUNTIME": self.runtime}, extra_args=self.extra_args,
+                                supervise=self.runtime != "apptainer")
+
+    def record(self) -> dict[str, str]:
+        """What the submission record keeps: runtime, reference and digest."""
+        return {"runtime": self.runtime, "image": self.image, "digest": self.digest}
+
+
+def task_image(spec: Any, campaign_dir: Path, input_files: Iterable[str] = ()) -> TaskImage | None:
+    """Resolve a manifest's `container:` (a `toolkit.manifest.Container`) for one submission:
+    None for runtime none; else checks the runtime and image again (the manifest was validated
+    on this host, maybe a while ago), takes the image's digest (tasks run by it, so a rebuilt tag
+    cannot change what a queued job runs) and checks the campaign folder and the `input_files`
+    (files the tasks read, e.g. a PDF; bound read-only at the same path) can be bound."""
+    if spec.runtime == "none":
+        return None
+    found = find_runtime(spec.runtime)
+    digest = image_digest(spec.runtime, spec.image, executable=found)  # raises if the image went away
+    image = TaskImage(spec.runtime, spec.image, digest, str(campaign_dir.resolve()), spec.network, spec.gpu,
+                      tuple(spec.extra_args), tuple(sorted(set(input_files))))
+    image.python(gpu_target=False)  # raises ContainerError now for a folder that cannot be bound
+    return image
 
 
 # --- helpers -------------------------------------------------------------------------------------

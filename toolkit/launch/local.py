@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toolkit.errors import TaskFailed
+from toolkit.launch.container import TaskImage
 from toolkit.plan import Plan
 from toolkit.progress import Progress
 from toolkit.store.gather import gather
@@ -22,23 +23,29 @@ def jobs_folder(campaign_dir: Path) -> Path:
 
 
 def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug: bool,
-              say: Callable[[str], None]) -> None:
-    """Run every stage's pending tasks, gathering after each stage; raise TaskFailed on failures."""
+              say: Callable[[str], None], image: TaskImage | None = None) -> None:
+    """Run every stage's pending tasks, gathering after each stage; raise TaskFailed on failures.
+
+    With `image` (a manifest `container:`) each stage's job runs in it; the gather stays here."""
     import submitit
 
     from toolkit.worker import run_tasks
 
     folder = jobs_folder(campaign_dir)
     executor: Any = submitit.DebugExecutor(folder) if debug else submitit.LocalExecutor(folder)
+    if image is not None and debug:
+        say(f"note: the debug executor runs tasks in this process, not in the {image.runtime} image")
     for stage in plan.stages:
         job_error = ""
         ids = sorted((t for g in stage.groups for t in g.task_ids if t in todo), key=lambda t: _load_order(plan, t))
         label = f"stage {stage.index}/{len(plan.stages)} ({', '.join(stage.exp_ids)})"
         if ids:
             minutes = sum(plan.manifest.experiment(plan.tasks[t].exp_id).resources.time_min for t in ids)
+            if image is not None and not debug:
+                executor = submitit.LocalExecutor(folder, python=image.python(_gpu_stage(plan, ids)))
             if not debug:
                 executor.update_parameters(timeout_min=minutes)
-            say(f"{label}: running {len(ids)} task(s); logs in {folder}")
+            say(f"{label}: running {len(ids)} task(s){_where(image, debug)}; logs in {folder}")
             job = executor.submit(run_tasks, str(campaign_dir), ids, force)
             job_error = _wait(job, campaign_dir, ids, label, debug)
         report = gather(campaign_dir)
@@ -49,6 +56,21 @@ def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug
             first = next(iter(failed.values()), {}).get("error", job_error or "the job died (see its log)")
             raise TaskFailed(f"{label}: {len(missing)} task(s) did not complete ({first}); "
                              f"logs in {folder}; fix and rerun toolkit submit to run just those")
+
+
+def _gpu_stage(plan: Plan, ids: list[str]) -> bool:
+    """GPUs for a stage's job: one of its tasks has a GPU target and this machine has an NVIDIA
+    GPU (a local job runs here, whatever its target is called; see docs/containers.md)."""
+    from toolkit.launch.sites import gpu_target
+
+    site = plan.manifest.site
+    wanted = any(gpu_target(site, plan.tasks[t].target, plan.manifest.experiment(plan.tasks[t].exp_id).resources)
+                 for t in ids if plan.tasks[t].target in site.targets)
+    return wanted and Path("/dev/nvidiactl").exists()
+
+
+def _where(image: TaskImage | None, debug: bool) -> str:
+    return f" in {image.runtime} image {image.image}" if image is not None and not debug else ""
 
 
 def _load_order(plan: Plan, task_id: str) -> tuple[str, str, str]:

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 from toolkit.errors import LaunchError
 from toolkit.launch.local import jobs_folder
-from toolkit.launch.sites import sbatch_options
+from toolkit.launch.container import TaskImage
+from toolkit.launch.sites import gpu_target, sbatch_options
 from toolkit.plan import Plan
 from toolkit.store.files import atomic_write_text
 
@@ -23,17 +24,43 @@ class TaskRunner:
 
     Tasks are idempotent (a published shard is skipped), so a requeued element simply reruns
     what did not finish, and its results equal those of an uninterrupted run.
+
+    In a container (`in_container`) there is no in-job requeue: an image has no `scontrol` and no
+    munge socket, so the preemption signal is ignored there; a preempted job is requeued by Slurm
+    itself (PreemptMode=REQUEUE) and a timed-out one ends TIMEOUT (rerun `toolkit submit`).
     """
+
+    def __init__(self, in_container: bool = False) -> None:
+        self.in_container = in_container
 
     def __call__(self, campaign_dir: str, task_ids: list[str], force: bool) -> list[str]:
         from toolkit.worker import run_tasks
 
+        if getattr(self, "in_container", False):
+            _ignore_requeue_signal()
         return run_tasks(campaign_dir, task_ids, force=force)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _ignore_requeue_signal() -> None:
+    """Replace submitit's checkpoint-and-requeue handler (it would call scontrol, which the image
+    lacks, and fail the task mid-way) by one that only logs."""
+    import os
+    import signal
+    import sys
+
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    number = getattr(signal, name, signal.SIGUSR2)
+
+    def log(signum: int, frame: Any) -> None:
+        print(f"toolkit: {signal.Signals(signum).name} ignored in the container (no in-job requeue; "
+              f"Slurm requeues a preempted job itself)", file=sys.stderr, flush=True)
+
+    signal.signal(number, log)
 
 
 def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
@@ -53,8 +80,11 @@ def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
 
 
 def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, plot: bool,
-                 say: Callable[[str], None]) -> dict[str, Any]:
-    """Submit the whole DAG; returns the submission record (also appended to slurm.json)."""
+                 say: Callable[[str], None], image: TaskImage | None = None) -> dict[str, Any]:
+    """Submit the whole DAG; returns the submission record (also appended to slurm.json).
+
+    With `image` the task arrays run in it (GPUs exposed to GPU targets only); the gather jobs
+    run bare on the nodes (they only merge HDF5 shards and draw figures)."""
     import submitit
 
     from toolkit.launch.slurm_state import cancel, max_array_size
@@ -62,6 +92,8 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
     folder = jobs_folder(campaign_dir)
     limit = max_array_size()
     record: dict[str, Any] = {"folder": str(folder), "stages": []}
+    if image is not None:
+        record["container"] = image.record()
     submitted: list[str] = []
     previous_gather: str | None = None
     try:
@@ -73,9 +105,9 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
                     chunk = ids[start:start + limit]
                     executor = _executor(submitit, folder, plan, group.target, group.resources,
                                          f"{plan.manifest.campaign}-{group.name}",
-                                         [previous_gather] if previous_gather else [])
-                    jobs = executor.map_array(TaskRunner(), [str(campaign_dir)] * len(chunk), [[t] for t in chunk],
-                                              [force] * len(chunk))
+                                         [previous_gather] if previous_gather else [], image)
+                    jobs = executor.map_array(TaskRunner(image is not None), [str(campaign_dir)] * len(chunk),
+                                              [[t] for t in chunk], [force] * len(chunk))
                     array_id = jobs[0].job_id.split("_")[0]
                     submitted.append(array_id)
                     arrays.append({"job_id": array_id, "target": group.target, "task_ids": chunk})
@@ -101,8 +133,9 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
 
 
 def _executor(submitit: Any, folder: Path, plan: Plan, target: str, resources: Any, name: str,
-              after: list[str]) -> Any:
-    """A SlurmExecutor for one array (resources given) or one gather job (resources None)."""
+              after: list[str], image: TaskImage | None = None) -> Any:
+    """A SlurmExecutor for one array (resources given; in `image` if any) or one gather job
+    (resources None; always bare)."""
     from toolkit.manifest import Resources
 
     options = sbatch_options(plan.manifest.site, target, resources or Resources(), gather=resources is None)
@@ -121,7 +154,11 @@ def _executor(submitit: Any, folder: Path, plan: Plan, target: str, resources: A
         additional[key] = value if sep else True
     if resources is not None:  # null: no throttle (submitit's default would add %256)
         params["array_parallelism"] = resources.array_parallelism or 2**31 - 1
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+    if image is not None and resources is not None:
+        gpu = gpu_target(plan.manifest.site, target, resources) if target in plan.manifest.site.targets else False
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0, python=image.python(gpu))
+    else:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
     executor.update_parameters(additional_parameters=additional, **params)
     return executor
 

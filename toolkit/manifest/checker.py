@@ -12,6 +12,7 @@ from toolkit.manifest.located import Located
 from toolkit.manifest.model import (
     ATTN_IMPLEMENTATIONS,
     DTYPES,
+    GPU_MODES,
     NUMERICS_FIELDS,
     RUNTIMES,
     Container,
@@ -34,7 +35,7 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", "resources", "container", "site")
 MODEL_KEYS = ("source", "revision", "device") + NUMERICS_FIELDS
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
-CONTAINER_KEYS = ("runtime", "image")
+CONTAINER_KEYS = ("runtime", "image", "network", "gpu", "extra_args")
 NUMERIC_CHOICES: dict[str, tuple[Any, ...]] = {
     "dtype": DTYPES,
     "attn_implementation": ATTN_IMPLEMENTATIONS,
@@ -264,15 +265,57 @@ class Checker:
         if data is None:
             return None
         self._keys(data, CONTAINER_KEYS, ("container",))
+        before = len(self.problems)
         runtime = data.get("runtime", "none")
         if runtime not in RUNTIMES:
-            self.problem(("container", "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+            hint = f"; {_did_you_mean(runtime, RUNTIMES).rstrip()}" if _did_you_mean(runtime, RUNTIMES) else ""
+            self.problem(("container", "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}{hint}")
+            return None
+        image = data.get("image")
+        if runtime == "none":
+            if image is not None:
+                self.problem(("container", "image"), "is set but runtime is none: set runtime to podman, docker "
+                             "or apptainer to run the tasks in it, or remove image")
+        elif not isinstance(image, str) or not image.strip() or image.startswith("-") or \
+                any(c in image for c in "\n\r\0"):
+            where = ("container", "image") if "image" in data else ("container",)
+            self.problem(where, f"runtime {runtime} needs an image: " + (
+                "the path of a .sif file" if runtime == "apptainer" else "an image reference like "
+                "localhost/toolkit:0.1.0 (containers/build.sh builds it)") + f", got {image!r}")
+        elif runtime == "apptainer":
+            image = str((self.dir / Path(image).expanduser()).resolve())
+        network = data.get("network", False)
+        if not isinstance(network, bool):
+            self.problem(("container", "network"), f"must be true or false, got {network!r}")
+        gpu = data.get("gpu", "auto")
+        if not any(gpu is mode or (isinstance(gpu, str) and gpu == mode) for mode in GPU_MODES):
+            self.problem(("container", "gpu"), f"must be auto (GPU targets get the GPUs) or false (never), "
+                         f"got {gpu!r}")
+        extra = data.get("extra_args", [])
+        if not isinstance(extra, list) or not all(isinstance(a, str) and a and not any(c in a for c in "\n\r\0")
+                                                 for a in extra):
+            self.problem(("container", "extra_args"), f"must be a list of non-empty single-line strings, "
+                         f"got {extra!r}")
+        if len(self.problems) > before:
             return None
         if runtime != "none":
-            self.problem(("container", "runtime"), f"runtime {runtime!r} is not supported by this version "
-                         "of toolkit yet; use runtime: none")
-            return None
-        return Container(runtime=runtime, image=data.get("image"))
+            self._container_available(runtime, image)
+        return Container(runtime=runtime, image=image if runtime != "none" else None, network=network, gpu=gpu,
+                         extra_args=tuple(extra))
+
+    def _container_available(self, runtime: str, image: str) -> None:
+        """The runtime is installed here and has the image (the submitting host must see it)."""
+        from toolkit.launch.container import ContainerError, check_image, find_runtime
+
+        try:
+            found = find_runtime(runtime)
+        except ContainerError as err:
+            self.problem(("container", "runtime"), str(err))
+            return
+        try:
+            check_image(runtime, image, found)
+        except ContainerError as err:
+            self.problem(("container", "image"), str(err))
 
     def _experiments(self, value: Any, targets: tuple[str, ...], numerics: Numerics,
                      resources: Resources | None, site: SiteProfile | None) -> tuple[ExperimentSpec, ...] | None:

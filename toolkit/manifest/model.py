@@ -55,12 +55,29 @@ class Resources:
     array_parallelism: int | None = None
 
 
+GPU_MODES = ("auto", False)
+
+
 @dataclass(frozen=True)
 class Container:
-    """Where tasks run: on the host (`none`) or inside an image."""
+    """Where tasks run: on the host (`none`) or inside an image (docs/containers.md).
+
+    runtime     none | apptainer | docker | podman
+    image       an image reference (docker, podman) or a SIF file, absolute (apptainer)
+    network     keep the network inside (default: `--network none`; apptainer shares the host's)
+    gpu         "auto": expose the GPUs to tasks of GPU targets; False: never
+    extra_args  more options for the runtime, placed before the image (e.g. a --cgroup-parent)
+    """
 
     runtime: str = "none"
     image: str | None = None
+    network: bool = False
+    gpu: str | bool = "auto"
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.runtime != "none"
 
 
 @dataclass(frozen=True)

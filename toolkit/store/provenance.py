@@ -99,12 +99,41 @@ def _git_sha() -> str | None:
 
 
 def _container() -> dict[str, Any]:
-    inside = None
+    """Whether this process runs in a container, detected from inside (what the engines create,
+    not what the toolkit sets), and the image the launcher asked for.
+
+    inside        true when an engine's own marker is present: apptainer/singularity set
+                  APPTAINER_CONTAINER / SINGULARITY_CONTAINER; podman creates /run/.containerenv
+                  (also under the docker CLI talking to podman), Docker /.dockerenv, both when the
+                  container starts: a marker older than the machine's boot is a leftover baked
+                  into a VM or host image (seen on the CI machine), not a running container
+    engine        which marker: apptainer | podman | docker | null
+    runtime       the manifest's runtime (TOOLKIT_CONTAINER_RUNTIME, set by the launcher)
+    image         the image reference or SIF path asked for (TOOLKIT_IMAGE)
+    image_digest  its image id / SIF sha256 taken on the submitting host (TOOLKIT_IMAGE_DIGEST);
+                  podman and docker run the image by this id, so it is what ran
+    """
+    engine = None
     if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
-        inside = "apptainer"
-    elif Path("/run/.containerenv").exists():
-        inside = "podman"
-    elif Path("/.dockerenv").exists():
-        inside = "docker"
-    return {"inside": inside, "image": os.environ.get("TOOLKIT_IMAGE"),
-            "image_digest": os.environ.get("TOOLKIT_IMAGE_DIGEST")}
+        engine = "apptainer"
+    elif _fresh_marker(Path("/run/.containerenv")):
+        engine = "podman"
+    elif _fresh_marker(Path("/.dockerenv")):
+        engine = "docker"
+    return {"inside": engine is not None, "engine": engine, "runtime": os.environ.get("TOOLKIT_CONTAINER_RUNTIME"),
+            "image": os.environ.get("TOOLKIT_IMAGE"), "image_digest": os.environ.get("TOOLKIT_IMAGE_DIGEST")}
+
+
+def _fresh_marker(path: Path) -> bool:
+    """The file exists and was made since the machine booted (by an engine starting a container)."""
+    try:
+        made = path.stat().st_mtime
+    except OSError:
+        return False
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return made >= int(line.split()[1]) - 1
+    except (OSError, ValueError):
+        pass
+    return True
