@@ -143,3 +143,42 @@ def test_internals_row0_is_the_embedding_difference_and_replay_matches_stored_lo
         token = int(ids[len(prompt_ids) + step - 1])  # last token of prompt + generated[:step]
         expected = float(torch.linalg.vector_norm(table[token].double() - table[token].to(torch.bfloat16).double()))
         assert flip["l2"][row, 0] == expected and expected > 0
+
+
+MISSING_UPSTREAM = """\
+campaign: exp4-missing
+output: {output}
+model: {{source: tiny-random-llama, dtype: float32, attn_implementation: eager, kv_cache: false}}
+prompts: ["My favourite food is"]
+experiments:
+  - name: exp4.generate
+    id: generate
+    params: {{max_new_tokens: 2, top_k: 5}}
+  - name: exp4.compare
+    id: compare
+    needs: [generate]
+  - name: exp4.divergence
+    id: divergence
+    needs: [generate]
+  - name: exp4.internals
+    id: internals
+    needs: [generate]
+"""
+
+
+def test_a_single_generate_run_is_refused_with_what_to_add(tmp_path):
+    """One exp4.generate run: each analysis fails with an UpstreamError saying which entry to add."""
+    from toolkit.store.shard import failed_tasks
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MISSING_UPSTREAM.format(output=tmp_path / "campaigns"))
+    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
+    assert result.code != 0
+    errors = sorted(report["error"] for report in failed_tasks(tmp_path / "campaigns" / "exp4-missing").values())
+    add = ("list an exp4.generate entry swept over at least two numerics (e.g. sweep: {dtype: [float32, "
+           "bfloat16]}) or with repeats >= 2 under this entry's `needs`")
+    assert errors == [
+        f"UpstreamError: exp4.compare needs at least 2 exp4.generate runs, found 1; {add}",
+        f"UpstreamError: exp4.divergence needs at least 2 exp4.generate runs, found 1; {add}",
+        "UpstreamError: exp4.internals needs exp4.generate runs with at least two different numerics "
+        "(e.g. sweep: {dtype: [float32, bfloat16]}); list such an entry under this entry's `needs`"]

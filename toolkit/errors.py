@@ -48,3 +48,11 @@ class ModelError(ToolkitError):
 
 class TaskFailed(ToolkitError):
     """One or more tasks of a campaign failed; their logs say why."""
+
+
+class UpstreamError(ToolkitError, ValueError):
+    """A downstream experiment found no usable upstream runs among its inputs (missing, too few, or
+    incompatible numerics / prompts): fix the manifest's `needs` and sweeps.  Also a ValueError, as
+    these checks raised before."""
+
+    exit_code = 2

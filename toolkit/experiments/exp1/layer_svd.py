@@ -70,31 +70,20 @@ class Params:
 
 def check_common(p: Any) -> list[tuple[str, str]]:
     """Checks shared with exp3.precision (same field names)."""
-    problems = []
-    if not 1 <= p.top_k <= 64:
-        problems.append(("top_k", f"must be between 1 and 64, got {p.top_k}"))
-    if not 1 <= p.iterations <= 10_000:
-        problems.append(("iterations", f"must be between 1 and 10000, got {p.iterations}"))
-    if not 0 <= p.oversample <= 64:
-        problems.append(("oversample", f"must be between 0 and 64, got {p.oversample}"))
-    if not p.eps_min > 0:
-        problems.append(("eps_min", f"must be > 0, got {p.eps_min}"))
-    if not p.eps_max >= p.eps_min:
-        problems.append(("eps_max", f"must be >= eps_min ({p.eps_min}), got {p.eps_max}"))
-    if not 1 <= p.eps_steps <= 1000:
-        problems.append(("eps_steps", f"must be between 1 and 1000, got {p.eps_steps}"))
-    elif p.eps_steps == 1 and p.eps_max != p.eps_min:
-        problems.append(("eps_steps", "must be >= 2 when eps_max != eps_min"))
-    if p.seed < 0:
-        problems.append(("seed", f"must be >= 0, got {p.seed}"))
+    from toolkit.experiments.checks import at_least, eps_range, subspace
+
+    problems: list[tuple[str, str]] = []
+    subspace(problems, p.top_k, p.iterations, p.oversample)
+    eps_range(problems, p.eps_min, p.eps_max, p.eps_steps)
+    at_least(problems, "seed", p.seed)
     return problems
 
 
 def eps_grid(p: Any) -> Any:
     """The ascending geometric ε grid of params p."""
-    import numpy as np
+    from toolkit.experiments import checks
 
-    return np.geomspace(p.eps_min, p.eps_max, p.eps_steps) if p.eps_steps > 1 else np.array([p.eps_min])
+    return checks.eps_grid(p.eps_min, p.eps_max, p.eps_steps)
 
 
 def record_settings(ctx: Any, p: Any, use_true_fp64: bool) -> None:
@@ -114,20 +103,14 @@ def record_settings(ctx: Any, p: Any, use_true_fp64: bool) -> None:
 
 def run(ctx: Any, params: Params) -> None:
     """Per prompt: singular directions, then the per-layer divergence sweep; see the module docstring."""
-    import contextlib
-    import json
+    from toolkit.numerics.session import jacobian_setup, model_arithmetic
 
-    from toolkit.numerics.jacobian import require_eager
-    from toolkit.numerics.true_fp64 import true_fp64
-
-    require_eager(ctx.model)
-    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    setup = jacobian_setup(ctx, params.true_fp64)
     eps = eps_grid(params)
     bar = ctx.progress(len(ctx.prompts) * (params.iterations + 1 + params.top_k * len(eps)))
     ctx.out.attrs["method"] = METHOD
-    record_settings(ctx, params, use_true_fp64)
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
-        ctx.out.attrs["true_fp64_patches"] = json.dumps(patches)
+    record_settings(ctx, params, setup.use_true_fp64)
+    with model_arithmetic(ctx, setup.use_true_fp64):
         for index, prompt in enumerate(ctx.prompts):
             group = ctx.out.create_group(f"prompts/{index:03d}")
             data, _ = measure_prompt(ctx, params, prompt, eps, bar, keep_final=False)
@@ -146,14 +129,9 @@ def measure_prompt(ctx: Any, p: Any, prompt: str, eps: Any, bar: Any,
     import numpy as np
 
     from toolkit.numerics.divergence import change_scale, layer_sweep
-    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+    from toolkit.numerics.session import prompt_singular
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
-    op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=p.jvp_mode)
-    if p.top_k > op.in_dim:
-        raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {op.in_dim}")
-    triplets = top_singular(op, p.top_k, iterations=p.iterations, oversample=p.oversample, seed=p.seed,
-                            progress=bar.update)
+    ids, op, triplets = prompt_singular(ctx, prompt, p, bar.update)
     bar.update()
     sweep = layer_sweep(ctx.model, ids, op.x, triplets.right, eps, p.perturb_mode, tick=bar.update,
                         keep_final=keep_final)

@@ -74,46 +74,25 @@ class Params:
     jvp_mode: Literal["forward", "double_vjp"] = "forward"
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 1 <= self.top_k <= 256:
-            problems.append(("top_k", f"must be between 1 and 256, got {self.top_k}"))
-        if not 1 <= self.iterations <= 10_000:
-            problems.append(("iterations", f"must be between 1 and 10000, got {self.iterations}"))
-        if not 0 <= self.oversample <= 64:
-            problems.append(("oversample", f"must be between 0 and 64, got {self.oversample}"))
-        if not self.eps_min > 0:
-            problems.append(("eps_min", f"must be > 0, got {self.eps_min}"))
-        if not self.eps_max >= self.eps_min:
-            problems.append(("eps_max", f"must be >= eps_min ({self.eps_min}), got {self.eps_max}"))
-        if not 1 <= self.eps_steps <= 1000:
-            problems.append(("eps_steps", f"must be between 1 and 1000, got {self.eps_steps}"))
-        elif self.eps_steps == 1 and self.eps_max != self.eps_min:
-            problems.append(("eps_steps", "must be >= 2 when eps_max != eps_min"))
-        if not 0 <= self.n_random <= 1000:
-            problems.append(("n_random", f"must be between 0 and 1000, got {self.n_random}"))
-        if not 0 <= self.n_noise <= 100_000:
-            problems.append(("n_noise", f"must be between 0 and 100000, got {self.n_noise}"))
-        if not self.noise_scale > 0:
-            problems.append(("noise_scale", f"must be > 0, got {self.noise_scale}"))
-        if self.seed < 0:
-            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        from toolkit.experiments.checks import above, at_least, between, eps_range, subspace
+
+        problems: list[tuple[str, str]] = []
+        subspace(problems, self.top_k, self.iterations, self.oversample, k_max=256)
+        eps_range(problems, self.eps_min, self.eps_max, self.eps_steps)
+        between(problems, "n_random", self.n_random, 0, 1000)
+        between(problems, "n_noise", self.n_noise, 0, 100_000)
+        above(problems, "noise_scale", self.noise_scale)
+        at_least(problems, "seed", self.seed)
         return problems
 
 
 def run(ctx: Any, params: Params) -> None:
     """Per prompt: top-k singular triplets of J and finite-difference gains; see the module docstring."""
-    import contextlib
-    import json
+    from toolkit.experiments.checks import eps_grid
+    from toolkit.numerics.session import jacobian_setup, model_arithmetic
 
-    import numpy as np
-
-    from toolkit.numerics.jacobian import require_eager
-    from toolkit.numerics.true_fp64 import true_fp64
-
-    attention = require_eager(ctx.model)
-    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
-    eps = np.geomspace(params.eps_min, params.eps_max, params.eps_steps) if params.eps_steps > 1 \
-        else np.array([params.eps_min])
+    setup = jacobian_setup(ctx, params.true_fp64)
+    eps = eps_grid(params.eps_min, params.eps_max, params.eps_steps)
     per_prompt = params.iterations + 2 + len(eps) * (params.top_k + params.n_random + 2 * params.n_noise)
     bar = ctx.progress(len(ctx.prompts) * per_prompt)
     out = ctx.out
@@ -128,11 +107,9 @@ def run(ctx: Any, params: Params) -> None:
     out.attrs["perturb_mode"] = params.perturb_mode
     out.attrs["dtype"] = ctx.numerics.dtype
     out.attrs["attn_implementation"] = ctx.numerics.attn_implementation
-    out.attrs["true_fp64"] = bool(use_true_fp64)
+    out.attrs["true_fp64"] = setup.use_true_fp64
     out.attrs["forward_path"] = "full recompute of the prompt, batch size 1, no KV cache"
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
-        out.attrs["true_fp64_patches"] = json.dumps(patches)
-        out.attrs["attention_during_run"] = attention if not use_true_fp64 else ctx.model.config._attn_implementation
+    with model_arithmetic(ctx, setup.use_true_fp64, attention=setup.attention):
         residuals = []
         for index, prompt in enumerate(ctx.prompts):
             group = out.create_group(f"prompts/{index:03d}")
@@ -145,24 +122,18 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, eps: Any, group: Any, bar
     import numpy as np
     import torch
 
-    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+    from toolkit.numerics.gains import finite_difference_gains, random_directions
+    from toolkit.numerics.session import prompt_singular
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
-    op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=params.jvp_mode)
-    if params.top_k > op.in_dim:
-        raise ValueError(f"top_k = {params.top_k} exceeds the embedding dimension {op.in_dim}")
-    triplets = top_singular(op, params.top_k, iterations=params.iterations, oversample=params.oversample,
-                            seed=params.seed, progress=bar.update)
-    generator = torch.Generator().manual_seed(params.seed)
-    random_dirs = torch.randn(params.n_random, op.in_dim, generator=generator, dtype=torch.float64)
-    random_dirs = random_dirs / torch.linalg.vector_norm(random_dirs, dim=1, keepdim=True)
+    ids, op, triplets = prompt_singular(ctx, prompt, params, bar.update)
+    random_dirs = random_directions(params.n_random, op.in_dim, params.seed)
     jacobian_gain_random = (torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random
                             else torch.zeros(0, dtype=torch.float64))
     bar.update()
     with torch.no_grad():
         base = op.f(op.x).double()
-    singular = _gains(op, base, triplets.right, eps, params.perturb_mode, bar)
-    randoms = _gains(op, base, random_dirs, eps, params.perturb_mode, bar)
+    singular = finite_difference_gains(op, base, triplets.right, eps, params.perturb_mode, bar.update)
+    randoms = finite_difference_gains(op, base, random_dirs, eps, params.perturb_mode, bar.update)
 
     group.attrs["prompt"] = prompt
     group.attrs["iterations_done"] = triplets.iterations
@@ -186,28 +157,6 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, eps: Any, group: Any, bar
     for name, value in data.items():
         group.create_dataset(name, data=value)
     return float(triplets.residual.max())
-
-
-def _gains(op: Any, base: Any, directions: Any, eps: Any, mode: str, bar: Any) -> dict[str, Any]:
-    """Finite-difference gains [n_dirs, n_eps] with the realised perturbation in the denominator."""
-    import numpy as np
-    import torch
-
-    from toolkit.numerics.perturb import perturb
-
-    shape = (directions.shape[0], len(eps))
-    gain, realised = np.full(shape, np.nan), np.zeros(shape)
-    changed = np.zeros(shape, dtype=np.int64)
-    for i, direction in enumerate(directions):
-        for j, step in enumerate(eps):
-            p = perturb(op.x, direction, float(step), mode)
-            changed[i, j], realised[i, j] = p.n_changed, p.delta_norm
-            if p.delta_norm > 0:
-                with torch.no_grad():
-                    moved = op.f(p.x_tilde).double()
-                gain[i, j] = float(torch.linalg.vector_norm(moved - base)) / p.delta_norm
-            bar.update()
-    return {"gain": gain, "changed": changed, "realised": realised}
 
 
 def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Any) -> Any:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from toolkit.experiments.exp1.layer_svd import STORES as LAYER_STORES
+from toolkit.experiments.exp1.layer_svd import Params as LayerParams
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -43,27 +44,16 @@ METHOD = "x + ε·v_i per ε, full forwards; regimes from the deviation of Δf f
 
 
 @dataclass(frozen=True)
-class Params:
-    """As exp1.layer_svd (top_k directions swept over the geometric ε grid),
+class Params(LayerParams):
+    """As exp1.layer_svd (top_k directions swept over the geometric ε grid, same fields and checks),
     plus signal_tol: the relative deviation from the linear prediction below which a response is
     called signal (see toolkit.numerics.regimes)."""
 
     top_k: int = 1
-    iterations: int = 15
-    oversample: int = 2
-    eps_min: float = 1e-10
-    eps_max: float = 1e-1
-    eps_steps: int = 10
-    seed: int = 0
-    perturb_mode: Literal["fp64_then_round", "model_dtype"] = "fp64_then_round"
-    true_fp64: bool = True
-    jvp_mode: Literal["forward", "double_vjp"] = "forward"
     signal_tol: float = 0.1
 
     def check(self) -> list[tuple[str, str]]:
-        from toolkit.experiments.exp1.layer_svd import check_common
-
-        problems = check_common(self)
+        problems = super().check()
         if not 0 < self.signal_tol < 1:
             problems.append(("signal_tol", f"must be between 0 and 1 (exclusive), got {self.signal_tol}"))
         return problems
@@ -71,26 +61,22 @@ class Params:
 
 def run(ctx: Any, params: Params) -> None:
     """Per prompt: the layer sweep, linear predictions and regimes; see the module docstring."""
-    import contextlib
     import json
 
     from toolkit.experiments.exp1.layer_svd import eps_grid, measure_prompt, record_settings
-    from toolkit.numerics.jacobian import require_eager
     from toolkit.numerics.regimes import REGIMES
-    from toolkit.numerics.true_fp64 import true_fp64
+    from toolkit.numerics.session import jacobian_setup, model_arithmetic
 
-    require_eager(ctx.model)
-    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    setup = jacobian_setup(ctx, params.true_fp64)
     eps = eps_grid(params)
     bar = ctx.progress(len(ctx.prompts) * (params.iterations + 2 + params.top_k * len(eps)))
     out = ctx.out
     out.attrs["method"] = METHOD
-    record_settings(ctx, params, use_true_fp64)
+    record_settings(ctx, params, setup.use_true_fp64)
     out.attrs["regime_names"] = json.dumps(REGIMES)
     out.attrs["signal_tol"] = params.signal_tol
     out.attrs["linear_prediction"] = "J(d/||d||)*||d|| by JVP in the model dtype, d = realised x~ - x"
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
-        out.attrs["true_fp64_patches"] = json.dumps(patches)
+    with model_arithmetic(ctx, setup.use_true_fp64):
         for index, prompt in enumerate(ctx.prompts):
             data, op = measure_prompt(ctx, params, prompt, eps, bar, keep_final=True)
             _check_finite(data["base_states"], ctx.numerics.dtype)

@@ -35,11 +35,11 @@ def run(ctx: Any, params: Params) -> None:
     """Compare all pairs of upstream generate runs and store the N×N×P tables."""
     import numpy as np
 
-    runs = ctx.inputs.runs("exp4.generate")
-    if len(runs) < 2:
-        raise ValueError(f"exp4.compare needs at least 2 exp4.generate runs, found {len(runs)}")
-    traces = [_load(r) for r in runs]
-    _check_same_prompts(runs, traces)
+    from toolkit.experiments.exp4.upstream import TRACE_FIELDS, check_same_prompts, generate_runs, load_traces
+
+    runs = generate_runs(ctx, "exp4.compare")
+    traces = [load_traces(r, (*TRACE_FIELDS, "logits_hash")) for r in runs]
+    check_same_prompts(runs, traces)
     n, p = len(runs), len(traces[0])
     tables = {
         "first_divergence": np.full((n, n, p), -1, np.int32), "common_length": np.zeros((n, n, p), np.int32),
@@ -59,24 +59,6 @@ def run(ctx: Any, params: Params) -> None:
     for name, table in tables.items():
         ctx.out.create_dataset(name, data=table)
     ctx.out.attrs["summary"] = summary_table([r.label() for r in runs], tables)
-
-
-def _load(run: Any) -> list[dict[str, Any]]:
-    keys = sorted(run.group["prompts"])
-    fields = ("prompt_ids", "generated_ids", "topk_ids", "topk_logits", "margin", "logits_hash")
-    return [{f: run[f"prompts/{k}/{f}"] for f in fields} for k in keys]
-
-
-def _check_same_prompts(runs: list[Any], traces: list[list[dict[str, Any]]]) -> None:
-    import numpy as np
-
-    first = traces[0]
-    for run, trace in zip(runs[1:], traces[1:]):
-        same = len(trace) == len(first) and all(
-            np.array_equal(a["prompt_ids"], b["prompt_ids"]) for a, b in zip(first, trace))
-        if not same:
-            raise ValueError(f"run {run.task_id} ({run.label()}) has other prompts than {runs[0].task_id}; "
-                             "compare runs of one campaign prompt set")
 
 
 def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

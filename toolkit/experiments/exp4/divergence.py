@@ -51,16 +51,13 @@ def run(ctx: Any, params: Params) -> None:
     """Analyse every divergence of every pair of exp4.generate runs (see the module docstring)."""
     import numpy as np
 
-    runs = ctx.inputs.runs("exp4.generate")
-    if len(runs) < 2:
-        raise ValueError(f"exp4.divergence needs at least 2 exp4.generate runs, found {len(runs)}")
+    from toolkit.experiments.exp4.upstream import check_prompt_count, generate_runs, load_traces
+
+    runs = generate_runs(ctx, "exp4.divergence")
     traces = [load_traces(r) for r in runs]
-    n_prompts = {len(t) for t in traces}
-    if len(n_prompts) != 1:
-        raise ValueError("exp4.generate runs hold different numbers of prompts; analyse one campaign's runs")
+    p = check_prompt_count(traces)
     dtypes = [str(r.numerics.get("dtype", "float32")) for r in runs]
     pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
-    p = n_prompts.pop()
     tables = _empty_tables(len(pairs), p)
     background: dict[str, list[float]] = {"margin": [], "change": []}
     bar = ctx.progress(len(pairs) * p)
@@ -82,13 +79,6 @@ def run(ctx: Any, params: Params) -> None:
     out.attrs["row_analysed"] = "d (identical context, argmax differs); upstream used d-1"
     out.attrs["ulp_format"] = "logit_change_ulps: float32 ULPs of exact fp32 copies; tie_ulps: run's logits dtype"
     out.attrs["summary"] = summary(tables, [r.label() for r in runs], pairs)
-
-
-def load_traces(run: Any) -> list[dict[str, Any]]:
-    """Per prompt: the exp4.generate arrays this analysis needs."""
-    keys = sorted(run.group["prompts"])
-    fields = ("prompt_ids", "generated_ids", "topk_ids", "topk_logits", "margin")
-    return [{f: run[f"prompts/{k}/{f}"] for f in fields} for k in keys]
 
 
 def _empty_tables(q: int, p: int) -> dict[str, Any]:

@@ -44,23 +44,25 @@ class Params:
     factor: float = 10.0
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 0 <= self.n_below <= 50:
-            problems.append(("n_below", f"must be between 0 and 50, got {self.n_below}"))
-        if not self.growth > 1:
-            problems.append(("growth", f"must be > 1, got {self.growth}"))
-        if not self.factor >= 1:
-            problems.append(("factor", f"must be >= 1, got {self.factor}"))
+        from toolkit.experiments.checks import above, at_least, between
+
+        problems: list[tuple[str, str]] = []
+        between(problems, "n_below", self.n_below, 0, 50)
+        above(problems, "growth", self.growth, 1)
+        at_least(problems, "factor", self.factor, 1)
         return problems
 
 
 def run(ctx: Any, params: Params) -> None:
     """Per-layer differences across perturbation levels (and across runs, from exp4.internals)."""
+    from toolkit.errors import UpstreamError
+
     perturb_runs = [r for r in ctx.inputs.runs("exp4.perturb_until_divergence")
                     if r.numerics.get("dtype") == ctx.numerics.dtype and r.target == ctx.task.target]
     if not perturb_runs:
-        raise ValueError(f"no exp4.perturb_until_divergence run with dtype {ctx.numerics.dtype} on target "
-                         f"{ctx.task.target} among the inputs; give both experiments the same numerics")
+        raise UpstreamError(f"no exp4.perturb_until_divergence run with dtype {ctx.numerics.dtype} on target "
+                            f"{ctx.task.target} among the inputs; give both experiments the same numerics and "
+                            "list the exp4.perturb_until_divergence entry under this entry's `needs`")
     ctx.out.attrs["factor"] = params.factor
     ctx.out.attrs["rows"] = "0: input embedding; 1..L: decoder layer outputs; L+1: final-norm output (last position)"
     ctx.out.attrs["separation"] = "first row with rel_l2 > factor * rel_l2[0] (any difference if rel_l2[0] == 0)"

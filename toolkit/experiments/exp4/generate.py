@@ -39,11 +39,11 @@ class Params:
     store_hidden: bool = True
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"))
-        if not 2 <= self.top_k <= 1000:
-            problems.append(("top_k", f"must be between 2 and 1000, got {self.top_k}"))
+        from toolkit.experiments.checks import at_least, between
+
+        problems: list[tuple[str, str]] = []
+        at_least(problems, "max_new_tokens", self.max_new_tokens, 1)
+        between(problems, "top_k", self.top_k, 2, 1000)
         return problems
 
 

@@ -50,11 +50,11 @@ class Params:
     factor: float = 10.0
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 0 <= self.steps_before <= 10_000:
-            problems.append(("steps_before", f"must be between 0 and 10000, got {self.steps_before}"))
-        if not self.factor >= 1:
-            problems.append(("factor", f"must be >= 1, got {self.factor}"))
+        from toolkit.experiments.checks import at_least, between
+
+        problems: list[tuple[str, str]] = []
+        between(problems, "steps_before", self.steps_before, 0, 10_000)
+        at_least(problems, "factor", self.factor, 1)
         return problems
 
 
@@ -62,12 +62,15 @@ def run(ctx: Any, params: Params) -> None:
     """Replay every pair's shared prefix under both runs' numerics and store per-layer differences."""
     import numpy as np
 
+    from toolkit.errors import UpstreamError
+
     runs = ctx.inputs.runs("exp4.generate")
     pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))
              if numerics_key(runs[i]) != numerics_key(runs[j])]
     if not pairs:
-        raise ValueError("exp4.internals needs exp4.generate runs with at least two different numerics "
-                         "(e.g. sweep: {dtype: [float32, bfloat16]})")
+        raise UpstreamError("exp4.internals needs exp4.generate runs with at least two different numerics "
+                            "(e.g. sweep: {dtype: [float32, bfloat16]}); list such an entry under this entry's "
+                            "`needs`")
     ctx.out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
     ctx.out.create_dataset("run_labels", data=np.array([r.label() for r in runs], dtype="S"))
     ctx.out.attrs["replay"] = "full forward per step (no KV cache, batch 1, logits_to_keep=1), last position"

@@ -59,24 +59,20 @@ class Params:
     seed: int = 0
 
     def check(self) -> list[tuple[str, str]]:
+        from toolkit.experiments.checks import above, at_least, between
+
         problems = [("directions", f"unknown direction {d!r}; choose from {', '.join(DIRECTIONS)}")
                     for d in self.directions if d not in DIRECTIONS]
         if not self.directions:
             problems.append(("directions", "must name at least one direction"))
-        if not 1 <= self.n_random <= 100:
-            problems.append(("n_random", f"must be between 1 and 100, got {self.n_random}"))
-        if not 1 <= self.n_tokens <= 10_000:
-            problems.append(("n_tokens", f"must be between 1 and 10000, got {self.n_tokens}"))
+        between(problems, "n_random", self.n_random, 1, 100)
+        between(problems, "n_tokens", self.n_tokens, 1, 10_000)
         if not 0 < self.eps_min < self.eps_max:
             problems.append(("eps_min", f"need 0 < eps_min < eps_max, got {self.eps_min} and {self.eps_max}"))
-        if not self.growth > 1:
-            problems.append(("growth", f"must be > 1, got {self.growth}"))
-        if not 0 <= self.iterations <= 200:
-            problems.append(("iterations", f"must be between 0 and 200, got {self.iterations}"))
-        if not 1 <= self.singular_iterations <= 1000:
-            problems.append(("singular_iterations", f"must be between 1 and 1000, got {self.singular_iterations}"))
-        if self.seed < 0:
-            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        above(problems, "growth", self.growth, 1)
+        between(problems, "iterations", self.iterations, 0, 200)
+        between(problems, "singular_iterations", self.singular_iterations, 1, 1000)
+        at_least(problems, "seed", self.seed)
         return problems
 
 

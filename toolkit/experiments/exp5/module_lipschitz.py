@@ -64,45 +64,36 @@ class Params:
     jvp_mode: Literal["forward", "double_vjp"] = "forward"
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
+        from toolkit.experiments.checks import at_least, subspace
+
+        problems: list[tuple[str, str]] = []
         if not self.modules:
             problems.append(("modules", "must name at least one module, e.g. [self_attn, mlp]"))
         if len(set(self.modules)) != len(self.modules):
             problems.append(("modules", f"has duplicates: {list(self.modules)}"))
         if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
             problems.append(("layers", f"must be distinct indices >= 0, got {list(self.layers)}"))
-        if not 1 <= self.top_k <= 64:
-            problems.append(("top_k", f"must be between 1 and 64, got {self.top_k}"))
-        if not 1 <= self.iterations <= 10_000:
-            problems.append(("iterations", f"must be between 1 and 10000, got {self.iterations}"))
-        if not 0 <= self.oversample <= 64:
-            problems.append(("oversample", f"must be between 0 and 64, got {self.oversample}"))
+        subspace(problems, self.top_k, self.iterations, self.oversample)
         if not self.eps or any(not e > 0 for e in self.eps):
             problems.append(("eps", f"must be a non-empty list of values > 0, got {list(self.eps)}"))
-        if self.seed < 0:
-            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        at_least(problems, "seed", self.seed)
         return problems
 
 
 def run(ctx: Any, params: Params) -> None:
     """Per prompt: record module calls, then σ and gains of every (layer, module); see the docstring."""
-    import contextlib
-    import json
-
     import numpy as np
 
-    from toolkit.numerics.jacobian import require_eager
     from toolkit.numerics.modules import layer_module_names
-    from toolkit.numerics.true_fp64 import true_fp64
+    from toolkit.numerics.session import jacobian_setup, model_arithmetic
 
-    attention = require_eager(ctx.model)
+    setup = jacobian_setup(ctx, params.true_fp64)
     names = layer_module_names(ctx.model, params.modules)
     indices = list(params.layers) or list(range(len(names)))
     bad = [i for i in indices if i >= len(names)]
     if bad:
         raise ValueError(f"layers {bad} do not exist: the model has {len(names)} decoder layers (0..{len(names) - 1})")
     names = [names[i] for i in indices]
-    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
     per_module = params.iterations + 2 + 2 * len(params.eps)
     bar = ctx.progress(len(ctx.prompts) * len(names) * len(params.modules) * per_module)
     out = ctx.out
@@ -111,13 +102,12 @@ def run(ctx: Any, params: Params) -> None:
     out.create_dataset("layer_indices", data=np.array(indices, dtype=np.int64))
     out.attrs.update({"method": METHOD, "iterations": params.iterations, "block_size": params.top_k + params.oversample,
                       "jvp_mode": params.jvp_mode, "perturb_mode": params.perturb_mode, "dtype": ctx.numerics.dtype,
-                      "attn_implementation": attention, "true_fp64": bool(use_true_fp64),
+                      "attn_implementation": setup.attention, "true_fp64": setup.use_true_fp64,
                       "held_fixed": "self_attn: other positions' inputs (keys/values), RoPE cos/sin, mask; "
                                     "position-wise modules: nothing",
                       "module_path": "module run on the whole recorded sequence [1,T,D], row t* replaced; "
                                      "forward: full prompt, batch 1, no KV cache"})
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
-        out.attrs["true_fp64_patches"] = json.dumps(patches)
+    with model_arithmetic(ctx, setup.use_true_fp64):
         for index, prompt in enumerate(ctx.prompts):
             group = out.create_group(f"prompts/{index:03d}")
             group.attrs["prompt"] = prompt
@@ -161,6 +151,7 @@ def module_measures(module: Any, call: dict[str, Any], params: Params, bar: Any)
     """σ, residual, right vectors, gains, norms and the faithfulness flag of one recorded module call."""
     import torch
 
+    from toolkit.numerics.gains import finite_difference_gains, random_directions
     from toolkit.numerics.jacobian import JacobianOperator, top_singular
     from toolkit.numerics.modules import check_faithful, module_function
 
@@ -171,34 +162,17 @@ def module_measures(module: Any, call: dict[str, Any], params: Params, bar: Any)
         raise ValueError(f"top_k = {params.top_k} exceeds the module's dimensions ({op.in_dim} → {op.out_dim})")
     triplets = top_singular(op, params.top_k, iterations=params.iterations, oversample=params.oversample,
                             seed=params.seed, progress=bar.update)
-    generator = torch.Generator().manual_seed(params.seed)
-    random_dir = torch.randn(op.in_dim, generator=generator, dtype=torch.float64)
-    random_dir /= torch.linalg.vector_norm(random_dir)
+    random_dir = random_directions(1, op.in_dim, params.seed)[0]
     limit = float(torch.linalg.vector_norm(op.jvp(random_dir[None])[0]))
     bar.update()
     base = op.output.double()
-    gains = [_gain(op, base, d, params.eps, params.perturb_mode, bar) for d in (triplets.right[0], random_dir)]
+    gains = finite_difference_gains(op, base, torch.stack([triplets.right[0], random_dir]), params.eps,
+                                    params.perturb_mode, bar.update)["gain"]
     bar.update()
     return {"sigma": triplets.sigma.numpy(), "residual": triplets.residual.numpy(), "right": triplets.right.numpy(),
             "gain_v1": gains[0], "gain_random": gains[1], "jacobian_gain_random": limit,
             "input_norm": float(torch.linalg.vector_norm(z.double())),
             "output_norm": float(torch.linalg.vector_norm(base)), "faithful": faithful}
-
-
-def _gain(op: Any, base: Any, direction: Any, eps: tuple[float, ...], mode: str, bar: Any) -> Any:
-    import numpy as np
-    import torch
-
-    from toolkit.numerics.perturb import perturb
-
-    out = np.full(len(eps), np.nan)
-    for j, step in enumerate(eps):
-        p = perturb(op.x, direction, float(step), mode)
-        if p.delta_norm > 0:
-            with torch.no_grad():
-                out[j] = float(torch.linalg.vector_norm(op.f(p.x_tilde).double() - base)) / p.delta_norm
-        bar.update()
-    return out
 
 
 def plot(run: Any, out_dir: Path) -> list[Path]:

@@ -68,48 +68,36 @@ class Params:
     true_fp64: bool = True
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 1 <= self.iterations <= 100_000:
-            problems.append(("iterations", f"must be between 1 and 100000, got {self.iterations}"))
-        if not self.lr > 0:
-            problems.append(("lr", f"must be > 0, got {self.lr}"))
-        if not self.max_step > 0:
-            problems.append(("max_step", f"must be > 0, got {self.max_step}"))
-        if not 1 <= self.patience <= 100_000:
-            problems.append(("patience", f"must be between 1 and 100000, got {self.patience}"))
-        if not 0 <= self.polish_steps <= 1_000_000:
-            problems.append(("polish_steps", f"must be between 0 and 1000000, got {self.polish_steps}"))
-        if not self.tol_ulps >= 0:
-            problems.append(("tol_ulps", f"must be >= 0 (0 asks for an exact tie), got {self.tol_ulps}"))
-        if not 1 <= self.n_directions <= 256:
-            problems.append(("n_directions", f"must be between 1 and 256, got {self.n_directions}"))
-        if not 1 <= self.svd_iterations <= 10_000:
-            problems.append(("svd_iterations", f"must be between 1 and 10000, got {self.svd_iterations}"))
-        if not 0 <= self.oversample <= 64:
-            problems.append(("oversample", f"must be between 0 and 64, got {self.oversample}"))
-        if self.seed < 0:
-            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        from toolkit.experiments.checks import above, at_least, between, subspace
+
+        problems: list[tuple[str, str]] = []
+        between(problems, "iterations", self.iterations, 1, 100_000)
+        above(problems, "lr", self.lr)
+        above(problems, "max_step", self.max_step)
+        between(problems, "patience", self.patience, 1, 100_000)
+        between(problems, "polish_steps", self.polish_steps, 0, 1_000_000)
+        at_least(problems, "tol_ulps", self.tol_ulps, 0, note=" (0 asks for an exact tie)")
+        subspace(problems, self.n_directions, self.svd_iterations, self.oversample, k_max=256,
+                 names=("n_directions", "svd_iterations", "oversample"))
+        at_least(problems, "seed", self.seed)
         return problems
 
 
 def run(ctx: Any, params: Params) -> None:
     """Per prompt: search, certify, and take the Jacobian's top singular directions at x0."""
-    import contextlib
     import json
 
-    from toolkit.numerics.jacobian import require_eager
+    from toolkit.numerics.session import jacobian_setup, model_arithmetic
     from toolkit.numerics.tie_search import ARITHMETIC
-    from toolkit.numerics.true_fp64 import true_fp64
 
-    attention = require_eager(ctx.model)
-    use_true_fp64 = params.true_fp64 and ctx.numerics.dtype == "float64"
+    setup = jacobian_setup(ctx, params.true_fp64)
     out = ctx.out
     for key, value in (("method", params.method), ("optimizer", params.optimizer), ("lr", params.lr),
                        ("max_step", params.max_step), ("iterations", params.iterations),
                        ("patience", params.patience), ("polish_steps", params.polish_steps),
                        ("tol_ulps", params.tol_ulps), ("jvp_mode", params.jvp_mode),
                        ("dtype", ctx.numerics.dtype), ("attn_implementation", ctx.numerics.attn_implementation),
-                       ("arithmetic", ARITHMETIC), ("true_fp64", bool(use_true_fp64))):
+                       ("arithmetic", ARITHMETIC), ("true_fp64", setup.use_true_fp64)):
         out.attrs[key] = value
     out.attrs["optimiser"] = json.dumps({"optimizer": params.optimizer, "lr": params.lr, "max_step": params.max_step,
                                          "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "adam_grad_clip": 1.0})
@@ -119,9 +107,7 @@ def run(ctx: Any, params: Params) -> None:
                                "subspace iteration (toolkit.numerics.jacobian.top_singular), largest-|entry| positive")
     per_prompt = params.iterations + params.polish_steps + params.svd_iterations + 2
     bar = ctx.progress(len(ctx.prompts) * per_prompt)
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
-        out.attrs["true_fp64_patches"] = json.dumps(patches)
-        out.attrs["attention_during_run"] = attention if not use_true_fp64 else ctx.model.config._attn_implementation
+    with model_arithmetic(ctx, setup.use_true_fp64, attention=setup.attention):
         for index, prompt in enumerate(ctx.prompts):
             group = out.create_group(f"prompts/{index:03d}")
             _one_prompt(ctx, params, prompt, group, bar)
@@ -129,6 +115,8 @@ def run(ctx: Any, params: Params) -> None:
 
 
 def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> None:
+    import dataclasses
+
     import torch
 
     from toolkit.numerics.embedding_forward import forward_states, prompt_embeddings
@@ -141,9 +129,7 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> 
         raise ValueError(f"n_directions = {params.n_directions} exceeds the embedding dimension {embeds.shape[-1]}")
     x_init = embeds[0, -1].clone()
     pair0 = top_two(forward_states(ctx.model, ids, x_init).logits)
-    settings = SearchSettings(method=params.method, optimizer=params.optimizer, iterations=params.iterations,
-                              lr=params.lr, max_step=params.max_step, patience=params.patience,
-                              polish_steps=params.polish_steps, tol_ulps=params.tol_ulps)
+    settings = SearchSettings(**{f.name: getattr(params, f.name) for f in dataclasses.fields(SearchSettings)})
     objective = TieObjective(ctx.model, embeds, params.method, pair0)
     result = search_tie(objective, x_init, settings, pair0, tick=bar.update)
     x0 = result.x_best

@@ -60,13 +60,12 @@ class Params:
     dedup: bool = True
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not self.eps_max > 0:
-            problems.append(("eps_max", f"must be > 0, got {self.eps_max}"))
-        if not 1 <= self.n_steps <= 100_000:
-            problems.append(("n_steps", f"must be between 1 and 100000, got {self.n_steps}"))
-        if not 0 <= self.n_log <= 10_000:
-            problems.append(("n_log", f"must be between 0 and 10000, got {self.n_log}"))
+        from toolkit.experiments.checks import above, between
+
+        problems: list[tuple[str, str]] = []
+        above(problems, "eps_max", self.eps_max)
+        between(problems, "n_steps", self.n_steps, 1, 100_000)
+        between(problems, "n_log", self.n_log, 0, 10_000)
         if not 0 <= self.eps_min < self.eps_max:
             problems.append(("eps_min", f"must be >= 0 (0: the ULP scale of x0) and < eps_max, got {self.eps_min}"))
         bad = [d for d in self.directions if d < 1]
@@ -79,16 +78,16 @@ class Params:
 
 def run(ctx: Any, params: Params) -> None:
     """Scan every prompt of every matching upstream run; see the module docstring."""
-    import contextlib
     import json
 
-    from toolkit.numerics.true_fp64 import true_fp64
+    from toolkit.errors import UpstreamError
+    from toolkit.numerics.session import model_arithmetic
 
     runs = matching_runs(ctx)
     if not runs:
-        raise ValueError("exp6.token_flip found no exp6.equal_logits run with this task's target "
-                         f"{ctx.task.target!r} and numerics {ctx.numerics.label()}; give both entries the same "
-                         "targets and numerics (or sweep them together)")
+        raise UpstreamError("exp6.token_flip found no exp6.equal_logits run with this task's target "
+                            f"{ctx.task.target!r} and numerics {ctx.numerics.label()}; give both entries the same "
+                            "targets and numerics (or sweep them together)")
     prompts = [(run, key) for run in runs for key in sorted(run.group["prompts"])]
     grid_points = 2 * params.n_steps + 2 * params.n_log + 1
     total = sum(_n_directions(run, key, params) * grid_points for run, key in prompts)
@@ -101,8 +100,7 @@ def run(ctx: Any, params: Params) -> None:
     out.attrs["forward_path"] = "toolkit.numerics.embedding_forward.forward_states: full recompute, batch 1"
     out.attrs["upstream_task_ids"] = json.dumps([r.task_id for r in runs])
     use_true_fp64 = ctx.numerics.dtype == "float64" and any(bool(r.attrs.get("true_fp64", False)) for r in runs)
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
-        out.attrs["true_fp64_patches"] = json.dumps(patches)
+    with model_arithmetic(ctx, use_true_fp64):
         for run, key in prompts:
             group = out.create_group(f"sources/{run.task_id}/prompts/{key}")
             _one_prompt(ctx, params, run, key, group, bar)

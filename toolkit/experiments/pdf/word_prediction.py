@@ -67,19 +67,18 @@ class Params:
     PATH_FIELDS = ("pdf_path",)
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 2 <= self.window <= 1_000_000:
-            problems.append(("window", f"must be between 2 and 1000000 tokens, got {self.window}"))
+        from toolkit.experiments.checks import between
+
+        problems: list[tuple[str, str]] = []
+        between(problems, "window", self.window, 2, 1_000_000, unit=" tokens")
         if not 1 <= self.min_context < self.window:
             problems.append(("min_context", f"must be between 1 and window - 1 ({self.window - 1}), "
                              f"got {self.min_context}"))
         elif not 1 <= self.stride <= self.window - self.min_context:
             problems.append(("stride", f"must be between 1 and window - min_context ({self.window - self.min_context})"
                              f" so every word gets min_context tokens of context, got {self.stride}"))
-        if not 1 <= self.top_k <= 1000:
-            problems.append(("top_k", f"must be between 1 and 1000, got {self.top_k}"))
-        if not 0 <= self.check_words <= 100_000:
-            problems.append(("check_words", f"must be between 0 and 100000, got {self.check_words}"))
+        between(problems, "top_k", self.top_k, 1, 1000)
+        between(problems, "check_words", self.check_words, 0, 100_000)
         if self.first_page < 1:
             problems.append(("first_page", f"must be >= 1 (pages count from 1), got {self.first_page}"))
         elif self.last_page is not None and self.last_page < self.first_page:

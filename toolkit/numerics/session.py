@@ -1,0 +1,68 @@
+"""The common start of a task that takes Jacobian products through the model.
+
+exp1.layer_svd, exp2.lipschitz, exp3.precision, exp5.module_lipschitz and exp6.equal_logits all
+(1) refuse a model whose attention does not support forward-mode AD (`require_eager`, checked
+before any work), (2) decide whether to compute in true float64 (`params.true_fp64` and the task's
+dtype is float64, see `toolkit.numerics.true_fp64`), and (3) run their prompts inside the
+true-fp64 patches, recording in the task's attrs what was patched (`true_fp64_patches`, JSON) and,
+where the experiment records it, the attention implementation in force (`attention_during_run`).
+exp6.token_flip reuses (3) with its own decision.  One place, so the stored record cannot drift.
+`prompt_singular` is the per-prompt start of exp1 and exp2: tokenise, build the Jacobian operator at
+the last token's embedding, take its top-k singular triplets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+
+@dataclass(frozen=True)
+class JacobianSetup:
+    """attention: the model's attention implementation at task start (an eager one);
+    use_true_fp64: whether the task computes RMSNorm/RoPE/softmax in float64."""
+
+    attention: str
+    use_true_fp64: bool
+
+
+def jacobian_setup(ctx: Any, true_fp64_wanted: bool) -> JacobianSetup:
+    """Check the model supports JVPs (ValueError otherwise) and decide on true float64:
+    only when asked for and the task's dtype is float64."""
+    from toolkit.numerics.jacobian import require_eager
+
+    attention = require_eager(ctx.model)
+    return JacobianSetup(attention, bool(true_fp64_wanted and ctx.numerics.dtype == "float64"))
+
+
+@contextlib.contextmanager
+def model_arithmetic(ctx: Any, use_true_fp64: bool, attention: str | None = None) -> Iterator[list[str]]:
+    """For the block: the model in true float64 if `use_true_fp64` (else unchanged); writes
+    `true_fp64_patches` (JSON list of patched modules) to ctx.out.attrs and, when `attention` (the
+    implementation at task start) is given, `attention_during_run`.  Yields the patch list."""
+    import json
+
+    from toolkit.numerics.true_fp64 import true_fp64
+
+    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
+        ctx.out.attrs["true_fp64_patches"] = json.dumps(patches)
+        if attention is not None:
+            ctx.out.attrs["attention_during_run"] = (ctx.model.config._attn_implementation if use_true_fp64
+                                                     else attention)
+        yield patches
+
+
+def prompt_singular(ctx: Any, prompt: str, p: Any, tick: Callable[[], None]) -> tuple[Any, Any, Any]:
+    """(input_ids [1,T], JacobianOperator of f at the prompt's last-token embedding, top-k triplets):
+    the first step of exp1 and exp2 per prompt.  p supplies top_k, iterations, oversample, seed
+    and jvp_mode; ValueError when top_k exceeds the embedding dimension; `tick` per iteration."""
+    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=p.jvp_mode)
+    if p.top_k > op.in_dim:
+        raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {op.in_dim}")
+    triplets = top_singular(op, p.top_k, iterations=p.iterations, oversample=p.oversample, seed=p.seed,
+                            progress=tick)
+    return ids, op, triplets
