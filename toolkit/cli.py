@@ -88,9 +88,10 @@ def experiments(name: str | None) -> None:
     if name:
         click.echo(experiment_text(name, registry.get(name)))
         return
+    width = max(map(len, registry.names()))
     for known in registry.names():
         doc = (registry.get(known).__doc__ or "").strip().splitlines()[0]
-        click.echo(f"{known:<18} {doc.split(' — ', 1)[-1]}")
+        click.echo(f"{known:<{width}}  {doc.split(' — ', 1)[-1]}")
 
 
 @cli.command()

@@ -28,7 +28,7 @@ def plan_text(plan: Plan, done: set[str] | None = None) -> str:
             for task_id in group.task_ids:
                 task = plan.tasks[task_id]
                 mark = "  (done)" if task_id in done else ""
-                lines.append(f"    {task_id}  {task.experiment:<16} {task.label()}  [{task.numerics.label()}]{mark}")
+                lines.append(f"    {task_id}  {task.experiment:<20} {task.label()}  [{task.numerics.label()}]{mark}")
         lines.append(f"  gather {stage.index}: one CPU job after the arrays of stage {stage.index}")
     return "\n".join(lines)
 
@@ -40,7 +40,7 @@ def show_tree(store: Any) -> str:
              f"{len(store.task_ids())} task(s), toolkit {attrs.get('toolkit_version')}"]
     for run in store.runs():
         device = run.attrs.get("provenance", {}).get("device_name")
-        lines.append(f"  {run.task_id}  {run.experiment:<16} {run.label()}  {run.attrs.get('status')}  "
+        lines.append(f"  {run.task_id}  {run.experiment:<20} {run.label()}  {run.attrs.get('status')}  "
                      f"device={device}")
         for name, (shape, dtype) in run.datasets().items():
             lines.append(f"      {name:<36} {str(shape):<16} {dtype}")
@@ -77,10 +77,12 @@ def experiment_text(name: str, module: Any) -> str:
     doc = (module.__doc__ or "").strip()
     lines = [doc, "", "params:"]
     rows = describe(module.Params) or [("(none)", "", "")]
-    lines += [f"  {n:<18} {t:<20} default {d}" if t else f"  {n}" for n, t, d in rows]
+    width = max(18, *(len(n) for n, _, _ in rows))
+    lines += [f"  {n:<{width}} {t:<20} default {d}" if t else f"  {n}" for n, t, d in rows]
     lines.append(f"runs: {'once per target and repeat' if module.PER_TARGET else 'once per campaign'}"
                  f"{', loads the model' if module.NEEDS_MODEL else ', no model (reads the store)'}")
     lines.append(f"reads: {', '.join(module.READS) or 'nothing upstream'}")
     lines.append("stores:")
-    lines += [f"  {k:<34} {v}" for k, v in module.STORES.items()]
+    width = max(34, *(len(k) for k in module.STORES))
+    lines += [f"  {k:<{width}} {v}" for k, v in module.STORES.items()]
     return "\n".join(lines)
