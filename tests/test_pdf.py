@@ -238,3 +238,21 @@ def test_page_range_beyond_the_pdf_is_refused(tmp_path: Path) -> None:
     assert result.err.splitlines() == [
         f"error: {manifest}:8:{line.index('first_page: 3') + 13}: experiments[0].params.first_page: "
         f"{tmp_path.resolve() / 'doc.pdf'} has 2 page(s); first_page must be <= 2, got 3"]
+
+
+def test_task_id_follows_the_pdf_content_not_only_its_path(tmp_path: Path) -> None:
+    from toolkit.manifest import load_manifest
+    from toolkit.plan import build_plan
+
+    pdf = make_pdf(tmp_path / "doc.pdf", PAGES)
+    manifest = write_manifest(tmp_path, "ids", "doc.pdf")
+
+    def pdf_task_ids() -> set[str]:
+        plan = build_plan(load_manifest(manifest))
+        return {t.task_id for t in plan.tasks.values() if t.experiment == "pdf.word_prediction"}
+
+    before = pdf_task_ids()
+    assert pdf_task_ids() == before  # same file, same ids
+    make_pdf(pdf, [PAGES[1], PAGES[0]])  # same path, other content: a resubmission must not skip it
+    after = pdf_task_ids()
+    assert len(after) == len(before) == 1 and after != before

@@ -9,9 +9,11 @@ resources form one Group: one Slurm array, or one local job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +113,25 @@ def model_identity(manifest: Manifest) -> dict[str, Any]:
     return identity
 
 
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes, read once per (path, size, mtime) while planning; "missing" if absent
+    (validation reports missing files; `toolkit plan` of an old manifest still works)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def stage_order(manifest: Manifest) -> dict[str, int]:
     """Stage number (1-based) of each experiment id: 1 + the deepest of its needs."""
     stages: dict[str, int] = {}
@@ -140,7 +161,8 @@ def build_plan(manifest: Manifest) -> Plan:
         inputs = tuple(sorted(t.task_id for n in spec.needs for t in by_exp[n]))
         by_exp[spec.id] = []
         for target, repeat, point in _expand(spec, module.PER_TARGET):
-            task = _make_task(spec, target, repeat, point, inputs, stage_of[spec.id], model, prompts_sha)
+            task = _make_task(spec, target, repeat, point, inputs, stage_of[spec.id], model, prompts_sha,
+                              getattr(module.Params, "PATH_FIELDS", ()))
             tasks[task.task_id] = task
             by_exp[spec.id].append(task)
     stages = _stages(manifest, tasks, stage_of)
@@ -155,7 +177,7 @@ def _expand(spec: ExperimentSpec, per_target: bool) -> list[tuple[str, int, dict
 
 
 def _make_task(spec: ExperimentSpec, target: str, repeat: int, point: dict[str, Any], inputs: tuple[str, ...],
-               stage: int, model: dict[str, Any], prompts_sha: str) -> Task:
+               stage: int, model: dict[str, Any], prompts_sha: str, path_fields: tuple[str, ...] = ()) -> Task:
     numerics_over = {k: v for k, v in point.items() if k in Numerics.__dataclass_fields__}
     params = dataclasses.asdict(spec.params)
     params.update({k: (list(v) if isinstance(v, list) else v) for k, v in point.items() if k not in numerics_over})
@@ -164,6 +186,8 @@ def _make_task(spec: ExperimentSpec, target: str, repeat: int, point: dict[str, 
         "experiment": spec.name, "params": params, "target": target, "repeat": repeat,
         "numerics": numerics.to_dict(), "model": model, "prompts_sha256": prompts_sha, "inputs": list(inputs),
     }
+    if path_fields:  # a file read by the task is identified by its content, not only its path
+        identity["files_sha256"] = {name: file_sha256(str(params[name])) for name in path_fields}
     task_id = hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
     return Task(task_id=task_id, exp_id=spec.id, experiment=spec.name, target=target, repeat=repeat,
                 params=json.loads(canonical_json(params)), numerics=numerics, inputs=inputs, stage=stage,
