@@ -65,11 +65,11 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Divergence measures of one prompt between two runs (see the module docstring)."""
     import numpy as np
 
+    from toolkit.numerics.greedy import first_difference
     from toolkit.numerics.ulp import ulp_distance
 
     common = min(len(a["generated_ids"]), len(b["generated_ids"]))
-    differ = np.nonzero(a["generated_ids"][:common] != b["generated_ids"][:common])[0]
-    d = int(differ[0]) if differ.size else -1
+    d = first_difference(a["generated_ids"][:common].tolist(), b["generated_ids"][:common].tolist())
     bit = np.nonzero(a["logits_hash"][:common] != b["logits_hash"][:common])[0]
     last = d if d >= 0 else common - 1
     max_ulp = 0
