@@ -1,5 +1,6 @@
 """Fault injection for the crash-safety tests: `TOOLKIT_FAULT=<point>:<n>` makes this process
-SIGKILL itself the n-th time it reaches `<point>` (points: `shard-publish`, `gather-merge`).
+SIGKILL itself the n-th time it reaches `<point>` (points: `shard-publish`, `gather-merge`,
+`generate-prompt` and `pdf-window` right after a unit's progress checkpoint is saved).
 Unset in normal use; costs one environment lookup per call."""
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import Any
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+NEEDS_EAGER_ATTENTION = False
 STORES = {
     "prompts/<k>/prompt_ids": "[L] int64 token ids of prompt k (tokenizer defaults)",
     "prompts/<k>/generated_ids": "[T] int64 greedy token ids (argmax, lowest id wins a tie)",
@@ -51,6 +53,7 @@ def run(ctx: Any, params: Params) -> None:
     """Generate greedily for every prompt and store the per-step traces under `prompts/<k>/`."""
     import torch
 
+    from toolkit import faults
     from toolkit.numerics.hooks import final_norm_name
 
     stop_ids = _stop_ids(ctx.model, ctx.tokenizer) if params.stop_at_eos else set()
@@ -61,16 +64,20 @@ def run(ctx: Any, params: Params) -> None:
     ctx.out.attrs["path"] = "kv_cache" if ctx.numerics.kv_cache else "full_recompute"
     ctx.out.attrs["stop_ids"] = sorted(stop_ids)
     ctx.out.attrs["logits_dtype"] = str(ctx.numerics.dtype)
+    resumed = 0
     with torch.inference_mode():
         for index, prompt in enumerate(ctx.prompts):
             key = f"prompt{index:03d}"
             if ctx.checkpoint is not None and ctx.checkpoint.has(key):  # resumed after preemption
                 arrays, attrs = ctx.checkpoint.load(key)
+                resumed += 1
             else:
                 arrays, attrs = _arrays(prompt, _generate(ctx, prompt, params, stop_ids, norm, bar))
                 if ctx.checkpoint is not None:
                     ctx.checkpoint.save(key, arrays, attrs)
+                faults.checkpoint("generate-prompt")  # crash tests: TOOLKIT_FAULT=generate-prompt:<n>
             _write(ctx.out.create_group(f"prompts/{index:03d}"), arrays, attrs)
+    ctx.out.attrs["prompts_resumed"] = resumed  # prompts loaded from the checkpoint of a preempted run
     bar.update(bar.total - bar.done)
 
 
