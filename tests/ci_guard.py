@@ -1,0 +1,53 @@
+"""pytest plugin: under CI (CI=true, which .ci/run sets), a skipped Slurm or container test fails
+the run.
+
+The Slurm and container suites need root, the test cluster and podman; off CI they skip with the
+reason.  Under CI they are mandatory: every test marked `slurm` or `container` (setup.cfg) that
+ends skipped (pytest.skip in the test or in a fixture, a skip/skipif mark, importorskip) is listed
+at the end of the run, and the session's exit status becomes 1 (tests failed) where it was 0.
+An expected failure (xfail) is not a skip.  Registered by tests/conftest.py (pytest_plugins).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+GUARDED = ("slurm", "container")
+
+
+class CIGuard:
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str, str]] = []   # (nodeid, marks, reason)
+
+    @staticmethod
+    def active() -> bool:
+        return os.environ.get("CI") == "true"
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):
+            return
+        marks = [name for name in GUARDED if name in report.keywords]
+        if not marks:
+            return
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        self.skipped.append((report.nodeid, ",".join(marks), reason.removeprefix("Skipped: ")))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.active() and self.skipped and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.active() or not self.skipped:
+            return
+        terminalreporter.section("CI guard", sep="=", red=True, bold=True)
+        terminalreporter.line(f"CI=true: {len(self.skipped)} Slurm/container test(s) skipped; "
+                              "under CI they must run:", red=True)
+        for nodeid, marks, reason in self.skipped:
+            terminalreporter.line(f"  {nodeid} [{marks}]: {reason}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(CIGuard(), "toolkit-ci-guard")
