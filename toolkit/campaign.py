@@ -48,6 +48,7 @@ def stored_task_ids(campaign_dir: Path) -> set[str]:
         return set()
     try:
         with h5py.File(path, "r", locking=False) as handle:
+            schema.check_schema(path, handle.attrs)
             tasks = handle.get("tasks", {})
             return {t for t in tasks if tasks[t].attrs.get("status") == schema.STATUS_COMPLETE}
     except OSError:

@@ -129,7 +129,9 @@ def gather(campaign_dir: Path, rebuild: bool) -> None:
     """Copy finished shards into CAMPAIGN_DIR/store.h5 (verified, atomic)."""
     from toolkit.store.gather import gather as run_gather
 
-    click.echo(run_gather(campaign_dir, rebuild=rebuild).summary())
+    report = run_gather(campaign_dir, rebuild=rebuild)
+    click.echo(report.summary())
+    report.raise_refused()
 
 
 @cli.command()

@@ -29,6 +29,18 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     image = _task_image(plan, folder)
     if image is not None:  # a task in the image works in the bound folder: relative paths would miss
         folder = Path(image.campaign_dir)
+    from toolkit.store.lock import submit_lock
+
+    with submit_lock(folder):  # a second submit of this campaign is refused while this one lives
+        return _submit_locked(plan, folder, image, executor, force, wait, plot, say)
+
+
+def _submit_locked(plan: Plan, folder: Path, image: TaskImage | None, executor: str, force: bool, wait: bool,
+                   plot: bool, say: Callable[[str], None]) -> Path:
+    """Prepare the folder and run what is missing, holding the campaign's submit lock."""
+    from toolkit import campaign
+
+    _refuse_live_jobs(folder)
     campaign.prepare(plan, folder)
     done = set() if force else campaign.done_task_ids(folder)
     todo = set(plan.tasks) - done
@@ -60,6 +72,21 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     say(f"store: {folder / 'store.h5'}")
     _print_summaries(folder, plan, say)
     return folder
+
+
+def _refuse_live_jobs(folder: Path) -> None:
+    """Refuse (exit 1) while Slurm jobs of an earlier submit of this campaign are queued or running
+    (e.g. after `--no-wait`): submitting their tasks again would run them twice at once."""
+    if not (folder / "slurm.json").exists() or not shutil.which("squeue"):
+        return
+    from toolkit.launch.slurm_wait import live_jobs
+    from toolkit.store.lock import LockBusy
+
+    live = live_jobs(folder)
+    if live:
+        raise LockBusy(f"{folder}: Slurm job(s) {', '.join(live)} of an earlier submit are still queued or running; "
+                       f"follow them with toolkit status {folder} (or stop them with toolkit cancel), then rerun "
+                       "toolkit submit if tasks are missing")
 
 
 def _task_image(plan: Plan, folder: Path) -> TaskImage | None:

@@ -13,6 +13,7 @@ from toolkit.manifest import ModelSpec, Numerics
 from toolkit.plan import Task
 from toolkit.store import schema
 from toolkit.store.checkpoint import Checkpoint
+from toolkit.store.lock import task_lock
 from toolkit.store.shard import completed_shards, open_shard
 
 
@@ -24,6 +25,9 @@ def load_plan_file(campaign_dir: Path) -> dict[str, Any]:
 def run_tasks(campaign_dir: str, task_ids: list[str], force: bool = False) -> list[str]:
     """Run the given tasks in order, skipping those already published; returns the ids run.
 
+    Each task runs under its lock (`shards/.<task_id>.lock`): a worker of a second submit waits
+    for the one running it, then skips it once published, so no task runs twice at once.
+
     A failing task is recorded in its `.failed.json` and the remaining tasks still run; the job
     fails at the end if any task failed, so the scheduler sees it.
     """
@@ -32,18 +36,19 @@ def run_tasks(campaign_dir: str, task_ids: list[str], force: bool = False) -> li
     model_spec = ModelSpec(**plan["model"])
     prompts = tuple(plan["prompts"])
     models = _ModelCache(model_spec)
-    done = completed_shards(folder)
     ran, failed = [], []
     for task_id in task_ids:
-        if task_id in done and not force:
-            continue
         task = Task.from_json(plan["tasks"][task_id])
-        try:
-            run_one(folder, task, models, prompts, plan["model_identity"])
-            ran.append(task_id)
-        except Exception as err:  # recorded in the .failed.json by open_shard
-            print(f"task {task_id} ({task.label()}) failed: {type(err).__name__}: {err}", file=sys.stderr)
-            failed.append(task_id)
+        with task_lock(folder, task_id) as lock:  # waits while another worker runs this task
+            if task_id in completed_shards(folder) and (not force or lock.waited):
+                continue
+            try:
+                run_one(folder, task, models, prompts, plan["model_identity"])
+                ran.append(task_id)
+                print(f"task {task_id} ({task.label()}): published", flush=True)
+            except Exception as err:  # recorded in the .failed.json by open_shard
+                print(f"task {task_id} ({task.label()}) failed: {type(err).__name__}: {err}", file=sys.stderr)
+                failed.append(task_id)
     if failed:
         raise RuntimeError(f"{len(failed)} task(s) failed: {', '.join(failed)}; see shards/<id>.failed.json")
     return ran

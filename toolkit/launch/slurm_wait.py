@@ -104,8 +104,12 @@ def _failure_message(failed: dict[str, str], gathers: list[str], campaign_dir: P
 
 def cancel_campaign(campaign_dir: Path) -> list[str]:
     """Cancel every queued or running job of the campaign; returns the job ids cancelled."""
-    ids = all_job_ids(campaign_dir)
-    states = slurm_state.job_states(ids)
-    live = sorted({job.split("_")[0] for job, (state, _) in states.items() if state not in slurm_state.TERMINAL})
+    live = live_jobs(campaign_dir)
     slurm_state.cancel(live)
     return live
+
+
+def live_jobs(campaign_dir: Path) -> list[str]:
+    """The campaign's job ids (arrays, gathers) that Slurm still holds queued or running."""
+    states = slurm_state.job_states(all_job_ids(campaign_dir))
+    return sorted({job.split("_")[0] for job, (state, _) in states.items() if state not in slurm_state.TERMINAL})

@@ -1,18 +1,22 @@
 """The single writer of store.h5: copy published shards into `/tasks/<task_id>` and verify them.
 
-The gather never edits store.h5 in place.  It copies the current store (or starts empty), adds
-the new shards, re-reads every added dataset and compares its checksum with the one the worker
-recorded, and only then renames the new file over store.h5.  A gather killed at any point leaves
-the previous store.h5 readable and every shard in place; `rebuild=True` starts from the shards
-alone.  A lock file keeps two gathers from running at once.
+The gather never edits store.h5 in place.  It refuses a store of another schema, checks that the
+disk has room for the new file, verifies every new shard against the checksums its worker
+recorded (a shard that no longer matches is moved aside to `<task_id>.h5.corrupt` with a failure
+report, so status shows the task as needing a rerun and submit reruns it), copies the current
+store (or starts empty), adds the verified shards, re-reads every added dataset and compares its
+checksum again, and only then renames the new file over store.h5.  A gather killed at any point,
+or stopped by a full disk, leaves the previous store.h5 readable and every shard in place;
+`rebuild=True` starts from the shards alone.  `gather.lock` keeps two gathers from running at
+once; a lock left by a killed gather is taken over (`toolkit.store.lock`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +24,16 @@ from typing import Any
 from toolkit import __version__, faults
 from toolkit.errors import StoreError
 from toolkit.store import schema
-from toolkit.store.files import fsync_path, pid_alive, stale_temp, temp_name
-from toolkit.store.shard import completed_shards, dataset_checksums
+from toolkit.store.files import fsync_path, stale_temp, temp_name
+from toolkit.store.lock import FileLock
+from toolkit.store.shard import completed_shards, dataset_checksums, record_failure
+
+#: Room kept free beyond the store and the new shards (HDF5 metadata, the lock file).
+SPACE_MARGIN = 64 * 1024
+
+
+class ShardCorrupt(StoreError):
+    """A published shard failed verification; its task must be rerun."""
 
 
 @dataclass
@@ -35,9 +47,18 @@ class GatherReport:
     store: Path | None = None
 
     def summary(self) -> str:
-        bad = f", {len(self.bad_shards)} unreadable shard(s)" if self.bad_shards else ""
+        """One line: counts, and every refused shard by task id."""
+        bad = f"; refused {len(self.bad_shards)} shard(s): {', '.join(sorted(self.bad_shards))} (toolkit status " \
+              "says why; toolkit submit reruns them)" if self.bad_shards else ""
         return (f"gathered {len(self.added)} new and {len(self.replaced)} rerun task(s), "
                 f"{self.unchanged} already in {self.store}{bad}")
+
+    def raise_refused(self) -> None:
+        """Raise ShardCorrupt (exit 1) naming every refused shard's task and why, if any."""
+        if self.bad_shards:
+            reasons = "; ".join(f"task {t}: {why}" for t, why in sorted(self.bad_shards.items()))
+            raise ShardCorrupt(f"refused {len(self.bad_shards)} shard(s), the other tasks are in {self.store} — "
+                               f"{reasons}; rerun toolkit submit to rerun just those")
 
 
 def gather(campaign_dir: Path, manifest_text: str | None = None, rebuild: bool = False) -> GatherReport:
@@ -45,7 +66,8 @@ def gather(campaign_dir: Path, manifest_text: str | None = None, rebuild: bool =
     campaign_dir = Path(campaign_dir)
     if not campaign_dir.is_dir():
         raise StoreError(f"{campaign_dir}: no such campaign folder")
-    with _GatherLock(campaign_dir):
+    busy = "another gather holds {path} ({holder}); wait for it to end, then rerun toolkit gather"
+    with FileLock(campaign_dir / "gather.lock", busy):
         for leftover in campaign_dir.glob(f".{schema.STORE_NAME}~*.tmp"):
             if stale_temp(leftover):
                 leftover.unlink()
@@ -53,21 +75,43 @@ def gather(campaign_dir: Path, manifest_text: str | None = None, rebuild: bool =
 
 
 def _gather_locked(campaign_dir: Path, manifest_text: str | None, rebuild: bool) -> GatherReport:
-    import h5py
-
     store = schema.store_path(campaign_dir)
     report = GatherReport(store=store)
     shards = completed_shards(campaign_dir)
-    existing = None if rebuild else _stored_uids(store)
-    if existing is not None and all(existing.get(t) == _run_uid(p) for t, p in shards.items()):
+    stored = _stored_uids(store)  # refuses a store of another schema, also before a rebuild
+    existing = None if rebuild else stored
+    new = {t: p for t, p in shards.items() if existing is None or existing.get(t) != _run_uid(p)}
+    if existing is not None and not new:
         report.unchanged = len(shards)
         return report
+    report.unchanged = len(shards) - len(new)
+    verified = {}
+    for task_id, path in sorted(new.items()):
+        problem = verify_shard(path)
+        if problem:
+            report.bad_shards[task_id] = problem
+        else:
+            verified[task_id] = path
+    if verified or existing is None:
+        _write_store(campaign_dir, store, verified, existing is not None, manifest_text, report)
+    for task_id, problem in report.bad_shards.items():
+        _quarantine(campaign_dir, task_id, problem)
+    return report
+
+
+def _write_store(campaign_dir: Path, store: Path, shards: dict[str, Path], copy: bool,
+                 manifest_text: str | None, report: GatherReport) -> None:
+    """Copy the store (if `copy`), add the verified shards and rename over store.h5."""
+    import h5py
+
     tmp = temp_name(store)
-    if existing is not None:
-        shutil.copyfile(store, tmp)
-    else:
-        tmp.unlink(missing_ok=True)
+    _check_space(campaign_dir, tmp, (store.stat().st_size if copy else 0) + sum(p.stat().st_size
+                                                                                for p in shards.values()))
     try:
+        if copy:
+            shutil.copyfile(store, tmp)
+        else:
+            tmp.unlink(missing_ok=True)
         with h5py.File(tmp, "a", locking=False) as out:
             _root_attrs(out, campaign_dir, manifest_text)
             tasks = out.require_group("tasks")
@@ -77,18 +121,48 @@ def _gather_locked(campaign_dir: Path, manifest_text: str | None, rebuild: bool)
         fsync_path(tmp)
         os.replace(tmp, store)
         fsync_path(store.parent)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and _no_space(err):
+            raise _space_error(campaign_dir, tmp, store, shards, copy) from None
         raise
-    return report
+
+
+def _no_space(err: OSError) -> bool:
+    text = str(err)
+    return err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "errno = 28" in text
+
+
+def _space_error(campaign_dir: Path, tmp: Path, store: Path, shards: dict[str, Path], copy: bool) -> StoreError:
+    need = (store.stat().st_size if copy else 0) + sum(p.stat().st_size for p in shards.values()) + SPACE_MARGIN
+    return StoreError(_space_message(tmp, need, shutil.disk_usage(campaign_dir).free))
+
+
+def _check_space(campaign_dir: Path, tmp: Path, size: int) -> None:
+    """Refuse before writing when the filesystem cannot hold the new store next to the old one."""
+    free = shutil.disk_usage(campaign_dir).free
+    if size + SPACE_MARGIN > free:
+        raise StoreError(_space_message(tmp, size + SPACE_MARGIN, free))
+
+
+def _space_message(tmp: Path, need: int, free: int) -> str:
+    return (f"{tmp}: no space to write the new store: it needs {need} bytes ({_kib(need)}), {free} bytes "
+            f"({_kib(free)}) are free; store.h5 and the shards are unchanged — free space there or move the "
+            "campaign folder, then rerun toolkit gather")
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.1f} KiB" if size < 10 * 2**20 else f"{size / 2**20:.1f} MiB"
 
 
 def _stored_uids(path: Path) -> dict[str, str] | None:
-    """task_id → run_uid of the tasks in a readable store; None if there is none."""
+    """task_id → run_uid of the tasks in a readable store; None if there is none.  A readable
+    store of another schema is refused (SchemaMismatch) and left untouched."""
     import h5py
 
     try:
         with h5py.File(path, "r", locking=False) as handle:
+            schema.check_schema(path, handle.attrs)
             tasks = handle["tasks"]
             return {t: str(tasks[t].attrs.get("run_uid")) for t in tasks}
     except (OSError, KeyError):
@@ -105,81 +179,66 @@ def _run_uid(path: Path) -> str | None:
         return None
 
 
-def _root_attrs(out: Any, campaign_dir: Path, manifest_text: str | None) -> None:
-    import hashlib
-
-    if manifest_text is None:
-        manifest_file = campaign_dir / "manifest.yaml"
-        manifest_text = manifest_file.read_text() if manifest_file.exists() else ""
-    out.attrs["schema_version"] = schema.SCHEMA_VERSION
-    out.attrs["campaign"] = campaign_dir.name
-    out.attrs["manifest"] = manifest_text
-    out.attrs["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
-    if "created_utc" not in out.attrs:
-        out.attrs["created_utc"] = schema.utc_now()
-    out.attrs["updated_utc"] = schema.utc_now()
-    out.attrs["toolkit_version"] = __version__
-
-
-def _merge_shard(tasks: Any, task_id: str, path: Path, report: GatherReport) -> None:
+def verify_shard(path: Path) -> str:
+    """'' if the shard is complete and its data matches the checksums its worker recorded, else why not."""
     import h5py
 
     try:
         with h5py.File(path, "r", locking=False) as shard:
             if shard.attrs.get("status") != schema.STATUS_COMPLETE:
-                raise StoreError("shard is not marked complete")
-            existing = tasks.get(task_id)
-            if existing is not None and existing.attrs.get("run_uid") == shard.attrs.get("run_uid"):
-                report.unchanged += 1
-                return
-            if existing is not None:
-                del tasks[task_id]
-            group = tasks.create_group(task_id)
-            for key, value in shard.attrs.items():
-                group.attrs[key] = value
-            for name in shard:
-                shard.copy(shard[name], group, name=name)
+                return "the shard is not marked complete"
             expected = json.loads(shard.attrs["checksums"])
-    except (OSError, KeyError, ValueError, StoreError) as err:
-        report.bad_shards[task_id] = f"{path}: {err}"
-        if task_id in tasks and tasks[task_id].attrs.get("status") != schema.STATUS_COMPLETE:
+            actual = dataset_checksums(shard)
+    except (OSError, KeyError, ValueError) as err:
+        return f"the shard is unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    differ = sorted(n for n in set(expected) | set(actual) if expected.get(n) != actual.get(n))
+    if differ:
+        return f"the shard's data no longer matches the checksums its worker recorded (dataset(s) {', '.join(differ)})"
+    return ""
+
+
+def _quarantine(campaign_dir: Path, task_id: str, problem: str) -> None:
+    """Move a refused shard aside (kept for inspection) and record why, so the task is rerun."""
+    aside = schema.corrupt_path(campaign_dir, task_id)
+    os.replace(schema.shard_path(campaign_dir, task_id), aside)
+    fsync_path(aside.parent)
+    record_failure(campaign_dir, task_id, ShardCorrupt(f"needs a rerun: {problem}; gather refused it and kept it "
+                                                       f"as {aside}; rerun toolkit submit"))
+
+
+def _root_attrs(out: Any, campaign_dir: Path, manifest_text: str | None) -> None:
+    """Campaign attrs; `schema_version` and `created_utc` only when the store is new (an existing
+    store was checked to have this schema and is never re-stamped)."""
+    import hashlib
+
+    if manifest_text is None:
+        manifest_file = campaign_dir / "manifest.yaml"
+        manifest_text = manifest_file.read_text() if manifest_file.exists() else ""
+    if "schema_version" not in out.attrs:
+        out.attrs["schema_version"] = schema.SCHEMA_VERSION
+        out.attrs["created_utc"] = schema.utc_now()
+    out.attrs["campaign"] = campaign_dir.name
+    out.attrs["manifest"] = manifest_text
+    out.attrs["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
+    out.attrs["updated_utc"] = schema.utc_now()
+    out.attrs["toolkit_version"] = __version__
+
+
+def _merge_shard(tasks: Any, task_id: str, path: Path, report: GatherReport) -> None:
+    """Copy one verified shard into `/tasks/<task_id>` and check the copy's checksums."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as shard:
+        existing = tasks.get(task_id)
+        if existing is not None:
             del tasks[task_id]
-        return
+        group = tasks.create_group(task_id)
+        for key, value in shard.attrs.items():
+            group.attrs[key] = value
+        for name in shard:
+            shard.copy(shard[name], group, name=name)
+        expected = json.loads(shard.attrs["checksums"])
     if dataset_checksums(group) != expected:
         raise StoreError(f"verification failed for task {task_id}: the copy in the store differs from "
                          f"{path}; the store was left unchanged — check the disk and rerun toolkit gather")
     (report.replaced if existing is not None else report.added).append(task_id)
-
-
-class _GatherLock:
-    """`gather.lock` holding `host pid`; a lock of a dead process on this host is taken over."""
-
-    def __init__(self, campaign_dir: Path) -> None:
-        self.path = campaign_dir / "gather.lock"
-
-    def __enter__(self) -> _GatherLock:
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                holder = self.path.read_text().strip() if self.path.exists() else "?"
-                raise StoreError(f"another gather holds {self.path} ({holder}); wait for it, or remove the "
-                                 "file if that process is gone") from None
-            with os.fdopen(fd, "w") as handle:
-                handle.write(me)
-            return self
-        raise StoreError(f"cannot take {self.path}")
-
-    def _stale(self) -> bool:
-        try:
-            host, pid = self.path.read_text().split()
-        except (OSError, ValueError):
-            return True
-        return host == socket.gethostname() and not pid_alive(int(pid))
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from toolkit.errors import StoreError
+from toolkit.store.schema import check_schema
 
 JSON_ATTRS = ("params", "numerics", "model", "provenance", "inputs", "checksums")
 
@@ -72,7 +73,8 @@ class RunView:
 
 
 class Store:
-    """An open store.h5 (read-only).  Use as a context manager."""
+    """An open store.h5 (read-only; refused unless its schema is this toolkit's).  Use as a
+    context manager."""
 
     def __init__(self, path: Path) -> None:
         import h5py
@@ -84,6 +86,11 @@ class Store:
             self.handle = h5py.File(self.path, "r", locking=False)
         except OSError as err:
             raise StoreError(f"{self.path}: not a readable HDF5 store ({err})") from None
+        try:
+            check_schema(self.path, self.handle.attrs)
+        except StoreError:
+            self.handle.close()
+            raise
 
     def __enter__(self) -> Store:
         return self
