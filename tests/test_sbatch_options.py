@@ -37,7 +37,7 @@ EXPECTED_LINES = {
         #SBATCH --cpus-per-task=4
         #SBATCH --mem=7680M""",
     ("default", ANY_TARGET, False): """\
-        #SBATCH --partition=gpu
+        #SBATCH --partition=cpu
         #SBATCH --time=30
         #SBATCH --cpus-per-task=4
         #SBATCH --mem=7680M""",
@@ -210,7 +210,8 @@ def test_submitit_gather_and_any_target_scripts(make_executor):
     compare, n = make("default", "{time_min: 15}", 2, None, False, ["13"], "probe-s2-any")
     assert n == 1  # one compare task: submitted as a plain job, not an array
     lines = _sbatch(compare._make_submission_file_text(command="python -m x", uid="u"))
-    assert "#SBATCH --dependency=afterok:13" in lines and "#SBATCH --partition=gpu" in lines
+    # a campaign-level task takes the profile's campaign section: the CPU partition, no GPU
+    assert "#SBATCH --dependency=afterok:13" in lines and "#SBATCH --partition=cpu" in lines
     assert not any(line.startswith(("#SBATCH --gres", "#SBATCH --constraint", "#SBATCH --array")) for line in lines)
     assert "#SBATCH --time=60" in lines and "#SBATCH --mem=16384M" in lines  # compare keeps the defaults
 

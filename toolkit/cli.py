@@ -29,33 +29,55 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _site_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--site x.yaml` is a path from the working directory (the manifest's `site:` is relative
+    to the manifest's folder); a bare name is a profile name."""
+    if value and value.endswith((".yaml", ".yml")) and "\0" not in value:
+        return str(Path(value).expanduser().absolute())
+    return value
+
+
+SITE_HELP = "Site profile name, or a .yaml path from the working directory (overrides the manifest's site:)."
+CHECK_HELP = ("Also run the checks of this executor; slurm: every array's resources against the cluster's nodes "
+              "(auto = slurm when sbatch is on PATH, else local).")
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--site", help="Site profile name or .yaml path (overrides the manifest's site:).")
-def validate(manifest: Path, site: str | None) -> None:
+@click.option("--site", callback=_site_path, help=SITE_HELP)
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None, help=CHECK_HELP)
+def validate(manifest: Path, site: str | None, executor: str | None) -> None:
     """Validate MANIFEST completely and create nothing. Exit 0 if valid, 2 if not."""
+    from toolkit.campaign import campaign_dir_for
+    from toolkit.launch.preflight import preflight
     from toolkit.manifest import load_manifest
     from toolkit.plan import build_plan
 
     plan = build_plan(load_manifest(manifest, site=site))
+    preflight(plan, executor, campaign_dir_for(plan, None))
     click.echo(f"{manifest}: valid — campaign {plan.manifest.campaign}, {len(plan.tasks)} task(s) "
                f"in {len(plan.stages)} stage(s)")
 
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--site", help="Site profile name or .yaml path (overrides the manifest's site:).")
+@click.option("--site", callback=_site_path, help=SITE_HELP)
 @click.option("--root", type=click.Path(path_type=Path), help="Campaigns folder (default: the manifest's output).")
-def plan(manifest: Path, site: str | None, root: Path | None) -> None:
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None, help=CHECK_HELP)
+def plan(manifest: Path, site: str | None, root: Path | None, executor: str | None) -> None:
     """Dry run: stages, tasks (ids), arrays, dependencies and scheduler options. Creates nothing."""
     from toolkit.campaign import campaign_dir_for, done_task_ids
+    from toolkit.launch.preflight import preflight
     from toolkit.manifest import load_manifest
     from toolkit.plan import build_plan
     from toolkit.report import plan_text
 
     built = build_plan(load_manifest(manifest, site=site))
     folder = campaign_dir_for(built, root)
+    checked = preflight(built, executor, folder)
     click.echo(plan_text(built, done_task_ids(folder) if folder.is_dir() else set()))
+    for note in checked.notes:
+        click.echo(note)
 
 
 @cli.command()
@@ -63,17 +85,17 @@ def plan(manifest: Path, site: str | None, root: Path | None) -> None:
 @click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
               help="auto = slurm when sbatch is on PATH, else local; debug runs in this process.")
 @click.option("--root", type=click.Path(path_type=Path), help="Campaigns folder (default: the manifest's output).")
-@click.option("--site", help="Site profile name or .yaml path (overrides the manifest's site:).")
+@click.option("--site", callback=_site_path, help=SITE_HELP)
 @click.option("--force", is_flag=True, help="Rerun tasks that are already complete.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the campaign to its end.")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Make figures when the campaign ends.")
 def submit(manifest: Path, executor: str, root: Path | None, site: str | None, force: bool, wait: bool,
            plot: bool) -> None:
     """Run MANIFEST: tasks already complete in the store are skipped (unless --force)."""
+    from toolkit.launch.preflight import resolve_executor
     from toolkit.submit import submit_campaign
 
-    if executor == "auto":
-        executor = "slurm" if shutil.which("sbatch") else "local"
+    executor = resolve_executor(executor) or "local"
     submit_campaign(manifest, executor=executor, root=root, site=site, force=force, wait=wait, plot=plot,
                     say=click.echo)
 

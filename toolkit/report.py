@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from toolkit.launch.sites import sbatch_options
-from toolkit.plan import Plan
+from toolkit.manifest import Resources
+from toolkit.plan import ANY_TARGET, Plan
 
 
 def plan_text(plan: Plan, done: set[str] | None = None) -> str:
@@ -29,7 +30,9 @@ def plan_text(plan: Plan, done: set[str] | None = None) -> str:
                 task = plan.tasks[task_id]
                 mark = "  (done)" if task_id in done else ""
                 lines.append(f"    {task_id}  {task.experiment:<20} {task.label()}  [{task.numerics.label()}]{mark}")
-        lines.append(f"  gather {stage.index}: one CPU job after the arrays of stage {stage.index}")
+        gather = sbatch_options(m.site, ANY_TARGET, Resources(), gather=True)
+        lines.append(f"  gather {stage.index}: one CPU job after the arrays of stage {stage.index}  "
+                     + " ".join([f"--{k}={v}" for k, v in gather.items() if k != "extra"] + gather["extra"]))
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
                     wait: bool, plot: bool, say: Callable[[str], None]) -> Path:
     """Run a manifest end to end with the chosen executor; returns the campaign folder."""
     from toolkit import campaign
+    from toolkit.launch.preflight import preflight
     from toolkit.manifest import load_manifest
     from toolkit.plan import build_plan
 
@@ -26,7 +27,7 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     if not wait and executor != "slurm":
         raise UsageError("--no-wait needs the slurm executor: local jobs run under this command")
     folder = campaign.campaign_dir_for(plan, root)
-    image = _task_image(plan, folder)
+    image = preflight(plan, executor, folder).image  # every check of the environment, before anything is made
     if image is not None:  # a task in the image works in the bound folder: relative paths would miss
         folder = Path(image.campaign_dir)
     from toolkit.store.lock import submit_lock
@@ -89,22 +90,11 @@ def _refuse_live_jobs(folder: Path) -> None:
                        "toolkit submit if tasks are missing")
 
 
-def _task_image(plan: Plan, folder: Path) -> TaskImage | None:
-    """The manifest's container resolved (runtime, image, digest), before anything is created."""
-    if not plan.manifest.container.enabled:
-        return None
-    from toolkit.launch.container import task_image
-
-    return task_image(plan.manifest.container, folder, input_files(plan))
-
-
 def input_files(plan: Plan) -> set[str]:
-    """The files the tasks read, named by their experiments' path params (`Params.PATH_FIELDS`,
-    absolute after validation): a container must see them, so they are bound read-only."""
-    from toolkit import experiments
+    """The files the tasks read (bound read-only into a container); see toolkit.launch.preflight."""
+    from toolkit.launch import preflight
 
-    return {str(task.params[name]) for task in plan.tasks.values()
-            for name in getattr(experiments.get(task.experiment).Params, "PATH_FIELDS", ())}
+    return preflight.input_files(plan)
 
 
 def _print_summaries(folder: Path, plan: Plan, say: Callable[[str], None]) -> None:

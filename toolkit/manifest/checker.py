@@ -298,24 +298,10 @@ class Checker:
                          f"got {extra!r}")
         if len(self.problems) > before:
             return None
-        if runtime != "none":
-            self._container_available(runtime, image)
+        # whether the runtime is installed and has the image is checked by the preflight
+        # (toolkit.launch.preflight), not here: validation reads values only
         return Container(runtime=runtime, image=image if runtime != "none" else None, network=network, gpu=gpu,
                          extra_args=tuple(extra))
-
-    def _container_available(self, runtime: str, image: str) -> None:
-        """The runtime is installed here and has the image (the submitting host must see it)."""
-        from toolkit.launch.container import ContainerError, check_image, find_runtime
-
-        try:
-            found = find_runtime(runtime)
-        except ContainerError as err:
-            self.problem(("container", "runtime"), str(err))
-            return
-        try:
-            check_image(runtime, image, found)
-        except ContainerError as err:
-            self.problem(("container", "image"), str(err))
 
     def _experiments(self, value: Any, targets: tuple[str, ...], numerics: Numerics,
                      resources: Resources | None, site: SiteProfile | None) -> tuple[ExperimentSpec, ...] | None:

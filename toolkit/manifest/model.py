@@ -82,7 +82,9 @@ class Container:
 
 @dataclass(frozen=True)
 class SiteProfile:
-    """How one cluster names its GPUs: target name → sbatch options."""
+    """How one cluster names its GPUs: target name → sbatch options.  `gather` (sbatch options
+    plus its time_min / cpus / mem_gb) is the gather job between stages; `campaign` the options of
+    campaign-level tasks (experiments run once per campaign, on no GPU target)."""
 
     name: str
     description: str
@@ -90,6 +92,7 @@ class SiteProfile:
     gather: dict[str, Any]
     targets: dict[str, dict[str, Any]]
     path: str
+    campaign: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

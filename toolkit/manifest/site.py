@@ -1,35 +1,52 @@
-"""Site profiles (`slurm/sites/*.yaml`): how a cluster names its GPUs, as sbatch options."""
+"""Site profiles: how a cluster names its GPUs, as sbatch options.
+
+Profiles ship inside the package (`toolkit/sites/*.yaml`, so a plain `pip install` finds them);
+`slurm/sites/` of a checkout and the folders of `$TOOLKIT_SITES` are looked up before them.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from toolkit.manifest.located import YamlProblem, load_located
-from toolkit.manifest.model import SiteProfile
+from toolkit.manifest.located import Located, YamlProblem, load_located
+from toolkit.manifest.model import TARGET_RE, SiteProfile
 
 SBATCH_KEYS = ("partition", "account", "qos", "constraint", "gres", "gpus", "extra")
+GPU_KEYS = ("gres", "gpus")
+GATHER_RESOURCES = {"time_min": 30, "cpus": 1, "mem_gb": 4}  # the gather job's defaults
 LONG_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[^\n\r\0]+)?$")
-SITE_KEYS = ("name", "description", "defaults", "gather", "targets")
+SITE_KEYS = ("name", "description", "defaults", "campaign", "gather", "targets")
+PACKAGED_SITES = Path(__file__).resolve().parents[1] / "sites"
+CHECKOUT_SITES = Path(__file__).resolve().parents[2] / "slurm" / "sites"
 
 
 def site_dirs() -> list[Path]:
-    """Where named profiles are looked up: $TOOLKIT_SITES (os.pathsep list), then the repo's."""
+    """Where named profiles are looked up, first match wins: $TOOLKIT_SITES (an os.pathsep list),
+    a checkout's slurm/sites, then the profiles shipped with the package."""
     dirs = [Path(p) for p in os.environ.get("TOOLKIT_SITES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "slurm" / "sites")
+    if CHECKOUT_SITES.is_dir():
+        dirs.append(CHECKOUT_SITES)
+    dirs.append(PACKAGED_SITES)
     return dirs
 
 
-def find_site(name: str, manifest_dir: Path) -> Path | None:
-    """Resolve a site name (or a path to a .yaml file) to a file, or None."""
+def find_site(name: str, base_dir: Path) -> Path | None:
+    """Resolve a site name, or a path to a .yaml file relative to `base_dir`, to a file; None if
+    there is none.  (The manifest's `site:` is relative to its folder; `--site` is made absolute
+    from the working directory by the CLI.)"""
     if name.endswith((".yaml", ".yml")):
         try:
-            candidate = (manifest_dir / name).resolve()
+            candidate = (base_dir / Path(name).expanduser()).resolve()
         except (OSError, ValueError):  # e.g. a NUL byte in the name
             return None
         return candidate if candidate.is_file() else None
+    if "/" in name or "\0" in name or name.startswith("."):
+        return None
     for folder in site_dirs():
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
@@ -56,15 +73,23 @@ def load_site(path: Path) -> tuple[SiteProfile | None, list[str]]:
         return None, [f"{located.where(())}: a site profile must be a mapping"]
     for key in data:
         if key not in SITE_KEYS:
-            problems.append(f"{located.where_key((key,))}: unknown key {key!r}; valid: {', '.join(SITE_KEYS)}")
+            problems.append(f"{located.where_key((key,))}: unknown key {key!r}; {_hint(key, SITE_KEYS)}"
+                            f"valid: {', '.join(SITE_KEYS)}")
+    for key in ("name", "description"):
+        if key in data and (not isinstance(data[key], str) or any(c in data[key] for c in "\n\r\0")):
+            problems.append(f"{located.where((key,))}: {key} must be a single-line string")
     targets = data.get("targets") or {}
     if not isinstance(targets, dict) or not targets:
         problems.append(f"{located.where(('targets',))}: targets must be a non-empty mapping")
         targets = {}
-    for section, options in [("defaults", data.get("defaults")), ("gather", data.get("gather"))] + [
-        (f"targets.{t}", o) for t, o in targets.items()
-    ]:
-        problems += _check_options(options, located, tuple(section.split(".", 1)))
+    problems += _check_options(data.get("defaults"), located, ("defaults",))
+    problems += _check_options(data.get("campaign"), located, ("campaign",), gpu=False)
+    problems += _check_options(data.get("gather"), located, ("gather",), gpu=False, resources=True)
+    for target, options in targets.items():
+        if not isinstance(target, str) or not TARGET_RE.match(target):  # what a manifest's targets can name
+            problems.append(f"{located.where_key(('targets', target))}: target name {target!r} must match "
+                            "[a-z0-9][a-z0-9_-]{0,31} (lower case, as manifests name targets)")
+        problems += _check_options(options, located, ("targets", target))
     if problems:
         return None, problems
     profile = SiteProfile(
@@ -74,20 +99,35 @@ def load_site(path: Path) -> tuple[SiteProfile | None, list[str]]:
         gather=dict(data.get("gather") or {}),
         targets={str(k): dict(v or {}) for k, v in targets.items()},
         path=str(path),
+        campaign=dict(data.get("campaign") or {}),
     )
     return profile, []
 
 
-def _check_options(options: Any, located: Any, path: tuple[str, ...]) -> list[str]:
+def _hint(word: Any, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check_options(options: Any, located: Located, path: tuple[str, ...], gpu: bool = True,
+                   resources: bool = False) -> list[str]:
+    """Problems of one section of sbatch options (`gpu`: gres/gpus allowed; `resources`: the
+    gather job's time_min / cpus / mem_gb allowed)."""
     if options is None:
         return []
     if not isinstance(options, dict):
         return [f"{located.where(path)}: must be a mapping of sbatch options"]
+    allowed = SBATCH_KEYS + (tuple(GATHER_RESOURCES) if resources else ())
     problems = []
     for key, value in options.items():
         where = located.where(path + (key,))
-        if key not in SBATCH_KEYS:
-            problems.append(f"{where}: unknown sbatch option {key!r}; valid: {', '.join(SBATCH_KEYS)}")
+        if key not in allowed:
+            problems.append(f"{located.where_key(path + (key,))}: unknown sbatch option {key!r}; "
+                            f"{_hint(key, allowed)}valid: {', '.join(allowed)}")
+        elif key in GPU_KEYS and not gpu:
+            problems.append(f"{where}: {path[0]} jobs get no GPU; remove {key} (GPUs are requested per target)")
+        elif key in GATHER_RESOURCES:
+            problems += _check_resource(key, value, where)
         elif key == "extra":
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 problems.append(f"{where}: extra must be a list of strings")
@@ -100,3 +140,12 @@ def _check_options(options: Any, located: Any, path: tuple[str, ...]) -> list[st
         elif not isinstance(value, str) or not value or any(c in value for c in "\n\r\0"):
             problems.append(f"{where}: {key} must be a non-empty single-line string")
     return problems
+
+
+def _check_resource(key: str, value: Any, where: str) -> list[str]:
+    if key == "mem_gb":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            return [f"{where}: mem_gb must be a number > 0, got {value!r}"]
+    elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return [f"{where}: {key} must be an integer >= 1, got {value!r}"]
+    return []
