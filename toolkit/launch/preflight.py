@@ -169,9 +169,12 @@ def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage
     except ContainerError as err:
         return None, [f"{where('container', 'runtime')}: {err}"]
     try:
-        check_image(spec.runtime, str(spec.image), found)
-        digest = image_digest(spec.runtime, str(spec.image), executable=found)
+        digest = image_digest(spec.runtime, str(spec.image), executable=found)  # one inspect when all is well
     except ContainerError as err:
+        try:  # say why in the words of the image check (no image, or a runtime error)
+            check_image(spec.runtime, str(spec.image), found)
+        except ContainerError as reason:
+            err = reason
         return None, [f"{where('container', 'image')}: {err}"]
     image = TaskImage(spec.runtime, str(spec.image), digest, str(campaign_dir.resolve()), spec.network, spec.gpu,
                       tuple(spec.extra_args), tuple(sorted(input_files(plan))))

@@ -27,7 +27,7 @@ class Node:
     name: str
     cpus: int
     memory_mb: int
-    features: frozenset[str]
+    features: tuple[str, ...]  # as the node lists them
     gres: dict[tuple[str, str], int]  # (name, type) → count; an untyped GRES has type ""
     partitions: tuple[str, ...]
 
@@ -144,7 +144,7 @@ def parse_nodes(text: str) -> list[Node]:
             name=record["NodeName"],
             cpus=_number(record.get("CPUEfctv")) or _number(record.get("CPUTot")) or 0,
             memory_mb=max(memory, 0),
-            features=frozenset(f for f in features.split(",") if f and f not in _UNLIMITED),
+            features=tuple(f for f in features.split(",") if f and f not in _UNLIMITED),
             gres=parse_gres(record.get("Gres", "")),
             partitions=tuple(p for p in record.get("Partitions", "").split(",") if p),
         ))
@@ -216,9 +216,9 @@ def _check_partition(cluster: Cluster, partition: Partition, request: Request) -
     if not scope.nodes:
         return [Shortfall("partition", f"partition {partition.name} has no nodes")]
     if request.constraint:
-        matching = [n for n in scope.nodes if constraint_matches(request.constraint, n.features)]
+        matching = [n for n in scope.nodes if constraint_matches(request.constraint, frozenset(n.features))]
         if not matching:
-            offered = "; ".join(sorted({",".join(sorted(n.features)) or "(none)" for n in scope.nodes}))
+            offered = "; ".join(dict.fromkeys(",".join(n.features) or "(none)" for n in scope.nodes))
             return [Shortfall("constraint", f"{request.constraint!r} matches no node of {where} "
                                             f"(features there: {offered})")]
         scope.nodes, scope.label = matching, f" with features {request.constraint}"
