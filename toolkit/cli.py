@@ -54,9 +54,11 @@ def validate(manifest: Path, site: str | None, executor: str | None) -> None:
     from toolkit.plan import build_plan
 
     plan = build_plan(load_manifest(manifest, site=site))
-    preflight(plan, executor, campaign_dir_for(plan, None))
+    checked = preflight(plan, executor, campaign_dir_for(plan, None))
     click.echo(f"{manifest}: valid — campaign {plan.manifest.campaign}, {len(plan.tasks)} task(s) "
                f"in {len(plan.stages)} stage(s)")
+    for note in checked.notes:
+        click.echo(note)
 
 
 @cli.command()
