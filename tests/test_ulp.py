@@ -1,9 +1,9 @@
-"""ULP distances and bit hashes (toolkit.numerics.ulp)."""
+"""ULP distances and bit hashes (toolkit.numerics.fpunits; formerly toolkit.numerics.ulp)."""
 
 import numpy as np
 import pytest
 
-from toolkit.numerics.ulp import bits_hash, ulp_distance
+from toolkit.numerics.fpunits import bits_hash, ulp_distance
 
 
 def test_adjacent_floats_are_one_ulp_apart():

@@ -4,7 +4,7 @@
 relative L2 (float64 arithmetic on exact float64 copies — every float16/bfloat16/float32 value and
 every difference of two of them up to float32 is exact in float64), the number of elements whose
 bits differ, and ULP distances counted in the stacks' own format (fp16, bf16, fp32 or fp64 ULPs,
-`toolkit.numerics.perturb.ulp_distance_tensor`).  The median ULP distance is taken over the
+`toolkit.numerics.fpunits.ulp_distance`).  The median ULP distance is taken over the
 elements that changed (0 when none did): over all D elements it is 0 whenever fewer than half move.
 
 `layer_sweep` runs the measurement shared by exp1.layer_svd and exp3.precision: for each direction
@@ -13,7 +13,8 @@ one full forward (`toolkit.numerics.embedding_forward.forward_states`: rows 0..L
 row L+1 the final-norm output f), and the divergence of every row from the unperturbed forward.
 
 `change_scale(x, v)` gives the ε at which rounding to x's format starts to let x + ε·v differ from x
-(first coordinate) and where half the coordinates move: ulp(x_i) / (2|v_i|), minimum and median.
+(first coordinate) and where half the coordinates move: ulp(x_i) / (2|v_i|), minimum and median
+(ulp: `toolkit.numerics.fpunits.spacing` in x's format).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def row_divergence(a: Any, b: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from toolkit.numerics.perturb import ulp_distance_tensor
+    from toolkit.numerics.fpunits import ulp_distance
 
     if a.dtype != b.dtype or a.shape != b.shape:
         raise ValueError(f"row_divergence needs equal dtypes and shapes, got {a.dtype}{tuple(a.shape)} "
@@ -37,7 +38,7 @@ def row_divergence(a: Any, b: Any) -> dict[str, Any]:
     diff = y - x
     l2 = torch.linalg.vector_norm(diff, dim=-1).numpy()
     norm = torch.linalg.vector_norm(x, dim=-1).numpy()
-    ulps = ulp_distance_tensor(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
+    ulps = ulp_distance(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
     changed = (a != b).reshape(a.shape[0], -1).cpu().numpy()
     median = np.array([float(np.median(row[mask])) if mask.any() else 0.0 for row, mask in zip(ulps, changed)])
     return {"l2": l2, "linf": diff.abs().amax(dim=-1).numpy(),
@@ -46,22 +47,14 @@ def row_divergence(a: Any, b: Any) -> dict[str, Any]:
             "ulp_median": median}
 
 
-def spacing(x: Any) -> Any:
-    """ULP of each element of torch tensor x in its own format, as float64 (zeros: the smallest subnormal)."""
-    import torch
-
-    info = torch.finfo(x.dtype)
-    magnitude = x.detach().double().abs()
-    exponent = torch.floor(torch.log2(magnitude.clamp_min(info.tiny)))
-    return torch.clamp(info.eps * torch.exp2(exponent), min=info.smallest_normal * info.eps)
-
-
 def change_scale(x: Any, direction: Any) -> tuple[float, float]:
     """(ε where the first coordinate of x + ε·d can round away from x, ε where half of them can)."""
     import torch
 
+    from toolkit.numerics.fpunits import spacing
+
     d = direction.detach().double().cpu().abs()
-    ratio = spacing(x).cpu() / (2 * d.clamp_min(torch.finfo(torch.float64).tiny))
+    ratio = torch.from_numpy(spacing(x)) / (2 * d.clamp_min(torch.finfo(torch.float64).tiny))
     return float(ratio.min()), float(ratio.median())
 
 

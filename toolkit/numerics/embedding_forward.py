@@ -2,7 +2,7 @@
 
 Everything here runs the model on `inputs_embeds` (never on token ids), so the embedding of one
 position — by default the last token, the one every upstream experiment perturbs — can be replaced
-by an arbitrary vector x̃ in the model's dtype.  All other rows are the model's own embeddings of
+by an arbitrary vector x̃ in the model's dtype (`toolkit.numerics.fpunits.with_row`).  All other rows are the model's own embeddings of
 the prompt, computed once and held fixed.
 
 Indexing of the per-layer states returned by `forward_states` (L = number of decoder layers):
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from toolkit.numerics.fpunits import with_row
 
 
 def base_model(model: Any) -> Any:
@@ -66,15 +68,6 @@ def normalise_position(position: int, length: int) -> int:
     if not 0 <= index < length:
         raise ValueError(f"position {position} is outside a prompt of {length} tokens")
     return index
-
-
-def with_row(embeds: Any, x: Any, position: int) -> Any:
-    """`embeds` [1, T, D] with row `position` replaced by x [D] — functional (no in-place write)."""
-    import torch
-
-    index = normalise_position(position, embeds.shape[1])
-    row = x.reshape(1, 1, -1).to(embeds.dtype)
-    return torch.cat([embeds[:, :index], row, embeds[:, index + 1:]], dim=1)
 
 
 def final_norm_at(model: Any, embeds: Any, position: int = -1) -> Any:

@@ -1,4 +1,4 @@
-"""Model forward passes on one code path, whatever the transformers version calls its KV cache."""
+"""One model forward step on one code path, whatever the transformers version calls its KV cache."""
 
 from __future__ import annotations
 
@@ -8,21 +8,30 @@ from typing import Any
 
 
 @lru_cache(maxsize=None)
-def _cache_keyword(model_class: type) -> str:
+def cache_keyword(model_class: type) -> str:
+    """The keyword `model_class.forward` takes its KV cache by (`cache` or `past_key_values`)."""
     params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def last_logits(model: Any, input_ids: Any, cache: Any = None, use_cache: bool = True) -> tuple[Any, Any]:
+def last_logits(model: Any, input_ids: Any = None, cache: Any = None, use_cache: bool = True,
+                inputs_embeds: Any = None) -> tuple[Any, Any]:
     """(logits of the last position [B, V] in the model's dtype, the updated cache or None).
 
-    With `use_cache`, `input_ids` holds only the positions not yet in `cache`.  Only the last
-    position's logits are computed (`logits_to_keep=1`) on both the cached and the full path.
+    The model is fed `input_ids` or `inputs_embeds` (exactly one).  With `use_cache`, the input
+    holds only the positions not yet in `cache`.  Only the last position's logits are computed
+    (`logits_to_keep=1`) on both the cached and the full path.  Every greedy step and every
+    prefix-cache evaluation goes through here.
     """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("last_logits needs exactly one of input_ids and inputs_embeds")
     kwargs: dict[str, Any] = {"use_cache": use_cache, "logits_to_keep": 1}
     if use_cache and cache is not None:
-        kwargs[_cache_keyword(type(model))] = cache
-    out = model(input_ids=input_ids, **kwargs)
+        kwargs[cache_keyword(type(model))] = cache
+    if input_ids is not None:
+        out = model(input_ids=input_ids, **kwargs)
+    else:
+        out = model(inputs_embeds=inputs_embeds, **kwargs)
     new_cache = None
     if use_cache:
         new_cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")

@@ -10,7 +10,8 @@ per call, recorded by the caller:
 
 The two paths are not bitwise equal to each other (see ../shared/FACTS.md), so a perturbed run and
 its reference must use the same path; the experiment calls this one function for both.  Argmax
-picks the lowest token id among equal maxima (`torch.sort(stable=True)`, as exp4.generate).
+picks the lowest token id among equal maxima (`ranked`, as exp4.generate).  Each step's forward is
+`toolkit.numerics.forward.last_logits`, the one forward step of every decode loop.
 """
 
 from __future__ import annotations
@@ -35,12 +36,21 @@ def first_difference(a: list[int], b: list[int]) -> int:
     return -1 if len(a) == len(b) else min(len(a), len(b))
 
 
+def ranked(logits: Any) -> tuple[Any, Any]:
+    """(values, ids) of `logits` sorted along the last dim, largest first, as float32 (exact for
+    bf16/fp16/fp32 logits); equal values keep their index order (`stable=True`), so ids[..., 0] is the
+    greedy token with the lowest id winning a tie.  The one greedy pick of every decode loop."""
+    import torch
+
+    return torch.sort(logits.float(), dim=-1, descending=True, stable=True)
+
+
 def greedy_from_embeds(model: Any, embeds: Any, n_tokens: int, kv_cache: bool,
                        stop_ids: frozenset[int] = frozenset()) -> Greedy:
     """Greedy continuation of `embeds` [1, T, D] (model dtype) for up to `n_tokens` steps."""
     import torch
 
-    from toolkit.numerics.forward import _cache_keyword
+    from toolkit.numerics.forward import last_logits
 
     table = model.get_input_embeddings()
     ids: list[int] = []
@@ -48,13 +58,8 @@ def greedy_from_embeds(model: Any, embeds: Any, n_tokens: int, kv_cache: bool,
     context, cache = embeds, None
     with torch.inference_mode():
         for _ in range(n_tokens):
-            kwargs: dict[str, Any] = {"use_cache": kv_cache, "logits_to_keep": 1}
-            if kv_cache and cache is not None:
-                kwargs[_cache_keyword(type(model))] = cache
-            out = model(inputs_embeds=context, **kwargs)
-            if kv_cache:
-                cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-            values, order = torch.sort(out.logits[0, -1].float(), descending=True, stable=True)
+            row, cache = last_logits(model, inputs_embeds=context, cache=cache, use_cache=kv_cache)
+            values, order = ranked(row[0])
             token = int(order[0])
             ids.append(token)
             margins.append(float(values[0].double() - values[1].double()))

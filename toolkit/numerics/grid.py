@@ -109,8 +109,10 @@ def dedup_rows(points: Any) -> tuple[Any, Any]:
     import numpy as np
     import torch
 
+    from toolkit.numerics.fpunits import exact_bits
+
     raw = points.contiguous()
-    as_bytes = raw.view(torch.uint8).numpy() if raw.dtype != torch.bfloat16 else raw.view(torch.int16).numpy()
+    as_bytes = exact_bits(raw)
     seen: dict[bytes, int] = {}
     inverse = np.empty(raw.shape[0], dtype=np.int64)
     first: list[int] = []
@@ -125,11 +127,10 @@ def dedup_rows(points: Any) -> tuple[Any, Any]:
 
 
 def with_last_rows(prefix: Any, xs: Any) -> Any:
-    """[B, T, D] inputs: the shared prefix [1, T-1, D] followed by each x of xs [B, D]."""
-    import torch
+    """[B, T, D] inputs: the shared prefix [1, T-1, D] followed by each x of xs [B, D] (`fpunits.with_row`)."""
+    from toolkit.numerics.fpunits import with_row
 
-    batch = xs.shape[0]
-    return torch.cat([prefix.expand(batch, -1, -1), xs.unsqueeze(1).to(prefix.dtype)], dim=1)
+    return with_row(prefix, xs, prefix.shape[1])
 
 
 def point_logits(model: Any, prefix: Any, x: Any) -> Any:
@@ -234,27 +235,26 @@ class PrefixCache:
     def __init__(self, model: Any, prefix: Any, batch_size: int) -> None:
         import torch
 
-        from toolkit.numerics.forward import _cache_keyword
+        from toolkit.numerics.forward import last_logits
 
         self.model = model
         self.batch_size = batch_size
         self.prefix_length = prefix.shape[1]
-        self.keyword = _cache_keyword(type(model))
         with torch.no_grad():
-            out = model(inputs_embeds=prefix.expand(batch_size, -1, -1), use_cache=True, logits_to_keep=1)
-        self.cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+            _, self.cache = last_logits(model, inputs_embeds=prefix.expand(batch_size, -1, -1), use_cache=True)
 
     def logits(self, xs: Any) -> Any:
         """Logits [B, V] for B = batch_size last-row inputs xs [B, D] against the cached prefix."""
         import torch
 
+        from toolkit.numerics.forward import last_logits
+
         if xs.shape[0] != self.batch_size:
             raise ValueError(f"PrefixCache was built for batches of {self.batch_size}, got {xs.shape[0]}")
         with torch.no_grad():
-            out = self.model(inputs_embeds=xs.unsqueeze(1), use_cache=True, logits_to_keep=1,
-                             **{self.keyword: self.cache})
+            logits, _ = last_logits(self.model, inputs_embeds=xs.unsqueeze(1), cache=self.cache, use_cache=True)
         self._restore()
-        return out.logits[:, -1]
+        return logits
 
     def _restore(self) -> None:
         extra = self.cache.get_seq_length() - self.prefix_length

@@ -21,7 +21,7 @@ def layer_metrics(a: Any, b: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from toolkit.numerics.ulp import ulp_distance
+    from toolkit.numerics.fpunits import ulp_distance
 
     x, y = a.detach().double().cpu(), b.detach().double().cpu()
     diff = torch.linalg.vector_norm(x - y, dim=-1)

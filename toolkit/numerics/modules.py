@@ -57,7 +57,8 @@ def module_function(module: Any, call: dict[str, Any], position: int = -1) -> tu
 
     z is the recorded input row (model dtype, detached).  g is differentiable by torch.func.
     """
-    from toolkit.numerics.embedding_forward import normalise_position, with_row
+    from toolkit.numerics.embedding_forward import normalise_position
+    from toolkit.numerics.fpunits import with_row
 
     hidden, rebuild = _input_of(call)
     if hidden.dim() != 3 or hidden.shape[0] != 1:

@@ -14,13 +14,19 @@ stated ways:
 Below about ulp(x_i)/|d_i| a coordinate does not move at all, so the *intended* step eps·‖d‖ is
 not what the model sees.  The result carries the *realised* perturbation δ = x̃ − x, computed in
 float64 and checked to be exact (TwoSum error zero), its norm, how many elements changed, and
-their distances in ULPs of the model dtype.  Finite-difference gains should divide by ‖δ‖.
+their distances in ULPs of the model dtype (`toolkit.numerics.fpunits.ulp_distance`).  Finite-difference
+gains should divide by ‖δ‖.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from toolkit.numerics.fpunits import ulp_distance
+
+#: The name tests and older callers use for `toolkit.numerics.fpunits.ulp_distance` on tensors.
+ulp_distance_tensor = ulp_distance
 
 MODES = ("model_dtype", "fp64_then_round")
 
@@ -72,27 +78,10 @@ def realised(x: Any, x_tilde: Any, eps: float = float("nan"), mode: str = "given
     bb = delta - a
     err = (a - (delta - bb)) + (-b - bb)
     exact = bool(torch.all((err == 0) | ~torch.isfinite(delta)))
-    ulps = ulp_distance_tensor(x, x_tilde)
+    ulps = ulp_distance(x, x_tilde)
     return Perturbation(
         x_tilde=x_tilde, delta=delta, delta_norm=float(torch.linalg.vector_norm(delta)),
         intended_norm=intended_norm, n_changed=int((x_tilde != x).sum()),
         ulp_max=int(ulps.max()) if ulps.size else 0, ulp_mean=float(ulps.mean()) if ulps.size else 0.0,
         exact=exact, eps=float(eps), mode=mode)
 
-
-def ulp_distance_tensor(a: Any, b: Any) -> Any:
-    """Elementwise ULP distance (int64 numpy) of two torch tensors of one float dtype, bf16 included.
-
-    bfloat16 values are the top 16 bits of a float32, so their float32 ordered-integer distance is
-    an exact multiple of 2**16; dividing gives the bf16 ULP distance.
-    """
-    import torch
-
-    from toolkit.numerics.ulp import ulp_distance
-
-    if a.dtype != b.dtype:
-        raise ValueError(f"ULP distance between {a.dtype} and {b.dtype}: cast both to one format first")
-    a_cpu, b_cpu = a.detach().cpu(), b.detach().cpu()
-    if a.dtype == torch.bfloat16:
-        return ulp_distance(a_cpu.float().numpy(), b_cpu.float().numpy()) >> 16
-    return ulp_distance(a_cpu.numpy(), b_cpu.numpy())

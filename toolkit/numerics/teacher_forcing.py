@@ -86,11 +86,13 @@ def score_words(logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tu
     import numpy as np
     import torch
 
+    from toolkit.numerics.greedy import ranked
+
     firsts = torch.tensor([j - 1 - offset for j, _ in spans], dtype=torch.long, device=logits.device)
     true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=logits.device)
     rows = logits[firsts]
     true_logit = rows.gather(1, true[:, None])[:, 0]
-    order = torch.sort(rows.float(), dim=1, descending=True, stable=True).indices[:, :max(top_k, 2)]
+    order = ranked(rows)[1][:, :max(top_k, 2)]
     top2 = rows.gather(1, order[:, :2]).double()
     logp_first = _log_softmax_rows(rows)
     h = hidden[firsts].double()

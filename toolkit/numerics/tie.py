@@ -12,7 +12,8 @@ Conventions used by every function here:
   float64 before subtracting (the conversion is exact; the float64 difference of two float32 or
   bfloat16 values is exact too, so the gap is the true difference of the two stored numbers);
 * `ulp(v, dtype)` is the spacing of `dtype` just above |v| (for |v| a power of two, the larger
-  spacing of its binade): the distance from |v| to the next representable number;
+  spacing of its binade): the distance from |v| to the next representable number
+  (`toolkit.numerics.fpunits.ulp`, the one definition);
 * the gap in ULPs divides the gap by `ulp(max(|logit a|, |logit b|))`; exactly 0 is a true tie.
 * `torch.argmax` resolves a tie in favour of the lowest index, so at a true tie the model picks
   min(a, b); `side(logits, a, b)` reports which of the two the model's argmax prefers.
@@ -23,27 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
-def ulp(value: float, dtype: Any) -> float:
-    """Spacing of `dtype` (a torch float dtype) just above |value|, as a float64 number.
-
-    `value` should be representable in `dtype` (e.g. a logit converted from a native tensor); it is
-    rounded to `dtype` first otherwise.  For 0 this is the smallest subnormal of `dtype`.
-    """
-    import torch
-
-    here = torch.tensor(abs(float(value)), dtype=torch.float64).to(dtype)
-    up = torch.nextafter(here, torch.tensor(float("inf"), dtype=dtype))
-    return float(up.double() - here.double())
-
-
-def ulps_of(values: Any) -> Any:
-    """Elementwise spacing above |values| for a torch tensor, returned as float64 (same device)."""
-    import torch
-
-    here = values.detach().abs()
-    up = torch.nextafter(here, torch.full_like(here, float("inf")))
-    return up.double() - here.double()
+from toolkit.numerics.fpunits import ulp
 
 
 def gap(logits: Any, a: int, b: int) -> float:

@@ -91,7 +91,7 @@ class TieObjective:
         `pair` None selects the current top-2; `objective` overrides the method ("direct" =
         lm_head gap of the pair, "geometric" = h·w).
         """
-        from toolkit.numerics.embedding_forward import with_row
+        from toolkit.numerics.fpunits import with_row
         from toolkit.numerics.tie import top_two
 
         torch = self._torch
@@ -150,7 +150,8 @@ def search_tie(objective: TieObjective, x_init: Any, settings: SearchSettings, p
 
 def _record(trace: dict[str, list[Any]], logits: Any, pair: tuple[int, int], value: float, phase: int) -> bool:
     """Append one trace entry (signed lm_head gap of the pair in order p, q); True if the pair is the top-2."""
-    from toolkit.numerics.tie import gap, top_two, ulp
+    from toolkit.numerics.fpunits import ulp
+    from toolkit.numerics.tie import gap, top_two
 
     signed = gap(logits, *pair)
     spacing = ulp(max(abs(float(logits[pair[0]])), abs(float(logits[pair[1]]))), logits.dtype)

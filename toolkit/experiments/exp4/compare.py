@@ -66,7 +66,7 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from toolkit.numerics.greedy import first_difference
-    from toolkit.numerics.ulp import ulp_distance
+    from toolkit.numerics.fpunits import ulp_distance
 
     common = min(len(a["generated_ids"]), len(b["generated_ids"]))
     d = first_difference(a["generated_ids"][:common].tolist(), b["generated_ids"][:common].tolist())

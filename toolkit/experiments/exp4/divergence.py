@@ -98,7 +98,7 @@ def analyse_pair(a: dict[str, Any], b: dict[str, Any], dtype_a: str, dtype_b: st
 
     from toolkit.numerics.greedy import first_difference
     from toolkit.numerics.margins import contested_margin, logit_of, margin_in_ulps
-    from toolkit.numerics.ulp import ulp_distance
+    from toolkit.numerics.fpunits import ulp_distance
 
     ga, gb = a["generated_ids"].tolist(), b["generated_ids"].tolist()
     common = min(len(ga), len(gb))

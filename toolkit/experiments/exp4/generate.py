@@ -92,8 +92,9 @@ def _generate(ctx: Any, prompt: str, params: Params, stop_ids: set[int], norm: s
     import torch
 
     from toolkit.numerics.forward import last_logits
+    from toolkit.numerics.fpunits import tensor_hash
+    from toolkit.numerics.greedy import ranked
     from toolkit.numerics.hooks import capture
-    from toolkit.numerics.ulp import tensor_hash
 
     prompt_ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
     context = prompt_ids
@@ -104,7 +105,7 @@ def _generate(ctx: Any, prompt: str, params: Params, stop_ids: set[int], norm: s
             feed = context[:, -1:] if past is not None else context
             row, past = last_logits(ctx.model, feed, past, use_cache=ctx.numerics.kv_cache)
             row = row[0]
-            values, ids = torch.sort(row.float(), descending=True, stable=True)
+            values, ids = ranked(row)
             next_id = int(ids[0])
             steps["ids"].append(next_id)
             steps["topk_ids"].append(ids[: params.top_k].cpu())

@@ -138,7 +138,7 @@ def _one_prompt(models: Any, run_a: Any, run_b: Any, key: str, params: Params, g
 
     from toolkit.numerics.embedding_forward import forward_states
     from toolkit.numerics.layer_diff import layer_metrics, separation_layer
-    from toolkit.numerics.ulp import tensor_hash
+    from toolkit.numerics.fpunits import tensor_hash
 
     base = f"prompts/{key}"
     prompt_ids = run_a[f"{base}/prompt_ids"]

@@ -121,7 +121,7 @@ def scoped_embeddings(model: Any, ids: Any, scope: str) -> tuple[Any, Any]:
 
 def embeds_with(embeds: Any, x_tilde: Any, scope: str) -> Any:
     """The prompt embeddings with the scoped part replaced by x̃."""
-    from toolkit.numerics.embedding_forward import with_row
+    from toolkit.numerics.fpunits import with_row
 
     return with_row(embeds, x_tilde, -1) if scope == "last" else x_tilde[None].to(embeds.dtype)
 

@@ -159,7 +159,7 @@ def _write_certificate(group: Any, ids: Any, x_init: Any, embeds: Any, x0: Any, 
                        top: Any, gap_hw: float) -> None:
     import numpy as np
 
-    from toolkit.numerics.embedding_forward import with_row
+    from toolkit.numerics.fpunits import with_row
 
     full = with_row(embeds, x0, -1)[0]
     data = {"prompt_ids": ids[0].cpu().numpy().astype(np.int64),

@@ -132,9 +132,9 @@ def eps_floor(x0: Any, directions: Any) -> float:
     (with fp64_then_round) no coordinate of x0 can move."""
     import numpy as np
 
-    from toolkit.numerics.tie import ulps_of
+    from toolkit.numerics.fpunits import spacing as spacing_of
 
-    spacing = ulps_of(x0).cpu().numpy()
+    spacing = spacing_of(x0)
     reach = np.abs(directions).max(axis=0)
     with np.errstate(divide="ignore"):
         ratio = np.where(reach > 0, spacing / (2 * reach), np.inf)
@@ -193,7 +193,7 @@ def _one_prompt(ctx: Any, params: Params, run: Any, key: str, group: Any, bar: A
 
 
 def _logit_ulp(logits: Any, pair: tuple[int, int]) -> float:
-    from toolkit.numerics.tie import ulp
+    from toolkit.numerics.fpunits import ulp
 
     return ulp(max(abs(float(logits[pair[0]])), abs(float(logits[pair[1]]))), logits.dtype)
 
@@ -206,16 +206,6 @@ def _perturbed(x0: Any, vector: Any, step: float, mode: str) -> tuple[Any, int]:
         return x0, 0
     p = perturb(x0, vector.to(x0.device), step, mode)
     return p.x_tilde, p.n_changed
-
-
-def _bits(x: Any) -> bytes:
-    """The exact bit pattern of a tensor (bf16/fp16 viewed as int16, which numpy can hold)."""
-    import torch
-
-    t = x.detach().cpu().contiguous()
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
 
 
 class _Evaluator:
@@ -237,9 +227,11 @@ class _Evaluator:
         return int(torch.argmax(logits)), gap(logits, *self.pair), side(logits, *self.pair)
 
     def __call__(self, x: Any) -> tuple[int, float, int]:
+        from toolkit.numerics.fpunits import exact_bytes
+
         if not self.dedup:
             return self._forward(x)
-        key = _bits(x)
+        key = exact_bytes(x)
         if key in self.cache:
             self.hits += 1
             if self.duplicate is None:
