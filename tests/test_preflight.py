@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from conftest import run_cli
+
 from toolkit.manifest import load_manifest
 
 MANIFEST = """\

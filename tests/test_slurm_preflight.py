@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
-from slurm_helpers import manifest_text, slurm_cluster  # noqa: F401  (fixture)
+from slurm_helpers import manifest_text, slurm_cluster  # noqa: F401  (slurm_cluster is a fixture)
+
 from toolkit.launch.slurm_resources import (
     Cluster,
     Node,
@@ -49,8 +49,8 @@ def _cluster() -> Cluster:
 
 
 def _request(**changes) -> Request:
-    base = dict(partitions=("batch",), constraint="a100", gpus=1, gpu_type="a100", cpus=4, mem_mb=4096,
-                time_min=30, mem_gb=4.0)
+    base = {"partitions": ("batch",), "constraint": "a100", "gpus": 1, "gpu_type": "a100", "cpus": 4,
+            "mem_mb": 4096, "time_min": 30, "mem_gb": 4.0}
     return Request(**{**base, **changes})
 
 
@@ -163,7 +163,8 @@ def _main_asking(tmp_path: Path, mem_gb: str) -> tuple[Path, str]:
 
 
 @pytest.mark.slurm
-def test_main_manifest_passes_the_slurm_preflight_of_the_test_cluster(slurm_cluster):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_main_manifest_passes_the_slurm_preflight_of_the_test_cluster():
     result = run_cli("plan", "manifests/gpu_divergence.yaml", "--executor", "slurm", "--site", "testcluster",
                      timeout=120)
     assert result.code == 0, result.err
@@ -174,7 +175,8 @@ def test_main_manifest_passes_the_slurm_preflight_of_the_test_cluster(slurm_clus
 
 
 @pytest.mark.slurm
-def test_a_manifest_asking_32_gb_is_refused_before_anything_is_created(slurm_cluster, tmp_path):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_manifest_asking_32_gb_is_refused_before_anything_is_created(tmp_path):
     manifest, where = _main_asking(tmp_path, "32")
     expected = [f"error: {where}: resources.mem_gb: 32 GB requested, the largest node of partition batch with "
                 f"gpu:{gpu} has 15.6 GB" for gpu in ("a100", "h100")]
@@ -189,7 +191,8 @@ def test_a_manifest_asking_32_gb_is_refused_before_anything_is_created(slurm_clu
 
 
 @pytest.mark.slurm
-def test_site_profile_keys_are_named_for_what_the_cluster_lacks(slurm_cluster, tmp_path):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_site_profile_keys_are_named_for_what_the_cluster_lacks(tmp_path):
     site = tmp_path / "bad.yaml"
     site.write_text("name: bad\ndefaults: {partition: batch}\n"
                     "gather: {partition: batch, mem_gb: 64}\n"
@@ -214,7 +217,8 @@ def test_site_profile_keys_are_named_for_what_the_cluster_lacks(slurm_cluster, t
 # --- --executor auto -------------------------------------------------------------------------------
 
 @pytest.mark.slurm
-def test_executor_auto_is_slurm_with_sbatch_on_path(slurm_cluster, tmp_path):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_executor_auto_is_slurm_with_sbatch_on_path(tmp_path):
     manifest = tmp_path / "auto.yaml"
     manifest.write_text(manifest_text("h11-auto-slurm", tmp_path / "campaigns", repeats=1, compare=False,
                                       targets="[a100]"))

@@ -162,7 +162,7 @@ def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage
     spec = plan.manifest.container
     if not spec.enabled:
         return None, []
-    from toolkit.launch.container import ContainerError, TaskImage, check_image, find_runtime, image_digest
+    from toolkit.launch.container import ContainerError, TaskImage, find_runtime, image_digest
 
     try:
         found = find_runtime(spec.runtime)
@@ -171,11 +171,7 @@ def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage
     try:
         digest = image_digest(spec.runtime, str(spec.image), executable=found)  # one inspect when all is well
     except ContainerError as err:
-        try:  # say why in the words of the image check (no image, or a runtime error)
-            check_image(spec.runtime, str(spec.image), found)
-        except ContainerError as reason:
-            err = reason
-        return None, [f"{where('container', 'image')}: {err}"]
+        return None, [f"{where('container', 'image')}: {_image_problem(spec.runtime, str(spec.image), found, err)}"]
     image = TaskImage(spec.runtime, str(spec.image), digest, str(campaign_dir.resolve()), spec.network, spec.gpu,
                       tuple(spec.extra_args), tuple(sorted(input_files(plan))))
     try:
@@ -183,6 +179,17 @@ def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage
     except ContainerError as err:
         return None, [f"{where('container')}: {err}"]
     return image, []
+
+
+def _image_problem(runtime: str, image: str, found: str, err: Exception) -> str:
+    """Why the image has no digest, in the words of the image check (no such image, or the runtime's error)."""
+    from toolkit.launch.container import ContainerError, check_image
+
+    try:
+        check_image(runtime, image, found)
+    except ContainerError as reason:
+        return str(reason)
+    return str(err)
 
 
 # --- Slurm resources -------------------------------------------------------------------------------

@@ -175,7 +175,8 @@ def read_cluster(timeout: float = 30) -> Cluster:
     texts = []
     for what in ("node", "partition"):
         try:
-            proc = subprocess.run([scontrol, "show", what, "-o"], capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run([scontrol, "show", what, "-o"], capture_output=True, text=True, timeout=timeout,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise LaunchError(f"scontrol show {what} did not answer within {timeout:.0f} s; is slurmctld up "
                               "(scontrol ping)?") from None
