@@ -65,6 +65,7 @@ class FileLock:
         self.wait = wait
         self.poll_s = poll_s
         self.waited = False
+        self._inode: int | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -84,7 +85,8 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self.path.unlink(missing_ok=True)
+        if _inode(self.path) == self._inode:  # still ours (not taken over after a long stall)
+            self.path.unlink(missing_ok=True)
 
     def _try_take(self) -> bool:
         from toolkit.store.schema import utc_now
@@ -92,12 +94,16 @@ class FileLock:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
               "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "utc": utc_now()}
         tmp = temp_name(self.path)
-        tmp.write_text(json.dumps(me))
         try:
+            tmp.write_text(json.dumps(me))
             os.link(tmp, self.path)
+            self._inode = _inode(self.path)
             return True
         except FileExistsError:
             return False
+        except OSError as err:
+            raise StoreError(f"{self.path}: cannot write the lock ({err.strerror}); free space on that "
+                             "filesystem or fix its permissions, then rerun the command") from None
         finally:
             tmp.unlink(missing_ok=True)
 
