@@ -13,8 +13,17 @@ import pytest
 import torch
 
 from toolkit.numerics import fpunits
-from toolkit.numerics.fpunits import (exact_bits, exact_bytes, float_format, ordered_ints, spacing, tensor_hash, ulp,
-                                      ulp_distance, with_row)
+from toolkit.numerics.fpunits import (
+    exact_bits,
+    exact_bytes,
+    float_format,
+    ordered_ints,
+    spacing,
+    tensor_hash,
+    ulp,
+    ulp_distance,
+    with_row,
+)
 
 NP = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 TORCH = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}

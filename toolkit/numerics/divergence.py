@@ -19,7 +19,8 @@ row L+1 the final-norm output f), and the divergence of every row from the unper
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 METRICS = ("l2", "linf", "rel_l2", "n_changed", "ulp_max", "ulp_median")
 

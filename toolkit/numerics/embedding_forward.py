@@ -28,8 +28,9 @@ bitwise equal to the full forward, and f must be one function on one code path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from toolkit.numerics.fpunits import with_row
 

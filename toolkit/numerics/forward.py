@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 
-@lru_cache(maxsize=None)
+@cache
 def cache_keyword(model_class: type) -> str:
     """The keyword `model_class.forward` takes its KV cache by (`cache` or `past_key_values`)."""
     params = inspect.signature(model_class.forward).parameters

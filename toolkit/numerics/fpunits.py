@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -46,13 +46,15 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-    DTypeLike = Union[str, np.dtype, type, torch.dtype]
-    Values = Union[npt.ArrayLike, torch.Tensor]
+    DTypeLike = str | np.dtype | type | torch.dtype
+    Values = npt.ArrayLike | torch.Tensor
 else:
     DTypeLike = object
     Values = object
 
 INT64_MAX = np.iinfo(np.int64).max
+_SIGNED: dict[int, type[np.signedinteger]] = {16: np.int16, 32: np.int32, 64: np.int64}
+_UNSIGNED: dict[int, type[np.unsignedinteger]] = {16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,12 @@ class FloatFormat:
     @property
     def signed_int(self) -> type[np.signedinteger]:
         """The numpy signed integer type of the storage width."""
-        return {16: np.int16, 32: np.int32, 64: np.int64}[self.bits]
+        return _SIGNED[self.bits]
 
     @property
     def unsigned_int(self) -> type[np.unsignedinteger]:
         """The numpy unsigned integer type of the storage width (the type of `exact_bits`)."""
-        return {16: np.uint16, 32: np.uint32, 64: np.uint64}[self.bits]
+        return _UNSIGNED[self.bits]
 
 
 FORMATS: dict[str, FloatFormat] = {f.name: f for f in (

@@ -13,7 +13,8 @@ CPU generator, so the same seed gives the same directions on every device).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def finite_difference_gains(op: Any, base: Any, directions: Any, eps: Any, mode: str,

@@ -26,8 +26,9 @@ shape the check validated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 ARITHMETIC = {
     "fp64_then_round": "x0, e1, e2, v1, v2 in float64: (x0 + e1*v1) + e2*v2 with float64 products and sums "
@@ -58,7 +59,7 @@ def axis(lo: float, hi: float, step: float) -> Any:
     if not step > 0:
         raise ValueError(f"step must be > 0, got {step}")
     ratio = (hi - lo) / step
-    n = int(round(ratio)) + 1
+    n = round(ratio) + 1
     if abs(ratio - (n - 1)) > 1e-6:
         raise ValueError(f"step {step} does not divide the range [{lo}, {hi}] ({ratio:.6g} steps); "
                          "choose a step that fits a whole number of times")
@@ -284,7 +285,6 @@ def run_grid(model: Any, prefix: Any, points: Any, pair: tuple[int, int], mode: 
              progress: Callable[[int], None] | None = None) -> GridResult:
     """Evaluate every point of a grid (see the module docstring for `mode` faithful | fast)."""
     import numpy as np
-    import torch
 
     if mode not in ("faithful", "fast"):
         raise ValueError(f"mode must be 'faithful' or 'fast', got {mode!r}")

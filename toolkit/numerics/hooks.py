@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 FINAL_NORM_NAMES = ("model.norm", "transformer.ln_f", "model.final_layernorm")
 

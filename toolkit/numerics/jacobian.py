@@ -17,8 +17,9 @@ The full Jacobian (`full_jacobian`, torch.func.jacrev/jacfwd) is for small model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 EAGER_IMPLEMENTATIONS = ("eager",)  # true_fp64 adds its float64 eager variant at import
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def margin_in_ulps(margin: Any, top1: Any, dtype: str) -> Any:
     """A margin expressed in ULPs of the top-1 logit's magnitude in `dtype` (0 = exact tie)."""
     import numpy as np

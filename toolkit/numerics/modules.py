@@ -23,7 +23,8 @@ as the forward.  `check_faithful` verifies that at run time.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def layer_module_names(model: Any, relative: Sequence[str]) -> list[list[str]]:

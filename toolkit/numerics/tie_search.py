@@ -31,8 +31,9 @@ or `polish_steps` forwards are spent.  Each move is a forward of the same path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 METHODS = ("direct", "geometric")
 OPTIMIZERS = ("newton", "adam")

@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import types
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 TRUE_FP64_ATTENTION = "toolkit_eager_fp64"
 _CHECK_RTOL = 1e-5  # patched vs original must agree to about float32 accuracy
