@@ -34,11 +34,15 @@ def test_unknown_experiment_is_bad_input_with_suggestion():
 
 def test_missing_campaign_folder_and_store_are_bad_input(tmp_path):
     status = run_cli("status", str(tmp_path / "nope"))
-    assert status.code == 2 and status.err.startswith("error: ") and "no plan.json" in status.err
+    assert (status.code, status.err) == (2, f"error: {tmp_path / 'nope'}: no such campaign folder; give the folder "
+                                            "toolkit submit made (<output>/<campaign>)\n")
     show = run_cli("show", str(tmp_path / "store.h5"))
-    assert show.code == 2 and "no such store" in show.err
+    assert (show.code, show.err) == (2, f"error: {tmp_path / 'store.h5'}: no such store; give a campaign folder "
+                                        "or its store.h5\n")
+    (tmp_path / "plan.json").write_text("{}")
     cancel = run_cli("cancel", str(tmp_path))
-    assert cancel.code == 2 and "no Slurm submission recorded" in cancel.err
+    assert (cancel.code, cancel.err) == (2, f"error: {tmp_path}: no Slurm submission recorded (slurm.json); "
+                                            "nothing to cancel\n")
 
 
 def test_local_executor_refuses_no_wait(tiny_manifest, tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 from slurm_helpers import slurm_cluster  # noqa: F401  (a fixture)
+
 from toolkit.store.reader import Store
 
 PROMPTS = '["The capital of France is", "Numbers: 1, 2, 3,", "Once upon a time", "def main():"]'

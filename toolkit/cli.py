@@ -1,6 +1,7 @@
 """The `toolkit` command line: parse, call, map ToolkitError to one line per problem + exit code.
 
-Exit codes: 0 ok, 2 bad input (manifest, arguments), 1 failure while running.
+Exit codes: 0 ok, 2 bad input (manifest, arguments, a missing or invalid campaign folder or store),
+1 failure while running, 130 interrupted (Ctrl-C).  Bare `toolkit` prints the help and exits 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,40 @@ from toolkit.errors import ManifestError, ToolkitError, UsageError
 EXECUTORS = ("auto", "local", "debug", "slurm")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+INTERRUPTED = "interrupted; finished tasks are kept, rerun the same command to continue"
+
+
+class CampaignDir(click.ParamType):
+    """A campaign folder made by `toolkit submit` (it holds plan.json); anything else is bad input."""
+
+    name = "campaign_dir"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(str(value))
+        if not path.is_dir():
+            raise UsageError(f"{path}: no such campaign folder; give the folder toolkit submit made "
+                             "(<output>/<campaign>)")
+        if not (path / "plan.json").is_file():
+            raise UsageError(f"{path}: not a campaign folder (no plan.json); submit a manifest first")
+        return path
+
+
+def store_file(path: Path) -> Path:
+    """The store.h5 named by PATH (the file, or a campaign folder holding it); UsageError (exit 2)
+    if there is none or it is not an HDF5 file."""
+    import h5py
+
+    file = path / "store.h5" if path.is_dir() else path
+    if not file.is_file():
+        hint = "run toolkit submit or toolkit gather first" if path.is_dir() else \
+            "give a campaign folder or its store.h5"
+        raise UsageError(f"{file}: no such store; {hint}")
+    if not h5py.is_hdf5(file):
+        raise UsageError(f"{file}: not an HDF5 store; give a campaign folder or its store.h5")
+    return file
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="toolkit")
 @click.pass_context
@@ -27,6 +61,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     `toolkit plan`, run it with `toolkit submit`, and read results from <campaign>/store.h5.
     """
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand is None:  # bare `toolkit`: the help, on stdout, exit 0 (like git)
+        click.echo(ctx.get_help())
 
 
 def _site_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -119,7 +155,7 @@ def experiments(name: str | None) -> None:
 
 
 @cli.command()
-@click.argument("campaign_dir", type=click.Path(path_type=Path))
+@click.argument("campaign_dir", type=CampaignDir())
 def status(campaign_dir: Path) -> None:
     """State of every task of CAMPAIGN_DIR: stored, shard, running, failed or pending."""
     from toolkit.campaign import task_states
@@ -135,7 +171,7 @@ def status(campaign_dir: Path) -> None:
 
 
 @cli.command()
-@click.argument("campaign_dir", type=click.Path(path_type=Path))
+@click.argument("campaign_dir", type=CampaignDir())
 def cancel(campaign_dir: Path) -> None:
     """Cancel the Slurm jobs of CAMPAIGN_DIR that are still queued or running."""
     from toolkit.launch.slurm_wait import cancel_campaign
@@ -147,7 +183,7 @@ def cancel(campaign_dir: Path) -> None:
 
 
 @cli.command()
-@click.argument("campaign_dir", type=click.Path(path_type=Path))
+@click.argument("campaign_dir", type=CampaignDir())
 @click.option("--rebuild", is_flag=True, help="Rebuild store.h5 from the shards alone.")
 def gather(campaign_dir: Path, rebuild: bool) -> None:
     """Copy finished shards into CAMPAIGN_DIR/store.h5 (verified, atomic)."""
@@ -166,20 +202,18 @@ def show(store: Path, as_json: bool) -> None:
     from toolkit.report import show_json, show_tree
     from toolkit.store.reader import Store
 
-    path = store / "store.h5" if store.is_dir() else store
-    if not path.exists():
-        raise UsageError(f"{path}: no such store; give a campaign folder or its store.h5")
-    with Store(path) as opened:
+    with Store(store_file(store)) as opened:
         click.echo(show_json(opened) if as_json else show_tree(opened))
 
 
 @cli.command()
-@click.argument("campaign_dir", type=click.Path(path_type=Path))
+@click.argument("campaign_dir", type=CampaignDir())
 @click.option("--out", type=click.Path(path_type=Path), help="Figures folder (default CAMPAIGN_DIR/figures).")
 def plot(campaign_dir: Path, out: Path | None) -> None:
     """Make the figures of every run in CAMPAIGN_DIR's store (no model, no GPU)."""
     from toolkit.figures import make_figures
 
+    store_file(campaign_dir)
     for path in make_figures(campaign_dir, out):
         click.echo(str(path))
 
@@ -212,15 +246,14 @@ def main() -> None:
         for line in lines:
             click.echo(f"error: {line}", err=True)
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        if debug:
+            raise
+        click.echo(f"error: {INTERRUPTED}", err=True)
         sys.exit(130)
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; rerun toolkit submit to finish the missing tasks", err=True)
-        sys.exit(130)
     sys.exit(0)
 
 

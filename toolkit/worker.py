@@ -3,10 +3,13 @@ one shard per task.  Called by submitit in a fresh process (local subprocess or 
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from toolkit.context import Inputs, RunContext
 from toolkit.manifest import ModelSpec, Numerics
@@ -22,6 +25,33 @@ def load_plan_file(campaign_dir: Path) -> dict[str, Any]:
     return json.loads((campaign_dir / "plan.json").read_text())
 
 
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _interrupt_once(fn: _Fn) -> _Fn:
+    """While `fn` runs, the first SIGINT (Ctrl-C) raises KeyboardInterrupt and later ones are
+    ignored, so the cleanup it starts (removing the half-written shard) is not cut short by the
+    next SIGINT (submitit's local controller forwards one of its own); restored afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+
+        def interrupted(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, interrupted)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_interrupt_once
 def run_tasks(campaign_dir: str, task_ids: list[str], force: bool = False) -> list[str]:
     """Run the given tasks in order, skipping those already published; returns the ids run.
 
