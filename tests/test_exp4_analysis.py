@@ -173,7 +173,7 @@ def test_a_single_generate_run_is_refused_with_what_to_add(tmp_path):
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MISSING_UPSTREAM.format(output=tmp_path / "campaigns"))
     result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
-    assert result.code != 0
+    assert result.code == 1  # the stage failed (TaskFailed): its tasks ran and raised
     errors = sorted(report["error"] for report in failed_tasks(tmp_path / "campaigns" / "exp4-missing").values())
     add = ("list an exp4.generate entry swept over at least two numerics (e.g. sweep: {dtype: [float32, "
            "bfloat16]}) or with repeats >= 2 under this entry's `needs`")

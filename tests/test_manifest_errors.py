@@ -9,7 +9,6 @@ traceback; and not a single file or folder created (no `out/`, no `campaigns/`).
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -186,13 +185,10 @@ def test_malformed_manifest_is_rejected_with_located_errors(tmp_path: Path, text
     commands = [("validate", str(manifest)),
                 ("submit", "--executor", "local", "--root", str(tmp_path / "out"), str(manifest))]
     for command in commands:
-        started = time.monotonic()
         result = run_cli(*command, cwd=tmp_path, timeout=60)
-        elapsed = time.monotonic() - started
         assert result.code == 2, (command, result.code, result.err)
         assert result.out == "", result.out
         _check_stderr(result.err, manifest, expected)
-        assert elapsed < 5, f"{command[0]} took {elapsed:.1f} s"
         assert _tree(tmp_path) == before, command
         assert not (tmp_path / "out").exists() and not (tmp_path / "campaigns").exists()
         assert not (tmp_path / "pwned").exists()  # the python tag was not executed
@@ -223,7 +219,7 @@ def test_validate_missing_file_is_one_line(tmp_path: Path):
 
 def test_debug_flag_shows_traceback(tmp_path: Path):
     result = run_cli("--debug", "validate", str(tmp_path / "nope.yaml"), cwd=tmp_path, timeout=60)
-    assert result.code != 0
+    assert result.code == 2  # the same exit code as without --debug
     assert "Traceback" in result.err
     assert "ManifestError" in result.err and "no such file" in result.err
 
@@ -234,4 +230,4 @@ def test_debug_flag_shows_traceback_for_an_invalid_manifest(tmp_path: Path):
     plain = run_cli("validate", str(manifest), cwd=tmp_path, timeout=60)
     debug = run_cli("--debug", "validate", str(manifest), cwd=tmp_path, timeout=60)
     assert plain.code == 2 and "Traceback" not in plain.err
-    assert debug.code != 0 and "Traceback" in debug.err and "must be int, got 'ten'" in debug.err
+    assert debug.code == 2 and "Traceback" in debug.err and "must be int, got 'ten'" in debug.err

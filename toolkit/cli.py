@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -240,15 +241,16 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except ToolkitError as err:
-        if debug:
-            raise
+        if debug:  # the traceback instead of the one-line errors, with the same exit code
+            traceback.print_exc()
+            sys.exit(err.exit_code)
         lines = err.problems if isinstance(err, ManifestError) else [str(err)]
         for line in lines:
             click.echo(f"error: {line}", err=True)
         sys.exit(err.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         if debug:
-            raise
+            traceback.print_exc()
         click.echo(f"error: {INTERRUPTED}", err=True)
         sys.exit(130)
     except click.ClickException as err:
