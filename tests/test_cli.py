@@ -55,3 +55,23 @@ def test_local_executor_refuses_no_wait(tiny_manifest, tmp_path):
 def test_bad_option_value_exits_2():
     result = run_cli("submit", "x.yaml", "--executor", "cloud")
     assert result.code == 2 and "error: " in result.err and "cloud" in result.err
+
+
+def test_validate_imports_no_heavy_module(tmp_path):
+    """What keeps validate instant on a login node, checked without a clock: a malformed manifest
+    is refused without importing torch, transformers, h5py or submitit (timings: benchmarks/bench_cli.py)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text("campaign: bad\nmodel: {source: tiny-random-llama}\nexperiments:\n"
+                        "  - name: exp4.generate\n    params: {max_new_tokens: -3}\n")
+    probe = ("import sys, runpy\nsys.argv = ['toolkit', 'validate', sys.argv[1]]\ntry:\n"
+             "    runpy.run_module('toolkit.cli', run_name='__main__')\nexcept SystemExit as end:\n"
+             "    code = end.code\nheavy = ('torch', 'transformers', 'h5py', 'submitit')\n"
+             "print(code, [m for m in heavy if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", probe, str(manifest)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.splitlines()[-1] == "2 []", proc.stdout + proc.stderr

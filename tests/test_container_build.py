@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -54,13 +53,10 @@ def test_hadolint_passes():
 
 
 def test_build_is_cached(image):
-    start = time.monotonic()
     again = _run(["bash", str(REPO / "containers/build.sh"), "--base", BASE], timeout=BUILD_TIMEOUT)
-    seconds = time.monotonic() - start
     assert f"image={image['ref']}" in _ok(again)
     assert f"image_id={image['id']}" in again.stdout
-    assert "nothing to build" in again.stderr
-    assert seconds < 60, f"a rebuild with unchanged inputs took {seconds:.0f} s"
+    assert "nothing to build" in again.stderr  # how fast: benchmarks/bench_container_lifecycle.py
 
 
 def test_version_inside_equals_the_hosts(image):

@@ -146,11 +146,9 @@ def test_a_terminated_job_takes_its_container_with_it(tmp_path, image):
     job.send_signal(signal.SIGUSR2)  # the preemption signal: ignored, the task goes on
     time.sleep(1)
     assert job.poll() is None and _leftover_containers() == [name]
-    start = time.monotonic()
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=30) == 143
-    assert _leftover_containers() == []
-    assert time.monotonic() - start < 15
+    assert _leftover_containers() == []  # how fast: benchmarks/bench_container_lifecycle.py
 
 
 # --- Slurm -------------------------------------------------------------------------------------------
