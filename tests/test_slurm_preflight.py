@@ -170,7 +170,7 @@ def test_main_manifest_passes_the_slurm_preflight_of_the_test_cluster():
     assert result.code == 0, result.err
     assert result.out.splitlines()[-1] == ("slurm preflight: 3 array(s) and the gather job fit the nodes of "
                                            "2 node(s) in 4 partition(s)")
-    assert "  array s1-a100: 4 task(s)  --partition=batch --constraint=a100 --gres=gpu:a100:1 --time=30 " \
+    assert "  array s1-a100: 4 task(s)  --partition=batch --constraint=a100 --gres=gpu:a100:1 --time=60 " \
            "--cpus-per-task=4 --mem=4096M" in result.out.splitlines()
 
 
