@@ -79,7 +79,7 @@ def test_two_local_submits_at_once_one_refuses_and_every_task_runs_once(tmp_path
 
 
 def test_submit_killed_while_its_worker_runs_is_recovered_and_no_task_runs_twice(tmp_path):
-    manifest, folder = _manifest(tmp_path, "orphan", tokens=64)
+    manifest, folder = _manifest(tmp_path, "orphan", tokens=32)
     killed = _start("submit", str(manifest), "--executor", "local", "--no-plot")
     shards = folder / "shards"
     deadline = time.monotonic() + 300
