@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import ManifestError
+from toolkit.launch.sites import job_section, sbatch_options, section_name
+from toolkit.launch.slurm_resources import Cluster, Request, Shortfall, check_request, read_cluster
 from toolkit.manifest import Manifest, Resources
 from toolkit.manifest.located import Located, YamlProblem, load_located
 from toolkit.plan import ANY_TARGET, Plan
 
 if TYPE_CHECKING:
     from toolkit.launch.container import TaskImage
-    from toolkit.launch.slurm_resources import Cluster, Request, Shortfall
-
-EXECUTORS = ("auto", "local", "debug", "slurm")
-
 
 class PreflightError(ManifestError):
     """The manifest is valid but this host or cluster cannot run it: one located line per problem."""
@@ -62,8 +60,6 @@ def preflight(plan: Plan, executor: str | None, campaign_dir: Path) -> Checked:
     problems += container
     notes: list[str] = []
     if executor == "slurm":
-        from toolkit.launch.slurm_resources import read_cluster
-
         slurm, note = slurm_problems(plan, read_cluster(), where)
         problems += slurm
         notes.append(note)
@@ -196,8 +192,6 @@ def _image_problem(runtime: str, image: str, found: str, err: Exception) -> str:
 
 def slurm_problems(plan: Plan, cluster: Cluster, where: _Where) -> tuple[list[str], str]:
     """Every array of `plan` and its gather job against `cluster`; (problems, a line saying what passed)."""
-    from toolkit.launch.sites import sbatch_options
-
     site = plan.manifest.site
     problems: list[str] = []
     arrays = 0
@@ -207,20 +201,14 @@ def slurm_problems(plan: Plan, cluster: Cluster, where: _Where) -> tuple[list[st
             options = sbatch_options(site, group.target, group.resources)
             request = _request(options, group.resources.mem_gb, group.resources.gpus)
             exp_ids = sorted({plan.tasks[t].exp_id for t in group.task_ids})
-            for shortfall in _check(cluster, request):
+            for shortfall in check_request(cluster, request):
                 problems.append(_name_task(shortfall, plan, group.target, exp_ids, where))
     options = sbatch_options(site, ANY_TARGET, Resources(), gather=True)
     gather = _request(options, _gather_mem_gb(options), 0)
-    for shortfall in _check(cluster, gather):
+    for shortfall in check_request(cluster, gather):
         problems.append(_name_site(shortfall, plan, ANY_TARGET, gather=True))
     return problems, (f"slurm preflight: {arrays} array(s) and the gather job fit the nodes of "
                       f"{len(cluster.nodes)} node(s) in {len(cluster.partitions)} partition(s)")
-
-
-def _check(cluster: Cluster, request: Request) -> list[Shortfall]:
-    from toolkit.launch.slurm_resources import check_request
-
-    return check_request(cluster, request)
 
 
 def _gather_mem_gb(options: dict[str, Any]) -> float:
@@ -230,8 +218,6 @@ def _gather_mem_gb(options: dict[str, Any]) -> float:
 
 def _request(options: dict[str, Any], mem_gb: float, gpus: int) -> Request:
     """The sbatch options of one job as a resource request."""
-    from toolkit.launch.slurm_resources import Request
-
     gres = str(options.get("gres", ""))
     parts = gres.split(":") if gres and "," not in gres else []
     gpu_type = parts[1] if len(parts) >= 3 or (len(parts) == 2 and not parts[1].isdigit()) else None
@@ -266,8 +252,6 @@ def _name_task(shortfall: Shortfall, plan: Plan, target: str, exp_ids: list[str]
 
 def _name_site(shortfall: Shortfall, plan: Plan, target: str, gather: bool = False) -> str:
     """A shortfall named by the site-profile key that set it (`targets.a100.gres`, `gather.mem_gb`)."""
-    from toolkit.launch.sites import job_section, section_name
-
     site = plan.manifest.site
     key = {"partition": "partition", "constraint": "constraint",
            "gres": "gpus" if "gpus" in {**site.defaults, **job_section(site, target, gather)} else "gres",
