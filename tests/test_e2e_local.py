@@ -7,13 +7,14 @@ replicates agree bit for bit on one device, bf16 and fp32 really diverge.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from toolkit.store.reader import Store
 
 
@@ -61,9 +62,44 @@ def test_tiny_campaign_runs_stores_and_resumes(tiny_manifest, tmp_path):
 
     status = run_cli("status", str(folder))
     assert status.code == 0 and status.out.startswith("5 task(s): 5 stored")
-    shown = json.loads(run_cli("show", str(folder / "store.h5"), "--json").out)
-    assert len(shown["tasks"]) == 5
-    assert shown["tasks"][0]["datasets"]
+    shown = run_cli("show", str(folder), "--json")
+    assert shown.code == 0, shown.err
+    check_show_json(shown.out, folder / "store.h5")
+
+
+# `toolkit show --json`, as README.md ("The store") documents it: key → JSON type
+SHOW_ATTRS = {"campaign": str, "schema_version": int, "toolkit_version": str, "manifest_sha256": str,
+              "created_utc": str, "updated_utc": str}
+SHOW_TASK = {"task_id": str, "experiment": str, "exp_id": str, "target": str, "repeat": int, "status": str,
+             "started_utc": str, "finished_utc": str, "run_uid": str, "params": dict, "numerics": dict,
+             "model": dict, "inputs": list, "provenance": dict, "datasets": dict}
+JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_show_json(text: str, store_path: Path) -> None:
+    """Keys and types of every part of the output against the documented schema."""
+    def refuse(constant: str) -> None:
+        pytest.fail(f"show --json printed {constant}, which is not JSON")
+
+    shown = json.loads(text, parse_constant=refuse)
+    assert sorted(shown) == ["attrs", "store", "tasks"] and shown["store"] == str(store_path)
+    assert {k: type(v) for k, v in shown["attrs"].items()} == SHOW_ATTRS
+    with Store(store_path) as store:
+        runs = store.runs()
+        assert [t["task_id"] for t in shown["tasks"]] == [r.task_id for r in runs]
+        for task, run in zip(shown["tasks"], runs):
+            assert {k: type(task.get(k)) for k in SHOW_TASK} == SHOW_TASK, task["task_id"]
+            own = set(task) - set(SHOW_TASK)  # the experiment's own attributes
+            assert own == set(run.attrs) - set(SHOW_TASK) - {"checksums"}
+            for key in own:
+                value = task[key]
+                assert isinstance(value, JSON_SCALARS) or (isinstance(value, list) and all(
+                    isinstance(x, JSON_SCALARS) for x in value)), (key, value)
+            assert all(isinstance(x, str) for x in task["inputs"]) and task["inputs"] == list(run.attrs["inputs"])
+            assert task["repeat"] == run.repeat and task["params"] == run.params
+            assert task["datasets"] == {n: {"shape": list(shape), "dtype": dtype}
+                                        for n, (shape, dtype) in run.datasets().items()}
+            assert all(type(n) is int for d in task["datasets"].values() for n in d["shape"])
 
 
 def test_force_reruns_and_gives_identical_results(tiny_manifest, tmp_path):
@@ -82,12 +118,29 @@ def test_force_reruns_and_gives_identical_results(tiny_manifest, tmp_path):
             assert all(np.array_equal(data[k], run[k]) for k in data)
 
 
+def _submit_with_pid(manifest: Path, executor: str) -> tuple[int, int, str]:
+    """(pid of the `toolkit submit` process, its exit code, its stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", executor,
+                             "--no-plot"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=600)
+    return proc.pid, proc.returncode, err
+
+
+def _task_pids(store_path: Path) -> dict[str, int]:
+    with Store(store_path) as store:
+        return {r.task_id: r.attrs["provenance"]["pid"] for r in store.runs()}
+
+
 def test_debug_executor_runs_in_process(tiny_manifest, tmp_path):
-    manifest = tiny_manifest(campaign="debugged", tokens=2)
-    result = run_cli("submit", str(manifest), "--executor", "debug", "--no-plot")
-    assert result.code == 0, result.err
-    with h5py.File(tmp_path / "campaigns" / "debugged" / "store.h5", "r") as handle:
-        assert len(handle["tasks"]) == 5
+    pid, code, err = _submit_with_pid(tiny_manifest(campaign="debugged", tokens=2), "debug")
+    assert code == 0, err
+    pids = _task_pids(tmp_path / "campaigns" / "debugged" / "store.h5")
+    assert len(pids) == 5 and set(pids.values()) == {pid}  # every task ran in the submitting process
+    # the local executor, for contrast: one child process per stage, never the submitting one
+    pid, code, err = _submit_with_pid(tiny_manifest(campaign="local-pids", tokens=2), "local")
+    assert code == 0, err
+    pids = _task_pids(tmp_path / "campaigns" / "local-pids" / "store.h5")
+    assert len(pids) == 5 and len(set(pids.values())) == 2 and pid not in pids.values()
 
 
 @pytest.mark.slow

@@ -51,12 +51,36 @@ def show_tree(store: Any) -> str:
 
 
 def show_json(store: Any) -> str:
-    """The same as `show_tree`, as JSON."""
+    """The same as `show_tree`, as JSON (the schema is in README.md, "toolkit show --json")."""
     payload = {"store": str(store.path), "attrs": {k: v for k, v in store.attrs.items() if k != "manifest"},
                "tasks": [{"task_id": r.task_id, **{k: v for k, v in r.attrs.items() if k != "checksums"},
                           "datasets": {n: {"shape": list(s), "dtype": d} for n, (s, d) in r.datasets().items()}}
                          for r in store.runs()]}
-    return json.dumps(payload, indent=2, default=str)
+    return json.dumps(json_value(payload), indent=2, allow_nan=False)
+
+
+def json_value(value: Any) -> Any:
+    """`value` (HDF5 attributes as h5py returns them) as plain JSON types: numpy scalars as numbers
+    and booleans, arrays as lists, bytes as text, non-finite floats as null."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_value(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def status_text(rows: list[Any], slurm: dict[str, tuple[str, str]] | None = None) -> str:

@@ -21,6 +21,7 @@ def collect(device: Any = None, flags: dict[str, Any] | None = None) -> dict[str
     """A JSON-able provenance record for the current process."""
     info: dict[str, Any] = {
         "host": socket.gethostname(),
+        "pid": os.getpid(),  # the process that ran the task (the submitting one under --executor debug)
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_name(),
