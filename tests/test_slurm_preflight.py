@@ -2,6 +2,7 @@
 the check of one request, and end to end on the real test cluster (`toolkit plan/submit
 --executor slurm`: exit 2, one line per problem, nothing created or submitted); `--executor auto`
 with and without sbatch on PATH."""
+# ruff: noqa: E501  (captured scontrol lines are kept whole)
 
 from __future__ import annotations
 
@@ -247,3 +248,16 @@ def test_executor_auto_is_local_without_sbatch_on_path(tmp_path):
     result = run_cli("submit", str(manifest), "--executor", "slurm", env={"PATH": str(empty)}, timeout=120)
     assert (result.code, result.err) == (2, "error: --executor slurm needs sbatch on PATH; use --executor local "
                                             "on this machine\n")
+
+
+def test_plan_executor_slurm_without_scontrol_and_auto_without_sbatch(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {"PATH": str(empty)}
+    result = run_cli("plan", "manifests/gpu_divergence.yaml", "--executor", "slurm", env=env, timeout=120)
+    assert (result.code, result.out, result.err) == (
+        2, "", "error: --executor slurm checks the cluster's resources with scontrol, which is not on PATH; run it "
+               "on a login node of the cluster\n")
+    result = run_cli("plan", "manifests/gpu_divergence.yaml", "--executor", "auto", env=env, timeout=120)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-1].startswith("  gather 2: ")  # local: no Slurm check, no preflight line

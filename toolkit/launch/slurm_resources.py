@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from toolkit.errors import LaunchError
+from toolkit.errors import LaunchError, UsageError
 
 _KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/.]*)=")
 _UNLIMITED = ("UNLIMITED", "INFINITE", "NONE", "N/A", "(null)", "")
@@ -168,15 +168,17 @@ def parse_partitions(text: str) -> dict[str, Partition]:
 
 
 def read_cluster(timeout: float = 30) -> Cluster:
-    """The cluster this host submits to, read through scontrol; LaunchError if it cannot be read."""
+    """The cluster this host submits to, read through scontrol (`--all`: hidden partitions too);
+    LaunchError if it cannot be read."""
     scontrol = shutil.which("scontrol")
     if scontrol is None:
-        raise LaunchError("the Slurm resource check needs scontrol on PATH; run it on a login node of the cluster")
+        raise UsageError("--executor slurm checks the cluster's resources with scontrol, which is not on PATH; "
+                         "run it on a login node of the cluster")
     texts = []
     for what in ("node", "partition"):
         try:
-            proc = subprocess.run([scontrol, "show", what, "-o"], capture_output=True, text=True, timeout=timeout,
-                                  check=False)
+            proc = subprocess.run([scontrol, "--all", "show", what, "-o"], capture_output=True, text=True,
+                                  timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise LaunchError(f"scontrol show {what} did not answer within {timeout:.0f} s; is slurmctld up "
                               "(scontrol ping)?") from None
