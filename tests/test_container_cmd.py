@@ -433,6 +433,7 @@ def test_input_files_of_params_are_bound_read_only(write_manifest):
     manifest = write_manifest(f"""\
         campaign: pdf-in-image
         model: {{source: tiny-random-llama}}
+        prompts: ["hello"]
         experiments:
           - {{name: pdf.word_prediction, params: {{pdf_path: "{pdf}"}}}}
           - {{name: exp4.generate, params: {{max_new_tokens: 2}}}}

@@ -167,18 +167,20 @@ experiments:
 
 
 def test_a_single_generate_run_is_refused_with_what_to_add(tmp_path):
-    """One exp4.generate run: each analysis fails with an UpstreamError saying which entry to add."""
-    from toolkit.store.shard import failed_tasks
-
+    """One exp4.generate run: validation refuses each analysis (exit 2, before anything is created),
+    saying how to give it the runs it needs."""
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MISSING_UPSTREAM.format(output=tmp_path / "campaigns"))
     result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 1  # the stage failed (TaskFailed): its tasks ran and raised
-    errors = sorted(report["error"] for report in failed_tasks(tmp_path / "campaigns" / "exp4-missing").values())
-    add = ("list an exp4.generate entry swept over at least two numerics (e.g. sweep: {dtype: [float32, "
-           "bfloat16]}) or with repeats >= 2 under this entry's `needs`")
-    assert errors == [
-        f"UpstreamError: exp4.compare needs at least 2 exp4.generate runs, found 1; {add}",
-        f"UpstreamError: exp4.divergence needs at least 2 exp4.generate runs, found 1; {add}",
-        "UpstreamError: exp4.internals needs exp4.generate runs with at least two different numerics "
-        "(e.g. sweep: {dtype: [float32, bfloat16]}); list such an entry under this entry's `needs`"]
+    assert result.code == 2 and "Traceback" not in result.err, result.err
+    assert not (tmp_path / "campaigns").exists()
+    runs = ("sweep the upstream entry over numerics (e.g. sweep: {dtype: [float32, bfloat16]}), give it repeats "
+            ">= 2 or more targets")
+    assert result.err.splitlines() == [
+        f"error: {manifest}:11:12: experiments[1].needs: exp4.compare needs at least 2 exp4.generate runs; its "
+        f"needs (generate) give 1: {runs}",
+        f"error: {manifest}:14:12: experiments[2].needs: exp4.divergence needs at least 2 exp4.generate runs; its "
+        f"needs (generate) give 1: {runs}",
+        f"error: {manifest}:17:12: experiments[3].needs: exp4.internals needs exp4.generate runs with at least 2 "
+        "different dtype / attn_implementation; its needs (generate) give 1: sweep the upstream entry over "
+        "numerics (e.g. sweep: {dtype: [float32, bfloat16]})"]

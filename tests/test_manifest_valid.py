@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -183,6 +184,7 @@ def test_an_alias_reused_legitimately_is_accepted(tmp_path: Path):
         campaign: aliases
         model: {source: tiny-random-llama}
         targets: [a100]
+        prompts: [hello]
         experiments:
           - name: exp4.generate
             id: fp32
@@ -205,11 +207,81 @@ def test_an_alias_reused_legitimately_is_accepted(tmp_path: Path):
 
 
 def test_defaults_of_a_minimal_manifest(tmp_path: Path):
-    path = _write(tmp_path, "campaign: minimal\nmodel: {source: tiny-random-llama}\n"
+    path = _write(tmp_path, "campaign: minimal\nmodel: {source: tiny-random-llama}\nprompts: [hello]\n"
                             "experiments: [{name: exp4.generate}]\n")
     manifest = load_manifest(path)
     assert manifest.targets == ("cpu",) and manifest.output == Path("campaigns")
-    assert manifest.prompts == () and manifest.container.runtime == "none"
+    assert manifest.prompts == ("hello",) and manifest.container.runtime == "none"
     (task,) = build_plan(manifest).tasks.values()
     assert task.exp_id == "exp4.generate" and task.target == "cpu" and task.repeat == 0
     assert task.params == {"max_new_tokens": 64, "top_k": 20, "stop_at_eos": True, "store_hidden": True}
+
+
+# -- what validation reads from the experiments' declarations -------------------------------------
+
+
+def test_every_experiment_declares_prompts_and_eager_attention_explicitly():
+    """READS_PROMPTS and NEEDS_EAGER_ATTENTION are written in every experiment module (no default),
+    and the registry's answers match what the modules do: tasks that iterate over ctx.prompts read
+    prompts, tasks that take JVPs (toolkit.numerics.jacobian / session) need eager attention."""
+    import inspect
+
+    from toolkit import experiments
+
+    for name in experiments.names():
+        module = experiments.get(name)
+        source = inspect.getsource(module)
+        assert re.search(r"^READS_PROMPTS = (True|False)", source, re.M), name
+        assert re.search(r"^(NEEDS_EAGER_ATTENTION = (True|False)|def NEEDS_EAGER_ATTENTION\()", source, re.M), name
+        assert experiments.reads_prompts(module) == ("ctx.prompts" in source), name
+        takes_jvps = "jacobian_setup(" in source or "require_eager(" in source
+        assert experiments.needs_eager_attention(module, module.Params(**_required(name))) == takes_jvps, name
+
+
+def _required(name: str) -> dict:
+    return {"pdf_path": str(REPO / "manifests" / "data" / "sample.pdf")} if name == "pdf.word_prediction" else {}
+
+
+def test_perturb_under_sdpa_is_valid_without_the_singular_direction(tmp_path: Path):
+    path = _write(tmp_path, SMALL.replace("{source: tiny-random-llama}",
+                                          "{source: tiny-random-llama, attn_implementation: sdpa}")
+                  + "  - {name: exp4.perturb_until_divergence, params: {directions: [random, gradient]}}\n"
+                  + "  - {name: exp6.token_flip, numerics: {attn_implementation: eager}, needs: [eq]}\n"
+                  + "  - {name: exp6.equal_logits, id: eq, numerics: {attn_implementation: eager}}\n")
+    manifest = load_manifest(path)
+    assert [e.numerics.attn_implementation for e in manifest.experiments] == ["sdpa", "sdpa", "eager", "eager"]
+
+
+def test_jvp_experiment_swept_over_eager_only_and_a_sweep_without_sdpa_are_valid(tmp_path: Path):
+    path = _write(tmp_path, SMALL + "  - {name: exp2.lipschitz, sweep: {attn_implementation: [eager], "
+                                    "dtype: [float32, bfloat16]}}\n")
+    assert len(build_plan(load_manifest(path)).tasks) == 2 + 4
+
+
+def test_prompts_may_be_empty_when_no_experiment_reads_them(tmp_path: Path):
+    pdf = REPO / "manifests" / "data" / "sample.pdf"
+    path = _write(tmp_path, f"campaign: words\nmodel: {{source: tiny-random-llama}}\nprompts: []\n"
+                            f"experiments: [{{name: pdf.word_prediction, params: {{pdf_path: {pdf}}}}}]\n")
+    assert load_manifest(path).prompts == ()
+
+
+def test_upstream_runs_that_match_each_task_are_valid(tmp_path: Path):
+    """token_flip and heatmap find runs of their target and numerics when both entries share them."""
+    path = _write(tmp_path, SMALL.replace("    id: generate\n", "    id: generate\n    repeats: 2\n")
+                  + "  - {name: exp4.compare, needs: [generate]}\n"
+                  + "  - {name: exp6.equal_logits, id: eq, sweep: {dtype: [float32, bfloat16]}}\n"
+                  + "  - {name: exp6.token_flip, needs: [eq], sweep: {dtype: [float32, bfloat16]}}\n"
+                  + "  - {name: exp7.heatmap, needs: [eq], numerics: {dtype: bfloat16}, targets: [h100]}\n")
+    plan = build_plan(load_manifest(path))
+    assert len(plan.tasks_of("exp6.token_flip")) == 4 and len(plan.tasks_of("exp7.heatmap")) == 1
+
+
+def test_site_profile_target_names_must_be_lower_case(tmp_path: Path):
+    """A profile target a manifest could not name is refused in the profile itself."""
+    from toolkit.manifest.site import load_site
+
+    profile = tmp_path / "site.yaml"
+    profile.write_text("name: s\ntargets:\n  H100: {gres: 'gpu:h100:1'}\n  a100: {}\n")
+    loaded, problems = load_site(profile)
+    assert loaded is None and problems == [f"{profile}:3:3: target name 'H100' must match [a-z0-9][a-z0-9_-]{{0,31}} "
+                                           "(lower case, as manifests name targets)"]

@@ -3,13 +3,29 @@
 Every module named here provides a frozen `Params` dataclass, `run(ctx, params)`, `plot(run,
 out_dir)` and the metadata constants `PER_TARGET`, `NEEDS_MODEL`, `READS` and `STORES`.  Modules
 import heavy libraries inside functions, so looking a name up is instant.
+
+Declarations that validation reads (`toolkit.manifest`), so a manifest that cannot run is refused
+before anything is created rather than when a task starts.  Every module declares the first two
+explicitly (a test checks it); the upstream rules are optional:
+
+`READS_PROMPTS`          True if its tasks read the manifest's `prompts` (an empty list is refused).
+`NEEDS_EAGER_ATTENTION`  True if it takes JVPs through the model (`torch.func.jvp`, which SDPA
+                         attention does not support), or a function of its `Params` saying so
+                         (e.g. only for some directions): `attn_implementation` must then be eager.
+`UPSTREAM_MIN_RUNS`      the fewest upstream runs (of its `READS`) one task needs (default 1).
+`UPSTREAM_MIN_NUMERICS`  the fewest distinct numerics among them (default 1), told apart by the
+                         numerics keys in `UPSTREAM_DISTINCT` (default: all of them).
+`UPSTREAM_MATCH`         what an upstream run must share with the task to count: "target",
+                         "dtype" and/or "numerics" (default: nothing, every input run counts).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from toolkit.errors import UsageError
 
@@ -51,3 +67,46 @@ def get(name: str) -> ModuleType:
     if name not in REGISTRY:
         raise UsageError(f"unknown experiment {name!r}; {suggestion(name)}")
     return importlib.import_module(REGISTRY[name])
+
+
+UPSTREAM_FIELDS = ("target", "dtype", "numerics")
+NUMERICS_KEYS = ("dtype", "attn_implementation", "kv_cache", "tf32", "deterministic")
+
+
+def _declared(module: ModuleType, name: str) -> Any:
+    if not hasattr(module, name):  # a programming error in the module, not a user error
+        raise TypeError(f"experiment module {module.__name__} does not declare {name} (see toolkit.experiments)")
+    return getattr(module, name)
+
+
+def reads_prompts(module: ModuleType) -> bool:
+    """Whether the experiment's tasks read the manifest's prompts (its `READS_PROMPTS`)."""
+    return bool(_declared(module, "READS_PROMPTS"))
+
+
+def needs_eager_attention(module: ModuleType, params: Any) -> bool:
+    """Whether a task with these params takes JVPs through the model (its `NEEDS_EAGER_ATTENTION`)."""
+    declared = _declared(module, "NEEDS_EAGER_ATTENTION")
+    return bool(declared(params) if callable(declared) else declared)
+
+
+@dataclass(frozen=True)
+class UpstreamRule:
+    """What one task of a downstream experiment needs among its input runs (module declarations)."""
+
+    min_runs: int = 1
+    min_numerics: int = 1
+    distinct: tuple[str, ...] = NUMERICS_KEYS
+    match: tuple[str, ...] = ()
+
+
+def upstream_rule(module: ModuleType) -> UpstreamRule:
+    """The module's `UPSTREAM_*` declarations (defaults: one run of any kind)."""
+    rule = UpstreamRule(min_runs=int(getattr(module, "UPSTREAM_MIN_RUNS", 1)),
+                        min_numerics=int(getattr(module, "UPSTREAM_MIN_NUMERICS", 1)),
+                        distinct=tuple(getattr(module, "UPSTREAM_DISTINCT", NUMERICS_KEYS)),
+                        match=tuple(getattr(module, "UPSTREAM_MATCH", ())))
+    unknown = [m for m in rule.match if m not in UPSTREAM_FIELDS] + [d for d in rule.distinct if d not in NUMERICS_KEYS]
+    if unknown:
+        raise TypeError(f"{module.__name__}: unknown field(s) {unknown} in its UPSTREAM_* declarations")
+    return rule

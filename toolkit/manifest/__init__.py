@@ -63,7 +63,17 @@ def load_manifest(path: str | Path, site: str | None = None) -> Manifest:
     except YamlProblem as err:
         raise ManifestError([err.message]) from None
     checker = Checker(located, path.resolve().parent, site_override=site)
-    manifest = checker.check(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    try:
+        manifest = checker.check(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    except Exception as err:  # a check that broke on an input nobody foresaw: still one line, exit 2
+        checker.problems.append(f"{shown}:1:1: cannot validate this manifest (internal error {type(err).__name__}: "
+                                f"{' '.join(str(err).split())[:200]}); please report it with the manifest")
+        manifest = None
     if checker.problems or manifest is None:
-        raise ManifestError(checker.problems or [f"{shown}:1:1: invalid manifest"])
+        raise ManifestError([_one_line(p) for p in checker.problems] or [f"{shown}:1:1: invalid manifest"])
     return manifest
+
+
+def _one_line(problem: str) -> str:
+    """A problem as one line: a line break inside a message (e.g. from an OS error) is escaped."""
+    return problem.replace("\r", "\\r").replace("\n", "\\n")

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.manifest.located import Located
+from toolkit.manifest.located import short as _short
 from toolkit.manifest.model import (
     ATTN_IMPLEMENTATIONS,
     DTYPES,
     GPU_MODES,
     NUMERICS_FIELDS,
     RUNTIMES,
+    TARGET_RE,
     Container,
     ExperimentSpec,
     Manifest,
@@ -23,13 +25,17 @@ from toolkit.manifest.model import (
     Resources,
     SiteProfile,
 )
-from toolkit.manifest.params import coerce
+from toolkit.manifest.params import MAX_PATH_CHARS, coerce
+from toolkit.manifest.params import bad_path as _bad_path
 from toolkit.manifest.site import available_sites, find_site, load_site
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_PROMPTS_BYTES = 16 * 1024 * 1024
+MAX_EXPERIMENTS = 500
+# Resources: the largest value accepted (beyond any node: surely a typo, e.g. MB written as GB)
+RESOURCE_MAX = {"time_min": 366 * 24 * 60, "cpus": 4096, "gpus": 64, "array_parallelism": 1_000_000,
+                "mem_gb": 65536.0}
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", "resources", "container", "site")
@@ -85,12 +91,15 @@ class Checker:
             return None
         return value
 
-    def _int(self, value: Any, path: tuple[Any, ...], minimum: int) -> int | None:
+    def _int(self, value: Any, path: tuple[Any, ...], minimum: int, maximum: int | None = None) -> int | None:
         if not isinstance(value, int) or isinstance(value, bool):
-            self.problem(path, f"must be an integer, got {value!r}")
+            self.problem(path, f"must be an integer, got {_short(value)}")
             return None
         if value < minimum:
-            self.problem(path, f"must be >= {minimum}, got {value}")
+            self.problem(path, f"must be >= {minimum}, got {_short(value)}")
+            return None
+        if maximum is not None and value > maximum:
+            self.problem(path, f"must be <= {maximum}, got {_short(value)}")
             return None
         return value
 
@@ -109,7 +118,10 @@ class Checker:
         campaign = self._campaign(data.get("campaign"))
         output = self._output(data.get("output", "campaigns"))
         model, numerics = self._model(data.get("model"))
+        before = len(self.problems)
         prompts = self._prompts(data.get("prompts", []))
+        if not prompts and len(self.problems) == before:
+            self._no_prompts(data)
         site = self._site(data.get("site", "default"))
         targets = self._targets(data.get("targets", ["cpu"]), ("targets",), site)
         resources = self._resources(data.get("resources"), ("resources",), Resources())
@@ -128,13 +140,14 @@ class Checker:
             return None
         if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
             self.problem(("campaign",), f"must match [a-z0-9][a-z0-9._-]{{0,63}} (a folder name, no "
-                         f"'..', '/', spaces or shell characters), got {value!r}")
+                         f"'..', '/', spaces or shell characters), got {_short(value)}")
             return None
         return value
 
     def _output(self, value: Any) -> Path:
-        if not isinstance(value, str) or not value.strip() or "\0" in value:
-            self.problem(("output",), f"must be a folder path, got {value!r}")
+        if not isinstance(value, str) or not value.strip() or _bad_path(value):
+            self.problem(("output",), f"must be a folder path (one line, at most {MAX_PATH_CHARS} characters, "
+                         f"each part at most 255 bytes), got {_short(value)}")
             return Path("campaigns")
         return Path(value)
 
@@ -148,15 +161,16 @@ class Checker:
         numerics = self._numerics({k: v for k, v in data.items() if k in NUMERICS_FIELDS}, ("model",), Numerics())
         source = data.get("source")
         if not isinstance(source, str) or not source.strip():
-            self.problem(("model", "source"), f"must name a packaged model, a local folder or a hub id, got {source!r}")
+            self.problem(("model", "source"), "must name a packaged model, a local folder or a hub id, got "
+                         f"{_short(source)}")
             return None, numerics
         source = self._resolve_source(source)
         device = data.get("device", "auto")
         if not isinstance(device, str) or not DEVICE_RE.match(device):
-            self.problem(("model", "device"), f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+            self.problem(("model", "device"), f"must be auto, cpu, cuda, cuda:N or mps, got {_short(device)}")
         revision = data.get("revision")
         if revision is not None and not isinstance(revision, str):
-            self.problem(("model", "revision"), f"must be a string, got {revision!r}")
+            self.problem(("model", "revision"), f"must be a string, got {_short(revision)}")
         return ModelSpec(source=source or "", revision=revision, device=str(device)), numerics
 
     def _resolve_source(self, source: str) -> str | None:
@@ -164,11 +178,18 @@ class Checker:
 
         if source in PACKAGED:
             return source
-        candidate = (self.dir / source).expanduser()
-        if candidate.is_dir():
-            return str(candidate.resolve())
+        if _bad_path(source):
+            self.problem(("model", "source"), f"must be one line of at most {MAX_PATH_CHARS} characters (each "
+                         f"path part at most 255 bytes), got {_short(source)}")
+            return None
+        try:
+            candidate = (self.dir / source).expanduser()
+            if candidate.is_dir():
+                return str(candidate.resolve())
+        except (OSError, RuntimeError, ValueError):
+            pass
         if source.startswith((".", "/", "~")) or not HUB_ID_RE.match(source):
-            self.problem(("model", "source"), f"{source!r} is not a packaged model "
+            self.problem(("model", "source"), f"{_short(source)} is not a packaged model "
                          f"({', '.join(PACKAGED)}), an existing folder, or a hub id like org/name")
             return None
         return source
@@ -178,7 +199,7 @@ class Checker:
         for key, value in data.items():
             choices = NUMERIC_CHOICES[key]
             if value not in choices or type(value) is not type(choices[0]):
-                self.problem(path + (key,), f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+                self.problem(path + (key,), f"must be one of {', '.join(map(str, choices))}, got {_short(value)}")
             else:
                 values[key] = value
         return Numerics(**values)
@@ -187,39 +208,77 @@ class Checker:
         if isinstance(value, dict):
             self._keys(value, ("file",), ("prompts",))
             name = value.get("file")
-            if not isinstance(name, str):
-                self.problem(("prompts", "file"), "must be a path to a text file, one prompt per line")
+            if not isinstance(name, str) or not name.strip() or _bad_path(name):
+                self.problem(("prompts", "file"), f"must be a path to a text file, one prompt per line, got "
+                             f"{_short(name)}")
                 return ()
             try:
-                with open(self.dir / name, "rb") as handle:
+                full = self.dir / Path(name).expanduser()
+                if full.exists() and not full.is_file():
+                    self.problem(("prompts", "file"), f"{name!r} is not a regular file (a folder, a device or a pipe?)")
+                    return ()
+                with open(full, "rb") as handle:
                     raw = handle.read(MAX_PROMPTS_BYTES + 1)
                 if len(raw) > MAX_PROMPTS_BYTES:
                     self.problem(("prompts", "file"), f"{name!r} is larger than {MAX_PROMPTS_BYTES} bytes")
                     return ()
                 lines = raw.decode("utf-8").splitlines()
-            except (OSError, UnicodeDecodeError, ValueError) as err:
-                self.problem(("prompts", "file"), f"cannot read {name!r}: {getattr(err, 'strerror', err)}")
+            except UnicodeDecodeError as err:
+                line = raw.count(b"\n", 0, err.start) + 1
+                self.problem(("prompts", "file"), f"cannot read {name!r}: not UTF-8 text ({err.reason} at byte "
+                             f"{err.start}, line {line})")
+                return ()
+            except (OSError, RuntimeError, ValueError) as err:
+                self.problem(("prompts", "file"), f"cannot read {name!r}: {getattr(err, 'strerror', None) or err}")
+                return ()
+            if "\0" in "".join(lines):
+                self.problem(("prompts", "file"), f"{name!r} holds NUL bytes: it is not a text file")
                 return ()
             prompts = tuple(line for line in lines if line.strip())
             if not prompts:
-                self.problem(("prompts", "file"), f"{name!r} holds no prompts")
+                self.problem(("prompts", "file"), f"{name!r} holds no prompts (only blank lines); write one "
+                             "prompt per line")
             return prompts
         if not isinstance(value, list):
             self.problem(("prompts",), f"must be a list of strings or {{file: path}}, got {_kind(value)}")
             return ()
         for i, prompt in enumerate(value):
             if not isinstance(prompt, str) or not prompt.strip():
-                self.problem(("prompts", i), f"must be a non-empty string, got {prompt!r}")
+                self.problem(("prompts", i), f"must be a non-empty string, got {_short(prompt)}")
+            elif "\0" in prompt:
+                self.problem(("prompts", i), "must not hold a NUL character")
         return tuple(p for p in value if isinstance(p, str))
+
+    def _no_prompts(self, data: dict[str, Any]) -> None:
+        """The prompt list is empty: refuse it if an experiment of the manifest reads prompts."""
+        from toolkit import experiments
+
+        entries = data.get("experiments")
+        readers = [(i, e["name"]) for i, e in enumerate(entries if isinstance(entries, list) else [])
+                   if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"] in experiments.REGISTRY
+                   and experiments.reads_prompts(experiments.get(e["name"]))]
+        if not readers:
+            return
+        unique = list(dict.fromkeys(name for _, name in readers))
+        names = ", ".join(unique)
+        if "prompts" in data:
+            self.problem(("prompts",), f"is empty, but {names} {'reads' if len(unique) == 1 else 'read'} "
+                         "prompts: give at least one prompt")
+        else:
+            self.problem(("experiments", readers[0][0], "name"), f"{readers[0][1]} reads prompts, but the manifest "
+                         "has no `prompts:`; add a list of prompts (or {file: prompts.txt})")
 
     def _site(self, value: Any) -> SiteProfile | None:
         name = self.site_override or value
         if not isinstance(name, str) or not name:
-            self.problem(("site",), f"must name a site profile, got {value!r}")
+            self.problem(("site",), f"must name a site profile, got {_short(value)}")
             return None
-        path = find_site(name, self.dir)
+        try:
+            path = find_site(name, self.dir) if not _bad_path(name) else None
+        except (OSError, RuntimeError, ValueError):
+            path = None
         if path is None:
-            self.problem(("site",), f"unknown site profile {name!r}; {_did_you_mean(name, available_sites())}"
+            self.problem(("site",), f"unknown site profile {_short(name)}; {_did_you_mean(name, available_sites())}"
                          f"known: {', '.join(available_sites()) or '(none)'}; or give a path to a .yaml file")
             return None
         profile, problems = load_site(path)
@@ -228,7 +287,7 @@ class Checker:
 
     def _targets(self, value: Any, path: tuple[Any, ...], site: SiteProfile | None) -> tuple[str, ...]:
         if not isinstance(value, list) or not value:
-            self.problem(path, f"must be a non-empty list of GPU types, got {value!r}")
+            self.problem(path, f"must be a non-empty list of GPU types, got {_short(value)}")
             return ()
         seen: list[str] = []
         for i, target in enumerate(value):
@@ -249,16 +308,23 @@ class Checker:
             return None
         self._keys(data, RESOURCE_KEYS, path)
         values = dataclasses.asdict(base)
+        bad = False
         for key in ("time_min", "cpus", "gpus", "array_parallelism"):
-            if key in data:
-                values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1)
+            if key == "array_parallelism" and key in data and data[key] is None:
+                values[key] = None  # null: no throttle
+            elif key in data:
+                values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1, RESOURCE_MAX[key])
+                bad |= values[key] is None
         if "mem_gb" in data:
             ok, mem = coerce(float, data["mem_gb"])
-            if not ok or not 0 < mem < float("inf"):
-                self.problem(path + ("mem_gb",), f"must be a finite number > 0, got {data['mem_gb']!r}")
+            if not ok or not 0 < mem <= RESOURCE_MAX["mem_gb"]:
+                self.problem(path + ("mem_gb",), f"must be a number > 0 and <= {RESOURCE_MAX['mem_gb']:g}, got "
+                             f"{_short(data['mem_gb'])}")
+                bad = True
             values["mem_gb"] = mem
-        return Resources(**{k: (v if v is not None or k == "array_parallelism" else getattr(base, k))
-                            for k, v in values.items()})
+        if bad:
+            return None
+        return Resources(**values)
 
     def _container(self, value: Any) -> Container | None:
         data = self._mapping(value, ("container",))
@@ -269,7 +335,7 @@ class Checker:
         runtime = data.get("runtime", "none")
         if runtime not in RUNTIMES:
             hint = f"; {_did_you_mean(runtime, RUNTIMES).rstrip()}" if _did_you_mean(runtime, RUNTIMES) else ""
-            self.problem(("container", "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}{hint}")
+            self.problem(("container", "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {_short(runtime)}{hint}")
             return None
         image = data.get("image")
         if runtime == "none":
@@ -281,21 +347,24 @@ class Checker:
             where = ("container", "image") if "image" in data else ("container",)
             self.problem(where, f"runtime {runtime} needs an image: " + (
                 "the path of a .sif file" if runtime == "apptainer" else "an image reference like "
-                "localhost/toolkit:0.1.0 (containers/build.sh builds it)") + f", got {image!r}")
+                "localhost/toolkit:0.1.0 (containers/build.sh builds it)") + f", got {_short(image)}")
         elif runtime == "apptainer":
-            image = str((self.dir / Path(image).expanduser()).resolve())
+            try:
+                image = str((self.dir / Path(image).expanduser()).resolve())
+            except (OSError, RuntimeError, ValueError) as err:
+                self.problem(("container", "image"), f"cannot resolve {_short(image)}: {err}")
         network = data.get("network", False)
         if not isinstance(network, bool):
             self.problem(("container", "network"), f"must be true or false, got {network!r}")
         gpu = data.get("gpu", "auto")
         if not any(gpu is mode or (isinstance(gpu, str) and gpu == mode) for mode in GPU_MODES):
             self.problem(("container", "gpu"), f"must be auto (GPU targets get the GPUs) or false (never), "
-                         f"got {gpu!r}")
+                         f"got {_short(gpu)}")
         extra = data.get("extra_args", [])
         if not isinstance(extra, list) or not all(isinstance(a, str) and a and not any(c in a for c in "\n\r\0")
                                                  for a in extra):
             self.problem(("container", "extra_args"), f"must be a list of non-empty single-line strings, "
-                         f"got {extra!r}")
+                         f"got {_short(extra)}")
         if len(self.problems) > before:
             return None
         # whether the runtime is installed and has the image is checked by the preflight
@@ -312,11 +381,14 @@ class Checker:
         if not isinstance(value, list) or not value:
             self.problem(("experiments",), f"must be a non-empty list of experiments, got {_kind(value)}")
             return None
+        if len(value) > MAX_EXPERIMENTS:
+            self.problem(("experiments",), f"has {len(value)} entries, more than {MAX_EXPERIMENTS}: use sweeps, "
+                         "or split the campaign")
+            return None
         return check_experiments(self, value, targets, numerics, resources or Resources(), site)
 
 
 def _kind(value: Any) -> str:
-    if value == [] or value == {}:
+    if isinstance(value, (list, dict)) and not value:
         return f"an empty {'list' if isinstance(value, list) else 'mapping'}"
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), repr(value))
-
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), _short(value))

@@ -40,6 +40,12 @@ class Located:
         return f"{self.file}:{mark[0]}:{mark[1]}" if mark is not None else self.where(path)
 
 
+def short(value: Any, limit: int = 80) -> str:
+    """repr() of a value for a message, cut to `limit` characters (a message stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class YamlProblem(Exception):
     """A located problem found while reading YAML (syntax, tags, duplicates, size)."""
 
@@ -52,17 +58,27 @@ def load_located(text: str, file: str) -> Located:
     """Parse one YAML document into a `Located`; raise `YamlProblem` with `file:line:col`."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters here already
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else f"{file}:1:1"
-        raise YamlProblem(f"{where}: YAML syntax: {err.problem or err.context}") from None
+        said = " ".join(str(part) for part in (err.context, err.problem) if part)  # e.g. "while scanning ... found ..."
+        raise YamlProblem(f"{where}: YAML syntax: {' '.join(said.split())}") from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (NUL, other controls)
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        raise YamlProblem(f"{file}:{line}:{column}: YAML: character {err.character!r} is not allowed in YAML "
+                          "text (control characters other than tab and newline)") from None
     except yaml.YAMLError as err:
-        raise YamlProblem(f"{file}:1:1: YAML: {err}") from None
+        raise YamlProblem(f"{file}:1:1: YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:  # nesting deeper than the parser's recursion allows
+        raise YamlProblem(f"{file}:1:1: the document nests more than {MAX_DEPTH} levels; write it flatter") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     located = Located(value=None, file=file)
     if node is None:
         return located
@@ -84,10 +100,13 @@ class _Builder:
         import yaml
 
         self.visited += 1
-        if self.visited > MAX_NODES or depth > MAX_DEPTH:
+        if depth > MAX_DEPTH:
+            raise YamlProblem(f"{self._where(node)}: the document nests more than {MAX_DEPTH} levels (a recursive "
+                              "alias?); write it flatter")
+        if self.visited > MAX_NODES:
             raise YamlProblem(
-                f"{self._where(node)}: the document expands to more than {MAX_NODES} nodes or "
-                f"{MAX_DEPTH} levels (alias bomb?); write the manifest without such aliases"
+                f"{self._where(node)}: the document expands to more than {MAX_NODES} nodes (alias bomb?); "
+                "write the manifest without such aliases"
             )
         self.located.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.ScalarNode):
@@ -95,6 +114,9 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except yaml.constructor.ConstructorError as err:
                 raise YamlProblem(f"{self._where(node)}: {err.problem}") from None
+            except Exception as err:  # e.g. `!!int abc`, `!!bool maybe`, `!!timestamp x`: a tag its value does not fit
+                raise YamlProblem(f"{self._where(node)}: the value {short(node.value)} does not fit its tag "
+                                  f"{node.tag!r} ({type(err).__name__})") from None
         if isinstance(node, yaml.SequenceNode):
             self._check_tag(node, "tag:yaml.org,2002:seq")
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 RUNTIMES = ("none", "apptainer", "docker", "podman")
+# A target (GPU type) name, as manifests and site profiles write it: lower case, so that the one
+# spelling a profile accepts is the one a manifest can name.
+TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,11 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
+from toolkit.manifest.located import short
+
 Problem = Callable[[tuple[Any, ...], str], None]
+INT64 = 2 ** 63
+MAX_PATH_CHARS = 4096
 
 
 def _type_name(tp: Any) -> str:
@@ -60,20 +64,35 @@ def coerce(tp: Any, value: Any) -> tuple[bool, Any]:
         return value is None, value
     if tp is bool:
         return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is int:  # within int64: what a store attribute or a tensor index can hold
+        return isinstance(value, int) and not isinstance(value, bool) and -INT64 <= value < INT64, value
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, int):
+            try:
+                return True, float(value)
+            except OverflowError:  # an integer beyond the float range
+                return False, value
         return ok, float(value) if ok else value
     if tp is str:
         return isinstance(value, str), value
     raise TypeError(f"unsupported Params annotation {tp!r}")
 
 
+def bad_path(value: str) -> bool:
+    """A path no file system takes: a line break or NUL, too long, or a part over 255 bytes."""
+    return (len(value) > MAX_PATH_CHARS or any(c in value for c in "\n\r\0")
+            or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/")))
+
+
 def resolve_path(value: str, base_dir: Path) -> str:
-    """`value` (`~` expanded) made absolute against `base_dir` if it is relative."""
-    candidate = Path(value).expanduser()
-    return str(candidate if candidate.is_absolute() else (base_dir / candidate).resolve())
+    """`value` (`~` expanded) made absolute against `base_dir` if it is relative; a value that names
+    no possible path (an unknown `~user`, a NUL byte) is returned as it is, for `check()` to refuse."""
+    try:
+        candidate = Path(value).expanduser()
+        return str(candidate if candidate.is_absolute() else (base_dir / candidate).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return value
 
 
 def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
@@ -100,7 +119,9 @@ def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
             continue
         ok, converted = coerce(hints[key], value)
         if not ok:
-            before(path + (key,), f"must be {_type_name(hints[key])}, got {value!r}")
+            huge = isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64
+            before(path + (key,), f"must be {_type_name(hints[key])}" + (" (a 64-bit integer)" if huge else "")
+                   + f", got {short(value)}")
             continue
         kwargs[key] = converted
     for name, f in fields.items():
@@ -110,8 +131,13 @@ def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
     if before.count:
         return None
     for name in getattr(cls, "PATH_FIELDS", ()):
-        if base_dir is not None and isinstance(kwargs.get(name), str):
+        if isinstance(kwargs.get(name), str) and bad_path(kwargs[name]):
+            before(path + (name,), f"must be a file path (one line, at most {MAX_PATH_CHARS} characters, each part "
+                   f"at most 255 bytes), got {short(kwargs[name])}")
+        elif base_dir is not None and isinstance(kwargs.get(name), str):
             kwargs[name] = resolve_path(kwargs[name], base_dir)
+    if before.count:
+        return None
     instance = cls(**kwargs)
     check = getattr(instance, "check", None)
     for field_name, message in (check() if check else []):

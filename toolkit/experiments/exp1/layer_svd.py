@@ -31,6 +31,8 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+NEEDS_EAGER_ATTENTION = True  # JVPs through the model (torch.func.jvp): not under SDPA
 STORES = {
     "prompts/<k>/prompt_ids": "[T] int64 token ids",
     "prompts/<k>/sigma / right_vectors / residual": "[K], [K,D], [K] float64 top-K triplets of J (as exp2)",

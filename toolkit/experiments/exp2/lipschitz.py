@@ -33,6 +33,8 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+NEEDS_EAGER_ATTENTION = True  # JVPs through the model (torch.func.jvp): not under SDPA
 STORES = {
     "prompts/<k>/prompt_ids": "[T] int64 token ids of prompt k",
     "prompts/<k>/sigma": "[K] float64 top-K singular values of J, descending",

@@ -22,6 +22,8 @@ from typing import Any
 PER_TARGET = False
 NEEDS_MODEL = False
 READS: tuple[str, ...] = ("exp3.precision",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
 STORES = {
     "run_task_ids / run_labels / dtypes": "[N] the compared exp3.precision runs, sorted by dtype precision",
     "prompts/<k>/eps": "[E] float64 the common ε grid",

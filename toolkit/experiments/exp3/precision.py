@@ -32,6 +32,8 @@ from toolkit.experiments.exp1.layer_svd import Params as LayerParams
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+NEEDS_EAGER_ATTENTION = True  # JVPs through the model (torch.func.jvp): not under SDPA
 STORES = {
     **LAYER_STORES,
     "prompts/<k>/final_delta": "[K,E,D] float64 f(x̃) − f(x) at the final norm",

@@ -15,6 +15,9 @@ from typing import Any
 PER_TARGET = False
 NEEDS_MODEL = False
 READS: tuple[str, ...] = ("exp4.generate",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MIN_RUNS = 2  # N x N pairs of runs: one run has nothing to compare with
 STORES = {
     "run_task_ids / run_labels": "[N] the compared exp4.generate runs, in matrix order",
     "first_divergence": "[N,N,P] int32 first step with different token ids (-1: none within common length)",

@@ -29,6 +29,9 @@ from typing import Any
 PER_TARGET = False
 NEEDS_MODEL = False
 READS: tuple[str, ...] = ("exp4.generate",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MIN_RUNS = 2  # pairs of runs
 STORES = {
     "run_task_ids / run_labels / run_dtypes": "[N] the exp4.generate runs, in order",
     "pairs": "[Q,2] int32 run indices (i < j) of each pair",

@@ -26,6 +26,9 @@ from typing import Any
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ("exp4.perturb_until_divergence",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MATCH = ("target", "dtype")  # perturb runs of its own target and dtype
 STORES = {
     "perturb/<r>/prompts/<k>/eps": "[R,E] float64 ε levels per direction (ascending; last two: lower, upper)",
     "perturb/<r>/prompts/<k>/rel_l2 | l2 | cosine": "[R,E,L+2] float64 per row",

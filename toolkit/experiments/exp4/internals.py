@@ -31,6 +31,10 @@ from typing import Any
 PER_TARGET = False
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ("exp4.generate",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MIN_NUMERICS = 2  # pairs of runs whose replays differ: see numerics_key
+UPSTREAM_DISTINCT = ("dtype", "attn_implementation")
 STORES = {
     "run_task_ids / run_labels": "[N] the exp4.generate runs",
     "pairs/<q>/prompts/<k>/steps": "[S] int64 replayed steps (context = prompt + generated[:s])",

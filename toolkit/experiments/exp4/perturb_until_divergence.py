@@ -25,6 +25,14 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+
+
+def NEEDS_EAGER_ATTENTION(params: Any) -> bool:  # noqa: N802 (a declaration, read by the registry)
+    """'singular' is among its directions: the top singular vector takes JVPs (torch.func.jvp)."""
+    return "singular" in params.directions
+
+
 DIRECTIONS = ("random", "singular", "gradient")
 STORES = {
     "prompts/<k>/prompt_ids / reference_ids": "[L] / [T] int64 prompt and unperturbed greedy ids",

@@ -30,6 +30,8 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+NEEDS_EAGER_ATTENTION = True  # JVPs through the model (torch.func.jvp): not under SDPA
 STORES = {
     "module_names": "[L,M] exact qualified names of the analysed modules (bytes)",
     "modules / layer_indices": "[M] module names relative to a layer (bytes), [L] int64 decoder layer indices",

@@ -27,6 +27,8 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = True  # its tasks read the manifest's prompts
+NEEDS_EAGER_ATTENTION = True  # JVPs through the model (torch.func.jvp): not under SDPA
 STORES = {
     "prompts/<kkk>/prompt_ids": "[T] int64 token ids",
     "prompts/<kkk>/x0": "[D] float64 the certified embedding (exact model-dtype values)",

@@ -29,6 +29,9 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ("exp6.equal_logits",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MATCH = ("target", "numerics")  # equal_logits runs of its target and numerics
 STORES = {
     "sources/<upstream task id>/prompts/<kkk>/eps": "[E] float64 the ε grid (ascending, contains 0)",
     ".../directions": "[K] int64 1-based indices of the stored right singular vectors used",

@@ -28,6 +28,9 @@ from typing import Any, Literal
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ("exp6.equal_logits",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MATCH = ("target", "dtype")  # equal_logits runs of its target and dtype
 STORES = {
     "maps/<m>/gap": "[n1,n2] float64 logit[a] − logit[b] at (e1[i], e2[j]) (axis 0 = e1 along v_i)",
     "maps/<m>/argmax": "[n1,n2] int64 the model's argmax token at each point",

@@ -23,6 +23,8 @@ from typing import Any
 PER_TARGET = False
 NEEDS_MODEL = False
 READS: tuple[str, ...] = ("exp7.heatmap",)  # and exp7.zoom runs, when an exp7.zoom id is in needs
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
 STORES = {
     "maps/<m>/classes": "[n1,n2] int8 1 where the model picks a over b",
     "maps/<m>/local_entropy": "[n1−w+1, n2−w+1] float64 binary entropy per valid window",

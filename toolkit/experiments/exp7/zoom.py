@@ -20,6 +20,9 @@ from typing import Any
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ("exp7.heatmap",)
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
+UPSTREAM_MATCH = ("target", "dtype")  # heatmap runs of its target and dtype
 STORES = {
     "views/<m> attrs": "source_task_id, source_map, window, e1_index / e2_index [first, last] inside the window",
     "maps/<m>/...": "recompute_steps > 0: the recomputed grid, same datasets and attrs as exp7.heatmap maps",

@@ -29,6 +29,8 @@ from toolkit.experiments.pdf.word_table import plot_words
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
+READS_PROMPTS = False
+NEEDS_EAGER_ATTENTION = False
 STORES = {
     "words": "[N] fixed-length UTF-8 strings: the whitespace-separated words, in text order",
     "word_index / char_start / char_end / page": "[N] int: position, [start, end) code points in text, page",
