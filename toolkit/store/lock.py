@@ -9,9 +9,9 @@ A lock is stale, and is taken over without asking anyone to delete files, when
 * its holder ran on this host and that pid is gone or is another process now (start time), or
 * its holder was a Slurm job (a gather job on a compute node) that Slurm reports finished, or is
   this very job in an earlier run (requeued after preemption), or
-* its mtime was not refreshed for `LEASE_S` seconds (a holder on another host or in a container
-  whose pid cannot be checked from here), measured against a file touched now in the same folder,
-  so only the file server's clock counts.
+* neither applies (a holder on another host or in a container, whose pid cannot be checked from
+  here, outside Slurm) and its mtime was not refreshed for `LEASE_S` seconds, measured against a
+  file touched now in the same folder, so only the file server's clock counts.
 
 Why not fcntl/flock: the kernel releases those on death, but on NFS they depend on a lock daemon
 and on Lustre on the `flock` mount option (`localflock` makes them node-local), so a cluster's
@@ -120,12 +120,12 @@ class FileLock:
         job = str(info.get("slurm_job_id") or "")
         if job and job == os.environ.get("SLURM_JOB_ID"):  # an earlier run of this job, requeued
             return info, True
-        if info.get("host") == socket.gethostname():
+        if info.get("host") == socket.gethostname():  # the pid answers for itself
             pid = int(info.get("pid", 0))
-            if not pid_alive(pid) or (info.get("start") and process_start(pid) != info["start"]):
-                return info, True
-        elif job and slurm_job_finished(job):
-            return info, True
+            return info, not pid_alive(pid) or bool(info.get("start") and process_start(pid) != info["start"])
+        finished = slurm_job_finished(job) if job else None
+        if finished is not None:  # Slurm answers for its job
+            return info, finished
         return info, self._server_now() - mtime > LEASE_S
 
     def _server_now(self) -> float:
@@ -178,15 +178,15 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def slurm_job_finished(job_id: str) -> bool:
-    """Whether Slurm says this job is no longer pending or running (False if it cannot tell)."""
+def slurm_job_finished(job_id: str) -> bool | None:
+    """Whether Slurm says this job is no longer pending or running; None if it cannot tell."""
     try:
         proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
                               timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
     if proc.returncode != 0:
-        return "Invalid job id" in proc.stderr
+        return True if "Invalid job id" in proc.stderr else None
     states = proc.stdout.split()
     return not states or all(s in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                                    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"} for s in states)
