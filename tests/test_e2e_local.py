@@ -144,7 +144,10 @@ def test_debug_executor_runs_in_process(tiny_manifest, tmp_path):
 
 
 @pytest.mark.slow
-def test_packaged_model_replicates_agree_and_bf16_diverges(write_manifest, tmp_path):
+def test_packaged_model_replicates_agree_and_divergences_match_the_store(write_manifest, tmp_path):
+    """What holds on every machine: replicates are bitwise equal; for every pair of runs the stored
+    divergence step, tokens and margins are what the runs' own stored traces say.  Where (and whether)
+    bf16 and fp32 diverge depends on the processor's kernels, so no step is asserted."""
     manifest = write_manifest(f"""\
         campaign: real
         output: {tmp_path / 'out'}
@@ -164,25 +167,41 @@ def test_packaged_model_replicates_agree_and_bf16_diverges(write_manifest, tmp_p
     assert result.code == 0, result.err
     with Store(tmp_path / "out" / "real" / "store.h5") as store:
         runs = {(r.target, r.numerics["dtype"]): r for r in store.runs("exp4.generate")}
-        fp32, bf16 = runs[("a100", "float32")], runs[("a100", "bfloat16")]
-        from transformers import AutoTokenizer
-
-        from toolkit.models.loading import prepare_packaged
-
-        tokenizer = AutoTokenizer.from_pretrained(str(prepare_packaged()))
-        assert tokenizer.decode(fp32["prompts/000/generated_ids"]).startswith(" Paris")
+        assert sorted(runs) == [(t, d) for t in ("a100", "h100") for d in ("bfloat16", "float32")]
         for dtype in ("float32", "bfloat16"):  # the two "targets" share this CPU: bitwise equal
             a, b = _datasets(runs[("a100", dtype)]), _datasets(runs[("h100", dtype)])
-            assert all(np.array_equal(a[k], b[k]) for k in a)
-        assert fp32["prompts/000/final_hidden"].shape[1] == 576
+            assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+        assert runs[("a100", "float32")]["prompts/000/final_hidden"].shape[1] == 576
         table = store.runs("exp4.compare")[0]
         labels = [x.decode() for x in table["run_labels"]]
-        i, j = labels.index(bf16.label()), labels.index(fp32.label())
-        assert table["first_bitwise_diff"][i, j, 0] == 0  # bf16 logits differ from the first step
-        d = int(table["first_divergence"][i, j, 0])
-        ga, gb = bf16["prompts/000/generated_ids"], fp32["prompts/000/generated_ids"]
-        assert 0 <= d < 24, "bf16 and fp32 should diverge within 24 tokens on this prompt"
-        assert np.array_equal(ga[:d], gb[:d]) and ga[d] != gb[d]
-        assert tuple(table["tokens_at_divergence"][i, j, 0]) == (ga[d], gb[d])
-        assert table["margin_at_divergence"][i, j, 0, 0] == bf16["prompts/000/margin"][d]
-        assert table["first_divergence"][j, i, 0] == d
+        by_label = {r.label(): r for r in runs.values()}
+        assert sorted(labels) == sorted(by_label)
+        for i, first in enumerate(labels):
+            for j, second in enumerate(labels):
+                _check_pair(table, i, j, by_label[first], by_label[second])
+
+
+def _check_pair(table, i: int, j: int, ra, rb) -> None:
+    """The compare row (i, j) of prompt 0 against the two runs' stored traces, recomputed here."""
+    ga, gb = ra["prompts/000/generated_ids"], rb["prompts/000/generated_ids"]
+    common = min(len(ga), len(gb))
+    differs = np.flatnonzero(ga[:common] != gb[:common])
+    d = int(differs[0]) if differs.size else -1
+    assert table["first_divergence"][i, j, 0] == d
+    hashes = np.flatnonzero(ra["prompts/000/logits_hash"][:common] != rb["prompts/000/logits_hash"][:common])
+    assert table["first_bitwise_diff"][i, j, 0] == (int(hashes[0]) if hashes.size else -1)
+    if ra.numerics == rb.numerics:  # replicates, and the two "targets" on one CPU: never apart
+        assert d == -1 and not hashes.size
+    elif ra.numerics["dtype"] != rb.numerics["dtype"]:
+        assert hashes.size and hashes[0] == 0  # bf16 and fp32 logits rows differ from the first step
+    if d < 0:
+        assert np.isnan(table["margin_at_divergence"][i, j, 0]).all()
+        assert tuple(table["tokens_at_divergence"][i, j, 0]) == (-1, -1)
+        return
+    assert np.array_equal(ga[:d], gb[:d]) and ga[d] != gb[d]  # identical contexts up to d
+    assert tuple(table["tokens_at_divergence"][i, j, 0]) == (ga[d], gb[d])
+    for side, run in enumerate((ra, rb)):  # the margin at d, from the run's own top-k logits
+        top = run["prompts/000/topk_logits"][d]
+        assert run["prompts/000/topk_ids"][d, 0] == run["prompts/000/generated_ids"][d]
+        margin = float(np.float64(top[0]) - np.float64(top[1]))
+        assert table["margin_at_divergence"][i, j, 0, side] == run["prompts/000/margin"][d] == margin
