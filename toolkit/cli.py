@@ -235,6 +235,22 @@ def model_prepare(name: str) -> None:
     click.echo(str(prepare_packaged()))
 
 
+def _wait_for_children(timeout_s: float = 10.0) -> None:
+    """After Ctrl-C, give the processes this command started (a local job's controller and worker,
+    which got the terminal's SIGINT too) up to `timeout_s` to clean up and exit, so no half-written
+    shard outlives the command and its one-line message comes last."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.05)
+        except ChildProcessError:  # none left
+            return
+
+
 def main() -> None:
     """Console entry point."""
     debug = "--debug" in sys.argv[1:]
@@ -251,6 +267,7 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         if debug:
             traceback.print_exc()
+        _wait_for_children()
         click.echo(f"error: {INTERRUPTED}", err=True)
         sys.exit(130)
     except click.ClickException as err:
