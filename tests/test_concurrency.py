@@ -24,7 +24,6 @@ import pytest
 
 from conftest import REPO, TINY_MANIFEST, run_cli
 from slurm_helpers import slurm_cluster  # noqa: F401  (a fixture)
-from toolkit.store import schema
 from toolkit.store.lock import LEASE_S, FileLock, LockBusy, process_start
 
 BUSY = (r"error: another toolkit submit of this campaign is running \(pid {pid} on host {host} since "
@@ -149,7 +148,8 @@ def test_stale_lock_rules(tmp_path):
 
 
 @pytest.mark.slurm
-def test_lock_of_a_finished_slurm_job_on_another_node_is_taken_over(tmp_path, slurm_cluster):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_lock_of_a_finished_slurm_job_on_another_node_is_taken_over(tmp_path):
     def sbatch(command: str) -> str:
         return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", command], cwd=tmp_path,
                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
@@ -162,13 +162,14 @@ def test_lock_of_a_finished_slurm_job_on_another_node_is_taken_over(tmp_path, sl
             FileLock(lock, "held: {holder}").__enter__()
         subprocess.run(["scancel", running], check=True, timeout=30)
         deadline = time.monotonic() + 60
-        while subprocess.run(["squeue", "-h", "-j", running], capture_output=True, text=True).stdout.strip():
+        while subprocess.run(["squeue", "-h", "-j", running], capture_output=True, text=True,
+                             check=False).stdout.strip():
             assert time.monotonic() < deadline, f"job {running} still queued"
             time.sleep(0.5)
         with FileLock(lock, "held: {holder}"):  # the job that held it ended (killed): taken over
             assert json.loads(lock.read_text())["host"] == socket.gethostname()
     finally:
-        subprocess.run(["scancel", running], capture_output=True, timeout=30)
+        subprocess.run(["scancel", running], capture_output=True, timeout=30, check=False)
 
 
 LIVE = (r"error: {folder}: Slurm job\(s\) ([\d, ]+) of an earlier submit are still queued or running; follow them "
@@ -177,7 +178,8 @@ LIVE = (r"error: {folder}: Slurm job\(s\) ([\d, ]+) of an earlier submit are sti
 
 
 @pytest.mark.slurm
-def test_two_slurm_submits_at_once_then_one_while_its_jobs_are_queued(tmp_path, slurm_cluster):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_two_slurm_submits_at_once_then_one_while_its_jobs_are_queued(tmp_path):
     from slurm_helpers import manifest_text, state, submissions
 
     campaign = f"concurrent-{os.getpid()}"
@@ -188,7 +190,7 @@ def test_two_slurm_submits_at_once_then_one_while_its_jobs_are_queued(tmp_path, 
     first, second = _start(*args), _start(*args)
     (out1, err1), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
     results = sorted([(first.returncode, first.pid, out1, err1), (second.returncode, second.pid, out2, err2)])
-    (ok_code, ok_pid, ok_out, ok_err), (busy_code, _, busy_out, busy_err) = results
+    (ok_code, ok_pid, _, ok_err), (busy_code, _, busy_out, busy_err) = results
     assert (ok_code, busy_code) == (0, 1), (ok_err, busy_err)
     [record] = submissions(folder)  # one submission: the refused one queued nothing
     jobs = [a["job_id"] for s in record["stages"] for a in s["arrays"]] + [s["gather"] for s in record["stages"]]
@@ -208,7 +210,7 @@ def test_two_slurm_submits_at_once_then_one_while_its_jobs_are_queued(tmp_path, 
         assert last_gather in listed.group(1).split(", ") and set(listed.group(1).split(", ")) <= set(jobs)
         assert len(submissions(folder)) == 1
     finally:
-        subprocess.run(["scontrol", "release", last_gather], capture_output=True, timeout=30)
+        subprocess.run(["scontrol", "release", last_gather], capture_output=True, timeout=30, check=False)
     deadline = time.monotonic() + 300
     while state(last_gather) != "COMPLETED":
         assert state(last_gather) not in {"FAILED", "CANCELLED", "TIMEOUT"} and time.monotonic() < deadline

@@ -182,7 +182,7 @@ def slurm_job_finished(job_id: str) -> bool | None:
     """Whether Slurm says this job is no longer pending or running; None if it cannot tell."""
     try:
         proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                              timeout=30)
+                              timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if proc.returncode != 0:
