@@ -10,7 +10,7 @@ IMAGE_BASE ?= pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 IMAGE_TAG ?= localhost/toolkit:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' toolkit/__init__.py)
 SIF ?= toolkit.sif
 
-.PHONY: demo test model bench clean image image-ci sif lint-docker
+.PHONY: demo test model bench clean image image-ci sif sif-ci lint-docker
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ image: $(STAMP)  # production image on a CUDA PyTorch base (needs a registry)
 image-ci: $(STAMP)  # the same Dockerfile on an offline CPU base built with debootstrap (cached)
 	containers/build-base.sh
 	PYTHON=$(BIN)/python containers/build.sh --base localhost/toolkit-base:bookworm --tag $(IMAGE_TAG)
+
+sif-ci: image-ci  # a SIF of it without an installed apptainer: sid's, through ch-run (containers/apptainer-env.sh)
+	containers/apptainer-env.sh --sif $(IMAGE_TAG)
 
 sif: image
 	mkdir -p build && podman save --format docker-archive -o build/toolkit-image.tar $(IMAGE_TAG)

