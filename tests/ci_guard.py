@@ -19,16 +19,25 @@ GUARDED = ("slurm", "container")
 
 class CIGuard:
     def __init__(self) -> None:
+        self.marked: dict[str, list[str]] = {}          # nodeid -> its guarded markers
         self.skipped: list[tuple[str, str, str]] = []   # (nodeid, marks, reason)
 
     @staticmethod
     def active() -> bool:
         return os.environ.get("CI") == "true"
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            names = {mark.name for mark in item.iter_markers()}
+            marks = [name for name in GUARDED if name in names]
+            if marks:
+                self.marked[item.nodeid] = marks
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not report.skipped or hasattr(report, "wasxfail"):
             return
-        marks = [name for name in GUARDED if name in report.keywords]
+        marks = self.marked.get(report.nodeid)
         if not marks:
             return
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
