@@ -59,7 +59,8 @@ def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        index = isinstance(part, int) and not isinstance(part, bool)
+        out += f"[{part}]" if index else (f".{part}" if out else str(part))
     return out
 
 

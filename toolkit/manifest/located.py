@@ -105,8 +105,8 @@ class _Builder:
                               "alias?); write it flatter")
         if self.visited > MAX_NODES:
             raise YamlProblem(
-                f"{self._where(node)}: the document expands to more than {MAX_NODES} nodes (alias bomb?); "
-                "write the manifest without such aliases"
+                f"{self._where(node)}: the document expands to more than {MAX_NODES} nodes (alias bomb? or a list "
+                "far too long); write the manifest without such aliases or lists"
             )
         self.located.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.ScalarNode):
