@@ -1,10 +1,15 @@
 """Load and validate a campaign manifest — the only place YAML is parsed.
 
 `load_manifest(path)` returns a frozen `Manifest` or raises `ManifestError` listing every
-problem with `file:line:col: field.path: message`.  Validation is complete before anything is
-created: unknown keys, types, ranges, experiment names (did-you-mean), targets known to the site
-profile, campaign and id names, duplicate ids, `needs` (unknown, cyclic, missing inputs) and
-experiment params checked against each experiment's `Params` dataclass.
+problem with `file:line:col: field.path: message`, one line each.  Validation is complete before
+anything is created: unknown keys, types, ranges, experiment names (did-you-mean), targets known
+to the site profile, campaign and id names, duplicate ids, `needs` (unknown, cyclic, missing
+inputs, upstream entries that give a task no run to read), experiment params checked against
+each experiment's `Params` dataclass, and what the experiments declare (`toolkit.experiments`):
+prompts for those that read them, eager attention for those that take JVPs.  One entry's error
+hides no other problem.  A check that breaks on an unforeseen input still gives one located line
+("internal error"), never a traceback.  The environment (model files, container images, the
+cluster) is checked later, by `toolkit.launch.preflight`.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ def load_manifest(path: str | Path, site: str | None = None) -> Manifest:
     checker = Checker(located, path.resolve().parent, site_override=site)
     try:
         manifest = checker.check(path=path, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    except (ImportError, SyntaxError):  # a broken installation, not a bad manifest: show the traceback
+        raise
     except Exception as err:  # a check that broke on an input nobody foresaw: still one line, exit 2
         checker.problems.append(f"{shown}:1:1: cannot validate this manifest (internal error {type(err).__name__}: "
                                 f"{' '.join(str(err).split())[:200]}); please report it with the manifest")
