@@ -12,9 +12,10 @@ from pathlib import Path
 
 from toolkit.errors import StoreError, UsageError
 from toolkit.plan import Plan, Task, canonical_json, model_identity
-from toolkit.store import schema
-from toolkit.store.files import atomic_write_text, stale_temp
-from toolkit.store.shard import completed_shards, failed_tasks
+from toolkit.store.campaign_dir import CampaignDir, PlanFile
+
+__all__ = ["CampaignDir", "TaskState", "campaign_dir_for", "done_task_ids", "prepare", "stored_task_ids",
+           "task_states"]
 
 
 def campaign_dir_for(plan: Plan, root: Path | None) -> Path:
@@ -24,40 +25,29 @@ def campaign_dir_for(plan: Plan, root: Path | None) -> Path:
 
 def prepare(plan: Plan, campaign_dir: Path) -> None:
     """Create the folder and write manifest.yaml and plan.json (atomically)."""
-    campaign_dir.mkdir(parents=True, exist_ok=True)
-    schema.shards_dir(campaign_dir).mkdir(exist_ok=True)
+    folder = CampaignDir(campaign_dir)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    folder.shards_dir.mkdir(exist_ok=True)
     manifest = plan.manifest
     payload = {
         "campaign": manifest.campaign, "model": manifest.model.to_dict(), "model_identity": model_identity(manifest),
         "prompts": list(manifest.prompts), "tasks": {tid: t.to_json() for tid, t in plan.tasks.items()},
         "stages": [[g.task_ids for g in s.groups] for s in plan.stages],
     }
-    atomic_write_text(campaign_dir / "manifest.yaml", manifest.text)
-    atomic_write_text(campaign_dir / "plan.json", json.dumps(json.loads(canonical_json(payload)), indent=1))
-    for leftover in schema.shards_dir(campaign_dir).glob(".*.tmp"):
-        if stale_temp(leftover):
-            leftover.unlink()
+    folder.write_manifest(manifest.text)
+    plan_file: PlanFile = json.loads(canonical_json(payload))  # plain JSON values, keys sorted
+    folder.write_plan(plan_file)
+    folder.remove_stale_shard_temps()
 
 
 def stored_task_ids(campaign_dir: Path) -> set[str]:
     """Ids of complete tasks in store.h5 (empty if there is no readable store yet)."""
-    import h5py
-
-    path = schema.store_path(campaign_dir)
-    if not path.exists():
-        return set()
-    try:
-        with h5py.File(path, "r", locking=False) as handle:
-            schema.check_schema(path, handle.attrs)
-            tasks = handle.get("tasks", {})
-            return {t for t in tasks if tasks[t].attrs.get("status") == schema.STATUS_COMPLETE}
-    except OSError:
-        return set()
+    return CampaignDir(campaign_dir).stored_task_ids()
 
 
 def done_task_ids(campaign_dir: Path) -> set[str]:
     """Tasks whose results exist: in the store or as a published shard."""
-    return stored_task_ids(campaign_dir) | set(completed_shards(campaign_dir))
+    return CampaignDir(campaign_dir).done_task_ids()
 
 
 @dataclass
@@ -73,16 +63,15 @@ class TaskState:
 
 def task_states(campaign_dir: Path) -> list[TaskState]:
     """The state of every task of the last submitted plan."""
-    plan_file = campaign_dir / "plan.json"
-    if not plan_file.exists():
+    folder = CampaignDir(campaign_dir)
+    if not folder.plan_path.exists():
         raise UsageError(f"{campaign_dir}: not a campaign folder (no plan.json); submit a manifest first")
     try:
-        plan = json.loads(plan_file.read_text())
+        plan = folder.read_plan()
     except ValueError as err:
-        raise StoreError(f"{plan_file}: unreadable ({err})") from None
-    stored, shards, failed = stored_task_ids(campaign_dir), completed_shards(campaign_dir), failed_tasks(campaign_dir)
-    running = {p.name[1:].split(".h5~")[0] for p in schema.shards_dir(campaign_dir).glob(".*.tmp")
-               if not stale_temp(p)}
+        raise StoreError(f"{folder.plan_path}: unreadable ({err})") from None
+    stored, shards, failed = folder.stored_task_ids(), folder.completed_shards(), folder.failed_tasks()
+    running = folder.running_task_ids()
     rows = []
     for task_id, data in plan["tasks"].items():
         label = Task.from_json(data).label()

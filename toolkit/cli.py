@@ -31,7 +31,9 @@ class CampaignDir(click.ParamType):
         if not path.is_dir():
             raise UsageError(f"{path}: no such campaign folder; give the folder toolkit submit made "
                              "(<output>/<campaign>)")
-        if not (path / "plan.json").is_file():
+        from toolkit.store.campaign_dir import CampaignDir as Layout
+
+        if not Layout(path).has_plan():
             raise UsageError(f"{path}: not a campaign folder (no plan.json); submit a manifest first")
         return path
 
@@ -39,14 +41,15 @@ class CampaignDir(click.ParamType):
 def store_file(path: Path) -> Path:
     """The store.h5 named by PATH (the file, or a campaign folder holding it); UsageError (exit 2)
     if there is none or it is not an HDF5 file."""
-    import h5py
+    from toolkit.store.campaign_dir import CampaignDir as Layout
+    from toolkit.store.files import is_hdf5
 
-    file = path / "store.h5" if path.is_dir() else path
+    file = Layout(path).store_path if path.is_dir() else path
     if not file.is_file():
         hint = "run toolkit submit or toolkit gather first" if path.is_dir() else \
             "give a campaign folder or its store.h5"
         raise UsageError(f"{file}: no such store; {hint}")
-    if not h5py.is_hdf5(file):
+    if not is_hdf5(file):
         raise UsageError(f"{file}: not an HDF5 store; give a campaign folder or its store.h5")
     return file
 
@@ -161,10 +164,11 @@ def status(campaign_dir: Path) -> None:
     """State of every task of CAMPAIGN_DIR: stored, shard, running, failed or pending."""
     from toolkit.campaign import task_states
     from toolkit.report import status_text
+    from toolkit.store.campaign_dir import CampaignDir as Layout
 
     rows = task_states(campaign_dir)
     slurm: dict[str, tuple[str, str]] = {}
-    if (campaign_dir / "slurm.json").exists() and shutil.which("sacct"):
+    if Layout(campaign_dir).has_slurm_record() and shutil.which("sacct"):
         from toolkit.launch.slurm_wait import task_slurm_states
 
         slurm = task_slurm_states(campaign_dir)
@@ -176,8 +180,9 @@ def status(campaign_dir: Path) -> None:
 def cancel(campaign_dir: Path) -> None:
     """Cancel the Slurm jobs of CAMPAIGN_DIR that are still queued or running."""
     from toolkit.launch.slurm_wait import cancel_campaign
+    from toolkit.store.campaign_dir import CampaignDir as Layout
 
-    if not (campaign_dir / "slurm.json").exists():
+    if not Layout(campaign_dir).has_slurm_record():
         raise UsageError(f"{campaign_dir}: no Slurm submission recorded (slurm.json); nothing to cancel")
     cancelled = cancel_campaign(campaign_dir)
     click.echo(f"cancelled {len(cancelled)} job(s){': ' + ', '.join(cancelled) if cancelled else ''}")

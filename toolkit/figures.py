@@ -8,13 +8,13 @@ from pathlib import Path
 def make_figures(campaign_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Plot every run in `campaign_dir/store.h5` into `out_dir` (default `campaign_dir/figures`)."""
     from toolkit import experiments
-    from toolkit.store import schema
-    from toolkit.store.reader import Store
+    from toolkit.store.campaign_dir import CampaignDir
 
-    out_dir = out_dir or campaign_dir / "figures"
+    folder = CampaignDir(campaign_dir)
+    out_dir = out_dir or folder.figures_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    with Store(schema.store_path(campaign_dir)) as store:
+    with folder.open_store() as store:
         for run in store.runs():
             if run.experiment in experiments.REGISTRY:
                 paths += experiments.get(run.experiment).plot(run, out_dir)

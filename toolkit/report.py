@@ -46,7 +46,7 @@ def show_tree(store: Any) -> str:
         lines.append(f"  {run.task_id}  {run.experiment:<20} {run.label()}  {run.attrs.get('status')}  "
                      f"device={device}")
         for name, (shape, dtype) in run.datasets().items():
-            lines.append(f"      {name:<36} {str(shape):<16} {dtype}")
+            lines.append(f"      {name:<36} {shape!s:<16} {dtype}")
     return "\n".join(lines)
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from toolkit.errors import UsageError
 from toolkit.plan import Plan
 
 if TYPE_CHECKING:
     from toolkit.launch.container import TaskImage
+    from toolkit.store.campaign_dir import CampaignDir
 
 
 def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site: str | None, force: bool,
@@ -30,9 +32,9 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
     image = preflight(plan, executor, folder).image  # every check of the environment, before anything is made
     if image is not None:  # a task in the image works in the bound folder: relative paths would miss
         folder = Path(image.campaign_dir)
-    from toolkit.store.lock import submit_lock
+    from toolkit.store.campaign_dir import CampaignDir
 
-    with submit_lock(folder):  # a second submit of this campaign is refused while this one lives
+    with CampaignDir(folder).submit_lock():  # a second submit of this campaign is refused while this one lives
         return _submit_locked(plan, folder, image, executor, force, wait, plot, say)
 
 
@@ -41,9 +43,10 @@ def _submit_locked(plan: Plan, folder: Path, image: TaskImage | None, executor: 
     """Prepare the folder and run what is missing, holding the campaign's submit lock."""
     from toolkit import campaign
 
-    _refuse_live_jobs(folder)
+    layout = campaign.CampaignDir(folder)
+    _refuse_live_jobs(layout)
     campaign.prepare(plan, folder)
-    done = set() if force else campaign.done_task_ids(folder)
+    done = set() if force else layout.done_task_ids()
     todo = set(plan.tasks) - done
     say(f"campaign {plan.manifest.campaign}: {len(plan.tasks)} task(s), {len(plan.tasks) - len(todo)} already "
         f"complete, {len(todo)} to run ({executor} executor) in {folder}")
@@ -67,22 +70,23 @@ def _submit_locked(plan: Plan, folder: Path, image: TaskImage | None, executor: 
         from toolkit.figures import make_figures
 
         figures = make_figures(folder)
-        say(f"figures: {len(figures)} in {folder / 'figures'}")
-    if not plot and (folder / "figures").is_dir():
-        say(f"figures: {folder / 'figures'}")
-    say(f"store: {folder / 'store.h5'}")
-    _print_summaries(folder, plan, say)
+        say(f"figures: {len(figures)} in {layout.figures_dir}")
+    if not plot and layout.figures_dir.is_dir():
+        say(f"figures: {layout.figures_dir}")
+    say(f"store: {layout.store_path}")
+    _print_summaries(layout, plan, say)
     return folder
 
 
-def _refuse_live_jobs(folder: Path) -> None:
+def _refuse_live_jobs(layout: CampaignDir) -> None:
     """Refuse (exit 1) while Slurm jobs of an earlier submit of this campaign are queued or running
     (e.g. after `--no-wait`): submitting their tasks again would run them twice at once."""
-    if not (folder / "slurm.json").exists() or not shutil.which("squeue"):
+    if not layout.has_slurm_record() or not shutil.which("squeue"):
         return
     from toolkit.launch.slurm_wait import live_jobs
     from toolkit.store.lock import LockBusy
 
+    folder = layout.root
     live = live_jobs(folder)
     if live:
         raise LockBusy(f"{folder}: Slurm job(s) {', '.join(live)} of an earlier submit are still queued or running; "
@@ -97,11 +101,8 @@ def input_files(plan: Plan) -> set[str]:
     return preflight.input_files(plan)
 
 
-def _print_summaries(folder: Path, plan: Plan, say: Callable[[str], None]) -> None:
-    from toolkit.store import schema
-    from toolkit.store.reader import Store
-
-    with Store(schema.store_path(folder)) as store:
+def _print_summaries(layout: CampaignDir, plan: Plan, say: Callable[[str], None]) -> None:
+    with layout.open_store() as store:
         for run in store.runs():
             summary = run.attrs.get("summary")
             if summary and run.task_id in plan.tasks:

@@ -4,7 +4,6 @@ one shard per task.  Called by submitit in a fresh process (local subprocess or 
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import sys
 import threading
@@ -14,15 +13,14 @@ from typing import Any, Callable, TypeVar
 from toolkit.context import Inputs, RunContext
 from toolkit.manifest import ModelSpec, Numerics
 from toolkit.plan import Task
-from toolkit.store import schema
+from toolkit.store.campaign_dir import CampaignDir, PlanFile
 from toolkit.store.checkpoint import Checkpoint
-from toolkit.store.lock import task_lock
-from toolkit.store.shard import completed_shards, open_shard
+from toolkit.store.shard import open_shard
 
 
-def load_plan_file(campaign_dir: Path) -> dict[str, Any]:
+def load_plan_file(campaign_dir: Path) -> PlanFile:
     """The `plan.json` written at submission: tasks, model spec and prompts."""
-    return json.loads((campaign_dir / "plan.json").read_text())
+    return CampaignDir(campaign_dir).read_plan()
 
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
@@ -69,8 +67,8 @@ def run_tasks(campaign_dir: str, task_ids: list[str], force: bool = False) -> li
     ran, failed = [], []
     for task_id in task_ids:
         task = Task.from_json(plan["tasks"][task_id])
-        with task_lock(folder, task_id) as lock:  # waits while another worker runs this task
-            if task_id in completed_shards(folder) and (not force or lock.waited):
+        with CampaignDir(folder).task_lock(task_id) as lock:  # waits while another worker runs this task
+            if task_id in CampaignDir(folder).completed_shards() and (not force or lock.waited):
                 continue
             try:
                 run_one(folder, task, models, prompts, plan["model_identity"])
@@ -95,7 +93,7 @@ def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, .
     module = experiments.get(task.experiment)
     params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
     model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
-    store = Store(schema.store_path(folder)) if task.inputs else None
+    store = Store(CampaignDir(folder).store_path) if task.inputs else None
     attrs = {"experiment": task.experiment, "exp_id": task.exp_id, "target": task.target, "repeat": task.repeat,
              "params": task.params, "numerics": task.numerics.to_dict(), "model": model_identity,
              "inputs": list(task.inputs), "provenance": provenance.collect(device, flags)}

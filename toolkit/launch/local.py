@@ -4,22 +4,21 @@ in-process with the debug executor), then the gather, stage after stage."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from toolkit.errors import TaskFailed
 from toolkit.launch.container import TaskImage
 from toolkit.plan import Plan
 from toolkit.progress import Progress
+from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.gather import gather
-from toolkit.store.shard import completed_shards, failed_tasks
 
 
 def jobs_folder(campaign_dir: Path) -> Path:
     """A fresh submitit folder per submission, so stale job results never come back."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return campaign_dir / "jobs" / stamp
+    return CampaignDir(campaign_dir).new_jobs_dir()
 
 
 def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug: bool,
@@ -50,9 +49,10 @@ def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug
             job_error = _wait(job, campaign_dir, ids, label, debug)
         report = gather(campaign_dir)
         say(f"{label}: {report.summary()}")
-        failed = {t: r for t, r in failed_tasks(campaign_dir).items() if t in ids}
-        if failed or (ids and not set(ids) <= set(completed_shards(campaign_dir))):
-            missing = [t for t in ids if t not in completed_shards(campaign_dir)]
+        layout = CampaignDir(campaign_dir)
+        failed = {t: r for t, r in layout.failed_tasks().items() if t in ids}
+        if failed or (ids and not set(ids) <= set(layout.completed_shards())):
+            missing = [t for t in ids if t not in layout.completed_shards()]
             first = next(iter(failed.values()), {}).get("error", job_error or "the job died (see its log)")
             raise TaskFailed(f"{label}: {len(missing)} task(s) did not complete ({first}); "
                              f"logs in {folder}; fix and rerun toolkit submit to run just those")
@@ -82,14 +82,15 @@ def _wait(job: Any, campaign_dir: Path, ids: list[str], label: str, debug: bool)
     if debug:
         return _result(job)
     bar = Progress(len(ids), f"{label} tasks", every_s=15.0)
+    layout = CampaignDir(campaign_dir)
     seen = 0
     while not job.done():
         time.sleep(0.5)
-        now = len(set(ids) & set(completed_shards(campaign_dir)))
+        now = len(set(ids) & set(layout.completed_shards()))
         if now > seen:
             bar.update(now - seen)
             seen = now
-    now = len(set(ids) & set(completed_shards(campaign_dir)))
+    now = len(set(ids) & set(layout.completed_shards()))
     if now > seen:
         bar.update(now - seen)
     return _result(job)

@@ -5,18 +5,16 @@ node has to stay alive.  Job ids are recorded in `<campaign>/slurm.json` for sta
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from toolkit.errors import LaunchError
-from toolkit.launch.local import jobs_folder
 from toolkit.launch.container import TaskImage
+from toolkit.launch.local import jobs_folder
 from toolkit.launch.sites import gpu_target, sbatch_options
 from toolkit.plan import Plan
-from toolkit.store.files import atomic_write_text
-
-RECORD = "slurm.json"
+from toolkit.store.campaign_dir import CampaignDir, SlurmArray, SlurmSubmission
 
 
 class TaskRunner:
@@ -66,10 +64,9 @@ def _ignore_requeue_signal() -> None:
 def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
     """The gather step of a stage: fails (so dependents never start) if a task is missing."""
     from toolkit.store.gather import gather
-    from toolkit.store.shard import completed_shards
 
     report = gather(Path(campaign_dir))
-    missing = sorted(set(expected) - set(completed_shards(Path(campaign_dir))))
+    missing = sorted(set(expected) - set(CampaignDir(campaign_dir).completed_shards()))
     if missing:
         raise RuntimeError(f"{len(missing)} task(s) of this stage did not complete: {', '.join(missing)}")
     if plot:
@@ -80,7 +77,7 @@ def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
 
 
 def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, plot: bool,
-                 say: Callable[[str], None], image: TaskImage | None = None) -> dict[str, Any]:
+                 say: Callable[[str], None], image: TaskImage | None = None) -> SlurmSubmission:
     """Submit the whole DAG; returns the submission record (also appended to slurm.json).
 
     With `image` the task arrays run in it (GPUs exposed to GPU targets only); the gather jobs
@@ -91,14 +88,14 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
 
     folder = jobs_folder(campaign_dir)
     limit = max_array_size()
-    record: dict[str, Any] = {"folder": str(folder), "stages": []}
+    record: SlurmSubmission = {"folder": str(folder), "stages": []}
     if image is not None:
         record["container"] = image.record()
     submitted: list[str] = []
     previous_gather: str | None = None
     try:
         for stage in plan.stages:
-            arrays = []
+            arrays: list[SlurmArray] = []
             for group in stage.groups:
                 ids = [t for t in group.task_ids if t in todo]
                 for start in range(0, len(ids), limit):
@@ -128,7 +125,7 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
         except LaunchError:
             pass
         raise LaunchError(f"sbatch refused the campaign ({_first_line(err)}); nothing was left queued") from None
-    _append_record(campaign_dir, record)
+    CampaignDir(campaign_dir).append_slurm_submission(record)
     return record
 
 
@@ -171,17 +168,9 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[-1] if text else type(err).__name__
 
 
-def _append_record(campaign_dir: Path, record: dict[str, Any]) -> None:
-    path = campaign_dir / RECORD
-    history = json.loads(path.read_text()) if path.exists() else {"submissions": []}
-    history["submissions"].append(record)
-    atomic_write_text(path, json.dumps(history, indent=1))
-
-
-def load_record(campaign_dir: Path) -> list[dict[str, Any]]:
-    """All Slurm submissions of a campaign, oldest first."""
-    path = campaign_dir / RECORD
-    return json.loads(path.read_text())["submissions"] if path.exists() else []
+def load_record(campaign_dir: Path) -> list[SlurmSubmission]:
+    """All Slurm submissions of a campaign, oldest first (`CampaignDir.slurm_submissions`)."""
+    return CampaignDir(campaign_dir).slurm_submissions()
 
 
 def task_jobs(campaign_dir: Path) -> dict[str, tuple[str, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from typing import Iterable
+from collections.abc import Iterable, Mapping
 
 from toolkit.errors import LaunchError
 
@@ -35,7 +35,7 @@ def max_array_size() -> int:
 
 
 def job_states(job_ids: Iterable[str],
-               elements: dict[str, Iterable[int]] | None = None) -> dict[str, tuple[str, str]]:
+               elements: Mapping[str, Iterable[int]] | None = None) -> dict[str, tuple[str, str]]:
     """`jobid[_index]` → (state, node list) for the given (array) job ids: sacct's records, updated
     with what slurmctld holds now (accounting lags by seconds: a just-started element can be
     missing from sacct).  An array element known to neither was cancelled before it started

@@ -5,14 +5,14 @@ never waited on forever: jobs left pending behind it can never start, so they ar
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 from toolkit.errors import TaskFailed
 from toolkit.launch import slurm_state
 from toolkit.launch.slurm import all_job_ids, task_jobs
 from toolkit.progress import Progress
-from toolkit.store.shard import completed_shards
+from toolkit.store.campaign_dir import CampaignDir, SlurmSubmission
 
 
 def task_slurm_states(campaign_dir: Path) -> dict[str, tuple[str, str]]:
@@ -27,7 +27,7 @@ def task_slurm_states(campaign_dir: Path) -> dict[str, tuple[str, str]]:
     return {task: slurm_state.element_state(states, array, index) for task, (array, index) in jobs.items()}
 
 
-def wait_slurm(campaign_dir: Path, record: dict[str, Any], say: Callable[[str], None],
+def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str], None],
                poll_s: float = 2.0) -> None:
     """Poll sacct until the last gather completes; raise TaskFailed naming failed tasks."""
     tasks = [t for stage in record["stages"] for a in stage["arrays"] for t in a["task_ids"]]
@@ -35,10 +35,11 @@ def wait_slurm(campaign_dir: Path, record: dict[str, Any], say: Callable[[str], 
     ids = [a["job_id"] for stage in record["stages"] for a in stage["arrays"]] + gathers
     elements = {a["job_id"]: range(len(a["task_ids"])) for stage in record["stages"] for a in stage["arrays"]}
     bar = Progress(len(tasks), "tasks", every_s=15.0)
+    layout = CampaignDir(campaign_dir)
     seen = 0
     while True:
         states = slurm_state.job_states(ids, elements)
-        done = len(set(tasks) & set(completed_shards(campaign_dir)))
+        done = len(set(tasks) & set(layout.completed_shards()))
         if done > seen:
             bar.update(done - seen)
             seen = done
@@ -64,7 +65,7 @@ def _failed_tasks(campaign_dir: Path, states: dict[str, tuple[str, str]]) -> dic
     return out
 
 
-def _stranded(record: dict[str, Any], states: dict[str, tuple[str, str]], failed: dict[str, str]) -> set[str]:
+def _stranded(record: SlurmSubmission, states: dict[str, tuple[str, str]], failed: dict[str, str]) -> set[str]:
     """Jobs that can never start: `afterok` on a failed job or on a stranded one.  Other pending
     jobs (array throttle, requeued after preemption, waiting for resources) may still run."""
     stranded: set[str] = set()

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from toolkit.store import schema
+from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.files import fsync_path, temp_name
 
 
@@ -21,7 +21,7 @@ class Checkpoint:
     """Save and load named units of a task's work."""
 
     def __init__(self, campaign_dir: Path, task_id: str) -> None:
-        self.folder = schema.shards_dir(campaign_dir) / f"{task_id}.ckpt"
+        self.folder = CampaignDir(campaign_dir).checkpoint_dir(task_id)
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.h5"

@@ -51,3 +51,10 @@ def stale_temp(path: Path) -> bool:
     if len(parts) != 3 or not parts[2].isdigit():
         return False
     return parts[1] == socket.gethostname() and not pid_alive(int(parts[2]))
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether `path` starts with the HDF5 signature (checked without opening it as a store)."""
+    import h5py
+
+    return bool(h5py.is_hdf5(path))

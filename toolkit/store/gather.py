@@ -24,9 +24,9 @@ from typing import Any
 from toolkit import __version__, faults
 from toolkit.errors import StoreError
 from toolkit.store import schema
-from toolkit.store.files import fsync_path, stale_temp, temp_name
-from toolkit.store.lock import FileLock
-from toolkit.store.shard import completed_shards, dataset_checksums, record_failure
+from toolkit.store.campaign_dir import CampaignDir
+from toolkit.store.files import fsync_path, temp_name
+from toolkit.store.shard import dataset_checksums, record_failure
 
 #: Room kept free beyond the store and the new shards (HDF5 metadata, the lock file).
 SPACE_MARGIN = 64 * 1024
@@ -66,18 +66,16 @@ def gather(campaign_dir: Path, manifest_text: str | None = None, rebuild: bool =
     campaign_dir = Path(campaign_dir)
     if not campaign_dir.is_dir():
         raise StoreError(f"{campaign_dir}: no such campaign folder")
-    busy = "another gather holds {path} ({holder}); wait for it to end, then rerun toolkit gather"
-    with FileLock(campaign_dir / "gather.lock", busy):
-        for leftover in campaign_dir.glob(f".{schema.STORE_NAME}~*.tmp"):
-            if stale_temp(leftover):
-                leftover.unlink()
-        return _gather_locked(campaign_dir, manifest_text, rebuild)
+    folder = CampaignDir(campaign_dir)
+    with folder.gather_lock():
+        folder.remove_stale_store_temps()
+        return _gather_locked(folder, manifest_text, rebuild)
 
 
-def _gather_locked(campaign_dir: Path, manifest_text: str | None, rebuild: bool) -> GatherReport:
-    store = schema.store_path(campaign_dir)
+def _gather_locked(folder: CampaignDir, manifest_text: str | None, rebuild: bool) -> GatherReport:
+    store = folder.store_path
     report = GatherReport(store=store)
-    shards = completed_shards(campaign_dir)
+    shards = folder.completed_shards()
     stored = _stored_uids(store)  # refuses a store of another schema, also before a rebuild
     existing = None if rebuild else stored
     new = {t: p for t, p in shards.items() if existing is None or existing.get(t) != _run_uid(p)}
@@ -93,17 +91,18 @@ def _gather_locked(campaign_dir: Path, manifest_text: str | None, rebuild: bool)
         else:
             verified[task_id] = path
     if verified or existing is None:
-        _write_store(campaign_dir, store, verified, existing is not None, manifest_text, report)
+        _write_store(folder, store, verified, existing is not None, manifest_text, report)
     for task_id, problem in report.bad_shards.items():
-        _quarantine(campaign_dir, task_id, problem)
+        _quarantine(folder, task_id, problem)
     return report
 
 
-def _write_store(campaign_dir: Path, store: Path, shards: dict[str, Path], copy: bool,
+def _write_store(folder: CampaignDir, store: Path, shards: dict[str, Path], copy: bool,
                  manifest_text: str | None, report: GatherReport) -> None:
     """Copy the store (if `copy`), add the verified shards and rename over store.h5."""
     import h5py
 
+    campaign_dir = folder.root
     tmp = temp_name(store)
     _check_space(campaign_dir, tmp, (store.stat().st_size if copy else 0) + sum(p.stat().st_size
                                                                                 for p in shards.values()))
@@ -113,7 +112,7 @@ def _write_store(campaign_dir: Path, store: Path, shards: dict[str, Path], copy:
         else:
             tmp.unlink(missing_ok=True)
         with h5py.File(tmp, "a", locking=False) as out:
-            _root_attrs(out, campaign_dir, manifest_text)
+            _root_attrs(out, folder, manifest_text)
             tasks = out.require_group("tasks")
             for task_id, path in sorted(shards.items()):
                 _merge_shard(tasks, task_id, path, report)
@@ -197,27 +196,26 @@ def verify_shard(path: Path) -> str:
     return ""
 
 
-def _quarantine(campaign_dir: Path, task_id: str, problem: str) -> None:
+def _quarantine(folder: CampaignDir, task_id: str, problem: str) -> None:
     """Move a refused shard aside (kept for inspection) and record why, so the task is rerun."""
-    aside = schema.corrupt_path(campaign_dir, task_id)
-    os.replace(schema.shard_path(campaign_dir, task_id), aside)
+    aside = folder.corrupt_path(task_id)
+    os.replace(folder.shard_path(task_id), aside)
     fsync_path(aside.parent)
-    record_failure(campaign_dir, task_id, ShardCorrupt(f"needs a rerun: {problem}; gather refused it and kept it "
+    record_failure(folder.root, task_id, ShardCorrupt(f"needs a rerun: {problem}; gather refused it and kept it "
                                                        f"as {aside}; rerun toolkit submit"))
 
 
-def _root_attrs(out: Any, campaign_dir: Path, manifest_text: str | None) -> None:
+def _root_attrs(out: Any, folder: CampaignDir, manifest_text: str | None) -> None:
     """Campaign attrs; `schema_version` and `created_utc` only when the store is new (an existing
     store was checked to have this schema and is never re-stamped)."""
     import hashlib
 
     if manifest_text is None:
-        manifest_file = campaign_dir / "manifest.yaml"
-        manifest_text = manifest_file.read_text() if manifest_file.exists() else ""
+        manifest_text = folder.manifest_text()
     if "schema_version" not in out.attrs:
         out.attrs["schema_version"] = schema.SCHEMA_VERSION
         out.attrs["created_utc"] = schema.utc_now()
-    out.attrs["campaign"] = campaign_dir.name
+    out.attrs["campaign"] = folder.root.name
     out.attrs["manifest"] = manifest_text
     out.attrs["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
     out.attrs["updated_utc"] = schema.utc_now()

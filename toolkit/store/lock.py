@@ -191,18 +191,3 @@ def slurm_job_finished(job_id: str) -> bool | None:
     return not states or all(s in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                                    "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"} for s in states)
 
-
-def task_lock(campaign_dir: Path, task_id: str) -> FileLock:
-    """Held by the worker running a task; a second worker waits for it (no task runs twice at once)."""
-    from toolkit.store import schema
-
-    return FileLock(schema.task_lock_path(campaign_dir, task_id), "", wait=True)
-
-
-def submit_lock(campaign_dir: Path) -> FileLock:
-    """Held by `toolkit submit` from preparing the folder to its end: a second submit of the same
-    campaign is refused (LockBusy, exit 1) while the first is alive."""
-    campaign_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(campaign_dir / "submit.lock",
-                    "another toolkit submit of this campaign is running ({holder}); follow it with toolkit status "
-                    f"{campaign_dir}, and rerun toolkit submit once it has ended if tasks are missing")

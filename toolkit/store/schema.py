@@ -1,14 +1,6 @@
-"""Names and layout of the campaign folder and of store.h5 (bump SCHEMA_VERSION on change).
-
-```
-<campaign>/manifest.yaml   the submitted manifest text     <campaign>/plan.json  tasks to run
-<campaign>/shards/<task_id>.h5          one complete task (atomic rename)
-<campaign>/shards/<task_id>.failed.json why a task failed (removed when it later succeeds)
-<campaign>/shards/<task_id>.h5.corrupt  a shard whose data no longer matched its checksums (kept aside)
-<campaign>/shards/.<task_id>.lock       held by the worker running the task     <campaign>/*.lock
-<campaign>/store.h5        /tasks/<task_id> groups gathered from the shards
-<campaign>/jobs/<submission>/           submitit logs    <campaign>/figures/  plots
-```
+"""The format of store.h5: its schema version, task attributes and the check every reader and
+gather makes on open (bump SCHEMA_VERSION on change).  The campaign folder's layout (store.h5,
+shards, records, locks) is owned by `toolkit.store.campaign_dir`; the path helpers here ask it.
 """
 
 from __future__ import annotations
@@ -17,12 +9,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit.errors import StoreError
+from toolkit.store.campaign_dir import STORE_NAME, CampaignDir
+
+__all__ = ["SCHEMA_VERSION", "STATUS_COMPLETE", "STORE_NAME", "TASK_ATTRS", "SchemaMismatch", "check_schema",
+           "corrupt_path", "failure_path", "shard_path", "shards_dir", "store_path", "task_lock_path", "utc_now"]
 
 #: The layout version of store.h5.  Version 1 is the first; no store of another version exists
 #: yet, so there is no migration: every reader and gather refuses a store of any other version
 #: (`check_schema`).  A change of layout bumps this and adds a tested migration or a refusal.
 SCHEMA_VERSION = 1
-STORE_NAME = "store.h5"
 TASK_ATTRS = ("experiment", "exp_id", "target", "repeat", "params", "numerics", "model", "status",
               "started_utc", "finished_utc", "provenance", "inputs", "run_uid", "checksums")
 STATUS_COMPLETE = "complete"
@@ -57,33 +52,33 @@ def check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
 
 
 def shards_dir(campaign_dir: Path) -> Path:
-    """Folder of the per-task shard files (the durable results until gathered)."""
-    return campaign_dir / "shards"
+    """Folder of the per-task shard files (`CampaignDir.shards_dir`)."""
+    return CampaignDir(campaign_dir).shards_dir
 
 
 def shard_path(campaign_dir: Path, task_id: str) -> Path:
-    """The published shard of one task (present only when the task completed)."""
-    return shards_dir(campaign_dir) / f"{task_id}.h5"
+    """The published shard of one task (`CampaignDir.shard_path`)."""
+    return CampaignDir(campaign_dir).shard_path(task_id)
 
 
 def failure_path(campaign_dir: Path, task_id: str) -> Path:
-    """The JSON report a failed task leaves instead of a shard."""
-    return shards_dir(campaign_dir) / f"{task_id}.failed.json"
+    """The JSON report a failed task leaves instead of a shard (`CampaignDir.failure_path`)."""
+    return CampaignDir(campaign_dir).failure_path(task_id)
 
 
 def corrupt_path(campaign_dir: Path, task_id: str) -> Path:
-    """Where gather moves a shard whose data no longer matches its checksums (kept, not gathered)."""
-    return shards_dir(campaign_dir) / f"{task_id}.h5.corrupt"
+    """Where gather moves a shard that failed verification (`CampaignDir.corrupt_path`)."""
+    return CampaignDir(campaign_dir).corrupt_path(task_id)
 
 
 def task_lock_path(campaign_dir: Path, task_id: str) -> Path:
-    """The lock a worker holds while it runs the task (no task runs twice at once)."""
-    return shards_dir(campaign_dir) / f".{task_id}.lock"
+    """The lock a worker holds while it runs the task (`CampaignDir.task_lock_path`)."""
+    return CampaignDir(campaign_dir).task_lock_path(task_id)
 
 
 def store_path(campaign_dir: Path) -> Path:
-    """The campaign store, written only by gather."""
-    return campaign_dir / STORE_NAME
+    """The campaign store, written only by gather (`CampaignDir.store_path`)."""
+    return CampaignDir(campaign_dir).store_path
 
 
 def utc_now() -> str:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from toolkit import faults
 from toolkit.store import schema
+from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.files import atomic_write_text, fsync_path, temp_name
 
 
@@ -58,7 +59,7 @@ def open_shard(campaign_dir: Path, task_id: str, attrs: dict[str, Any]) -> Itera
     """
     import h5py
 
-    final = schema.shard_path(campaign_dir, task_id)
+    final = CampaignDir(campaign_dir).shard_path(task_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(final)
     handle = h5py.File(tmp, "w", locking=False)
@@ -75,7 +76,7 @@ def open_shard(campaign_dir: Path, task_id: str, attrs: dict[str, Any]) -> Itera
         fsync_path(tmp)
         os.replace(tmp, final)
         fsync_path(final.parent)
-        schema.failure_path(campaign_dir, task_id).unlink(missing_ok=True)
+        CampaignDir(campaign_dir).failure_path(task_id).unlink(missing_ok=True)
     except BaseException as err:
         handle.close()
         tmp.unlink(missing_ok=True)
@@ -90,7 +91,7 @@ def record_failure(campaign_dir: Path, task_id: str, err: BaseException) -> None
 
     report = {"task_id": task_id, "error": f"{type(err).__name__}: {err}", "utc": schema.utc_now(),
               "traceback": "".join(traceback.format_exception(err))}
-    atomic_write_text(schema.failure_path(campaign_dir, task_id), json.dumps(report, indent=2))
+    atomic_write_text(CampaignDir(campaign_dir).failure_path(task_id), json.dumps(report, indent=2))
 
 
 def _write_attrs(handle: Any, attrs: dict[str, Any]) -> None:
@@ -99,20 +100,10 @@ def _write_attrs(handle: Any, attrs: dict[str, Any]) -> None:
 
 
 def completed_shards(campaign_dir: Path) -> dict[str, Path]:
-    """task_id → path of every published shard."""
-    folder = schema.shards_dir(campaign_dir)
-    if not folder.is_dir():
-        return {}
-    return {p.name[: -len(".h5")]: p for p in folder.glob("*.h5") if not p.name.startswith(".")}
+    """task_id → path of every published shard (`CampaignDir.completed_shards`)."""
+    return CampaignDir(campaign_dir).completed_shards()
 
 
 def failed_tasks(campaign_dir: Path) -> dict[str, dict[str, Any]]:
-    """task_id → failure report of every task whose last attempt failed."""
-    folder = schema.shards_dir(campaign_dir)
-    out = {}
-    for path in sorted(folder.glob("*.failed.json")) if folder.is_dir() else []:
-        try:
-            out[path.name.split(".")[0]] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            out[path.name.split(".")[0]] = {"error": "unreadable failure report"}
-    return out
+    """task_id → failure report of every task whose last attempt failed (`CampaignDir.failed_tasks`)."""
+    return CampaignDir(campaign_dir).failed_tasks()
