@@ -49,7 +49,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("toolkit.experiments.exp4.internals", "toolkit.manifest"): "#12: extra models come from the worker's cache",
     ("toolkit.experiments.exp4.internals", "toolkit.models"): "#12: extra models come from the worker's cache",
     ("toolkit.experiments.exp7.zoom", "toolkit.manifest.params"): "#12: upstream params through the run view",
-    ("toolkit.experiments.exp7.zoom", "toolkit.store.reader"): "#12: RunView type from the context",
 }
 
 

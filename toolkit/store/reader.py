@@ -56,6 +56,12 @@ class RunView:
         kv = "kv" if n.get("kv_cache", True) else "full"
         return f"{self.target} r{self.repeat} {n.get('dtype', '?')}/{n.get('attn_implementation', '?')}/{kv}"
 
+    def sibling(self, task_id: str) -> RunView | None:
+        """Another task's run in the same store, or None if the store does not hold it (a figure of
+        one run that draws another's stored data, e.g. exp7.zoom's window of an exp7.heatmap map)."""
+        tasks = self.group.file["tasks"]
+        return RunView(tasks[task_id]) if task_id in tasks else None
+
     def __getitem__(self, path: str) -> Any:
         return self.group[path][()]
 

@@ -27,8 +27,9 @@ full recompute of the prompt at batch size 1 (one code path for f and its pertur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
+
+from toolkit.experiments.exp2.figures import plot_lipschitz as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -186,51 +187,3 @@ def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Any) ->
         if denominator > 0:
             out[j] = float(torch.linalg.vector_norm(outputs)) / denominator
     return out
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per prompt: gain vs ε (log-log) with σ₁ as a horizontal line, and the σ spectrum."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    keys = sorted(run.group["prompts"])
-    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.2, 1]})
-    for row, key in zip(axes, keys):
-        base = f"prompts/{key}"
-        eps, sigma = run[f"{base}/eps"], run[f"{base}/sigma"]
-        gains, randoms = run[f"{base}/gain_singular"], run[f"{base}/gain_random"]
-        ax = row[0]
-        for i, gain in enumerate(gains):
-            ax.loglog(eps, _positive(gain), marker="o", ms=3, lw=1.2, label=f"v{i + 1}")
-        for i, gain in enumerate(randoms):
-            ax.loglog(eps, _positive(gain), color="0.6", lw=0.8, ls="--", label="random" if i == 0 else None)
-        if f"{base}/gain_noise" in run:
-            ax.loglog(eps, _positive(run[f"{base}/gain_noise"]), color="k", lw=1.2, ls=":", label="v1 + noise")
-        ax.axhline(sigma[0], color="C3", lw=1, label=f"σ1 = {sigma[0]:.4g}")
-        ax.set_xlabel("ε")
-        ax.set_ylabel("‖f(x̃) − f(x)‖ / ‖x̃ − x‖")
-        ax.set_title(f"prompt {int(key)}: finite-difference gain", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
-        spec = row[1]
-        spec.semilogy(np.arange(1, len(sigma) + 1), sigma, marker="o")
-        spec.set_xticks(np.arange(1, len(sigma) + 1))
-        spec.set_xlabel("index i")
-        spec.set_ylabel("σ_i")
-        spec.set_title("top singular values of J", fontsize=9)
-    fig.suptitle(f"exp2.lipschitz — {run.label()}", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"lipschitz_{run.task_id}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
-
-
-def _positive(values: Any) -> Any:
-    import numpy as np
-
-    values = np.asarray(values, dtype=np.float64)
-    return np.where(values > 0, values, np.nan)

@@ -16,8 +16,9 @@ so agreement is limited to about that format's accuracy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp3.figures import plot_compare as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -110,59 +111,3 @@ def summary(runs: list[Any], out: Any) -> str:
                 parts.append(f"{names[int(code)]} {hit.min():.0e}..{hit.max():.0e}")
             lines.append(f"prompt {k} {r.numerics.get('dtype')}: " + "; ".join(parts))
     return "\n".join(lines)
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per prompt: regime map (dtypes × ε) and gain vs ε for every dtype with each σ1."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    from toolkit.experiments.exp3.precision import REGIME_COLORS
-
-    names = json.loads(run.attrs["regime_names"])
-    dtypes = [d.decode() for d in run["dtypes"]]
-    tol = max(json.loads(run.attrs["signal_tol"]))
-    paths = []
-    for key in sorted(run.group["prompts"]):
-        base = f"prompts/{key}"
-        eps, regime, gain, sigma = run[f"{base}/eps"], run[f"{base}/regime"], run[f"{base}/gain"], run[f"{base}/sigma"]
-        fig, axes = plt.subplots(1, 2, figsize=(14, 4.6 + 0.3 * len(dtypes)),
-                                 gridspec_kw={"width_ratios": [1.1, 1]})
-        ax = axes[0]
-        ax.imshow(regime, aspect="auto", cmap=ListedColormap(REGIME_COLORS), vmin=-0.5, vmax=len(names) - 0.5,
-                  interpolation="nearest")
-        agree = run[f"{base}/relative_to_float64"] <= tol if f"{base}/relative_to_float64" in run else regime < 0
-        agree[[d == "float64" for d in dtypes]] = False  # the reference itself
-        rows, cols = np.nonzero(agree)
-        ax.plot(cols, rows, ls="none", marker="o", ms=4, color="k", label=f"response within {tol:g} of float64's")
-        if rows.size:
-            ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
-        ax.set_yticks(np.arange(len(dtypes)), dtypes)
-        ax.set_xticks(np.arange(len(eps)), [f"{e:.0e}" for e in eps], rotation=60, fontsize=7)
-        ax.set_xlabel("ε (intended step ‖εv1‖)")
-        ax.set_title("regime of the response to x + ε·v1", fontsize=9)
-        fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(REGIME_COLORS, names)], fontsize=8,
-                   loc="lower center", ncol=len(names), title="regime (toolkit.numerics.regimes)",
-                   title_fontsize=8)
-        ax = axes[1]
-        for i, dtype in enumerate(dtypes):
-            line, = ax.loglog(eps, np.where(gain[i] > 0, gain[i], np.nan), marker="o", ms=3, lw=1.3, label=dtype)
-            ax.axhline(sigma[i], color=line.get_color(), ls=":", lw=0.9)
-        ax.set_xlabel("ε (intended step ‖εv1‖)")
-        ax.set_ylabel("gain ‖f(x̃) − f(x)‖ / ‖x̃ − x‖")
-        ax.set_title("finite-difference gain along v1 (dotted: σ1 of each dtype)", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.suptitle(f"exp3.compare — prompt {int(key)}", fontsize=10)
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
-        path = out_dir / f"precision_compare_{run.task_id}_p{key}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths

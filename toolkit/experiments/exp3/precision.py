@@ -23,11 +23,11 @@ CPU are several times slower than float32 (no native kernels).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from toolkit.experiments.exp1.layer_svd import STORES as LAYER_STORES
 from toolkit.experiments.exp1.layer_svd import Params as LayerParams
+from toolkit.experiments.exp3.figures import plot_precision as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -130,61 +130,3 @@ def _linear(op: Any, delta: Any) -> Any:
     units = np.divide(flat, norms[:, None], out=np.zeros_like(flat), where=norms[:, None] > 0)
     image = op.jvp(torch.from_numpy(units)).numpy() * norms[:, None]
     return image.reshape(*delta.shape[:-1], image.shape[-1])
-
-
-REGIME_COLORS = ("0.85", "0.55", "tab:green", "tab:blue", "tab:red")
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per prompt: gain and deviation vs ε over regime bands (v1), and the per-row heatmap (+v1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from toolkit.experiments.exp1.layer_svd import heatmap_rows_eps
-
-    paths = []
-    for key in sorted(run.group["prompts"]):
-        base = f"prompts/{key}"
-        eps, sigma = run[f"{base}/eps"], run[f"{base}/sigma"]
-        fig, axes = plt.subplots(1, 2, figsize=(14, 6.2), gridspec_kw={"width_ratios": [1, 1.1]})
-        gain_panel(axes[0], eps, run[f"{base}/gain"][0], run[f"{base}/deviation"][0], run[f"{base}/regime"][0],
-                   sigma[0], float(run.attrs["signal_tol"]))
-        heatmap_rows_eps(axes[1], eps, run[f"{base}/rel_l2"][0], run[f"{base}/eps_first_change"][0],
-                         run[f"{base}/eps_half_change"][0])
-        fig.suptitle(f"exp3.precision — {run.label()} — prompt {int(key)}, direction v1", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"precision_{run.task_id}_p{key}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def gain_panel(ax: Any, eps: Any, gain: Any, deviation: Any, regime: Any, sigma: float, tol: float) -> None:
-    """Gain (left axis) and deviation from linear (right axis) vs ε, regime of each ε as a band."""
-    import numpy as np
-    from matplotlib.patches import Patch
-
-    from toolkit.numerics.regimes import REGIMES
-
-    edges = np.sqrt(eps[1:] * eps[:-1]) if len(eps) > 1 else np.array([])
-    lows = np.concatenate([[eps[0] / 2], edges])
-    highs = np.concatenate([edges, [eps[-1] * 2]])
-    for low, high, code in zip(lows, highs, regime):
-        ax.axvspan(low, high, color=REGIME_COLORS[int(code)], alpha=0.35, lw=0)
-    ax.loglog(eps, np.where(gain > 0, gain, np.nan), "k-o", ms=4, lw=1.4, label="gain ‖Δf‖/‖δ‖")
-    ax.axhline(sigma, color="k", ls="--", lw=1, label=f"σ1 = {sigma:.4g}")
-    ax.set_xlabel("ε (intended step ‖εv1‖)")
-    ax.set_ylabel("finite-difference gain")
-    twin = ax.twinx()
-    twin.loglog(eps, np.where(deviation > 0, deviation, np.nan), color="tab:purple", marker="s", ms=3, lw=1,
-                label="deviation ‖Δf − Jδ‖/‖Jδ‖")
-    twin.axhline(tol, color="tab:purple", ls=":", lw=1, label=f"signal tolerance {tol:g}")
-    twin.set_ylabel("relative deviation from linear", color="tab:purple")
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    handles += [Patch(color=c, alpha=0.35, label=n) for c, n in zip(REGIME_COLORS, REGIMES)]
-    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
-    ax.set_xlim(lows[0], highs[-1])
-    ax.set_title("gain and regime per ε", fontsize=9)

@@ -9,8 +9,9 @@ computed from identical inputs whose argmax differs (the upstream scripts looked
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp4.figures import plot_compare as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -129,76 +130,3 @@ def summary_table(labels: list[str], tables: dict[str, Any]) -> str:
             first_bit = f"; logits first differ at step {bits[bits >= 0].min()}" if (bits >= 0).any() else ""
             lines.append(f"  {names[a]} vs {names[b]}: {hit.size}/{p} prompts diverged ({where}){first_bit}")
     return "\n".join(lines)
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Survival curves (fraction of prompts still identical vs step) and the N×N matrix."""
-    return [_survival(run, out_dir), _matrix(run, out_dir)]
-
-
-def _labels(run: Any) -> list[str]:
-    return [x.decode() for x in run["run_labels"]]
-
-
-def _survival(run: Any, out_dir: Path) -> Path:
-    """One curve per pair of bit-identical classes (pairs inside a class are the flat controls)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = _labels(run)
-    tables = {k: run[k] for k in ("first_divergence", "first_bitwise_diff", "common_length")}
-    d, classes = tables["first_divergence"], identical_classes(tables)
-    names = [chr(ord("A") + k) if k < 26 else f"C{k}" for k in range(len(classes))]
-    horizon = int(tables["common_length"].max())
-    steps = np.arange(horizon + 1)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.axhline(1.0, color="0.5", ls="--", lw=1, label="pairs within a class (controls): identical")
-    for a in range(len(classes)):
-        for b in range(a + 1, len(classes)):
-            pair = d[classes[a][0], classes[b][0]]
-            div = np.where(pair >= 0, pair, horizon + 1)
-            alive = (div[None, :] > steps[:, None]).mean(axis=1)
-            ax.step(steps, alive, where="post", lw=2, label=f"[{names[a]}] vs [{names[b]}]")
-    legend = "\n".join(f"[{n}] " + ", ".join(labels[i] for i in members) for n, members in zip(names, classes))
-    ax.text(0.01, 0.02, legend, transform=ax.transAxes, fontsize=6, va="bottom", family="monospace",
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
-    ax.set_xlabel("generation step")
-    ax.set_ylabel("fraction of prompts still token-identical")
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_title("exp4: survival of identical greedy outputs, per class of bit-identical runs")
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path = out_dir / f"compare_survival_{run.task_id}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _matrix(run: Any, out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels, d = _labels(run), run["first_divergence"]
-    frac = (d >= 0).mean(axis=2)
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.0 * len(labels) + 2.5))
-    image = ax.imshow(frac, vmin=0, vmax=1, cmap="viridis")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            hit = d[i, j][d[i, j] >= 0]
-            text = f"{frac[i, j]:.2f}" + (f"\nd~{np.median(hit):.0f}" if hit.size else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if frac[i, j] < 0.5 else "k")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    fig.colorbar(image, ax=ax, label="fraction of prompts that diverged (d~: median first step)")
-    ax.set_title("exp4: pairwise divergence")
-    fig.tight_layout()
-    path = out_dir / f"compare_matrix_{run.task_id}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

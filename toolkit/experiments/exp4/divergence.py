@@ -23,8 +23,9 @@ side i's top-2 tokens.  Logit values come from exp4.generate's exact fp32 copies
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp4.figures import plot_divergence as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -149,81 +150,3 @@ def summary(tables: dict[str, Any], labels: list[str], pairs: list[tuple[int, in
                      f"{np.nanmedian(ties[:, 1]):.3g} ULPs of the top-1 logit in each run's dtype")
         lines.append(head)
     return "\n".join(lines)
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Scatter of margin vs cross-run change of the decisive difference; histogram of margins at d."""
-    return [_scatter(run, out_dir), _histogram(run, out_dir)]
-
-
-def _scatter(run: Any, out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = [x.decode() for x in run["run_labels"]]
-    d, margin, change = run["divergence_step"], run["margin_top"], run["contested_change"]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    bg_m, bg_c = run["background/margin"], run["background/change"]
-    keep = (bg_m > 0) & (bg_c > 0)
-    ax.scatter(bg_m[keep], bg_c[keep], s=6, color="0.75", label=f"agreeing steps (n={int(keep.sum())}; "
-               f"{int((~keep).sum())} with 0 change not shown)")
-    for q, (i, j) in enumerate(run["pairs"]):
-        hit = d[q] >= 0
-        if hit.any():
-            ax.scatter(margin[q][hit, 0], change[q][hit], s=40, marker="o", edgecolor="k", zorder=3,
-                       label=f"flip at d: {labels[i]} vs {labels[j]}")
-    finite = np.concatenate([bg_m[keep], bg_c[keep], margin[..., 0][d >= 0], change[d >= 0]])
-    finite = finite[np.isfinite(finite) & (finite > 0)]
-    if finite.size:
-        lo, hi = finite.min() / 2, finite.max() * 2
-        ax.plot([lo, hi], [lo, hi], color="C3", ls="--", lw=1, label="change = margin (flip possible above)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("top-1 − top-2 logit margin of run i (logit units, log)")
-    ax.set_ylabel("|cross-run change of z(top-1) − z(top-2)| (logit units, log)")
-    ax.set_title("exp4.divergence: margin vs cross-run logit change", fontsize=10)
-    ax.legend(fontsize=6.5, loc="upper left")
-    fig.tight_layout()
-    path = out_dir / f"divergence_scatter_{run.task_id}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _histogram(run: Any, out_dir: Path) -> Path:
-    """Margins at d in ULPs of the top-1 logit, log-binned, one colour per logits dtype; exact ties counted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    d, ties, pairs = run["divergence_step"], run["tie_ulps"], run["pairs"]
-    dtypes = [x.decode() for x in run["run_dtypes"]]
-    by_dtype: dict[str, list[float]] = {}
-    for q, (i, j) in enumerate(pairs):
-        for side, run_index in enumerate((i, j)):
-            values = ties[q, :, side][(d[q] >= 0) & np.isfinite(ties[q, :, side])]
-            by_dtype.setdefault(dtypes[run_index], []).extend(values.tolist())
-    positive = [v for values in by_dtype.values() for v in values if v > 0]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    if positive:
-        bins = np.geomspace(0.5, max(positive) * 2, 25)
-        for n, (dtype, values) in enumerate(sorted(by_dtype.items())):
-            arr = np.asarray(values)
-            ax.hist(arr[arr > 0], bins=bins, color=f"C{n}", alpha=0.7, edgecolor="k",
-                    label=f"{dtype} side (n={arr.size}, exact ties: {int((arr == 0).sum())})")
-    ax.set_xscale("log")
-    ax.set_xlabel("top-1 − top-2 margin at d (ULPs of the top-1 logit in the run's logits dtype, log)")
-    ax.set_ylabel("count (pair × prompt × side)")
-    never = int((d < 0).sum())
-    ax.set_title(f"exp4.divergence: closeness to a tie at d ({never} pair×prompt never diverged)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / f"divergence_margins_{run.task_id}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

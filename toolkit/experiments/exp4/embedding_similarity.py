@@ -20,8 +20,9 @@ so one figure shows both how far numerics and how far a deliberate perturbation 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp4.figures import plot_embedding_similarity as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -134,59 +135,3 @@ def _copy_internals(internals: Any, params: Params, out: Any, q: int) -> None:
             target.attrs["step"] = int(steps[row])
             target.create_dataset("rel_l2", data=g["rel_l2"][row])
             target.create_dataset("separation", data=separation_layer(g["rel_l2"][row], params.factor))
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Rows: prompts; columns: directions; relative L2 over depth per ε level, plus cross-run curves (red)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = [(r, k) for r in sorted(run.group["perturb"]) for k in sorted(run.group[f"perturb/{r}/prompts"])]
-    n_dirs = max(len(run.group[f"perturb/{r}/prompts/{k}/directions"]) for r, k in groups)
-    fig, axes = plt.subplots(len(groups), n_dirs, figsize=(4.6 * n_dirs, 4.8 * len(groups)), squeeze=False,
-                             sharey="row")
-    for row, (r, key) in zip(axes, groups):
-        g = run.group[f"perturb/{r}/prompts/{key}"]
-        names = [x.decode() for x in g["directions"][()]]
-        for di, (ax, name) in enumerate(zip(row, names)):
-            _panel(ax, g["eps"][di], g["rel_l2"][di])
-            _runs(ax, run, key)
-            ax.set_title(f"prompt {int(key)}, direction {name}", fontsize=9)
-            ax.set_xlabel("row: 0 = input emb., 1..L = layer, L+1 = final norm", fontsize=8)
-            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-        row[0].set_ylabel("‖h̃ − h‖ / ‖h‖ at the last position (log)")
-    fig.suptitle(f"exp4.embedding_similarity — {run.label()} (colour: ε, dark = smallest)", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"embedding_similarity_{run.task_id}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
-
-
-def _panel(ax: Any, eps: Any, rel: Any) -> None:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    cmap = plt.get_cmap("viridis")
-    for li, e in enumerate(eps):
-        if not np.isfinite(e):
-            continue
-        tag = " last identical" if li == len(eps) - 2 else " first diverged" if li == len(eps) - 1 else ""
-        ax.semilogy(np.where(rel[li] > 0, rel[li], np.nan), color=cmap(li / max(len(eps) - 1, 1)), lw=1.2,
-                    ls="--" if li == len(eps) - 1 else "-", label=f"ε={e:.3g}{tag}")
-
-
-def _runs(ax: Any, run: Any, key: str) -> None:
-    import numpy as np
-
-    if "runs" not in run.group:
-        return
-    for pair in sorted(run.group["runs"]):
-        if key in run.group[f"runs/{pair}/prompts"]:
-            h = run.group[f"runs/{pair}/prompts/{key}"]
-            labels = [str(x).split(" ", 2)[-1] for x in h.attrs["labels"]]
-            rel = h["rel_l2"][()]
-            ax.semilogy(np.where(rel > 0, rel, np.nan), color="C3", lw=2,
-                        label=f"{labels[0]} vs {labels[1]}, step {int(h.attrs['step'])}")

@@ -11,8 +11,9 @@ the model's final norm — the true `lm_head` input (the upstream script normali
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp4.figures import plot_generate as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -151,26 +152,3 @@ def _write(group: Any, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
             group.create_dataset(name, data=value, chunks=True, compression="gzip", compression_opts=1, shuffle=True)
         else:
             group.create_dataset(name, data=value)
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per-step top-1/top-2 margin of every prompt (log scale): where a flip is cheap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key in sorted(run.group["prompts"]):
-        margin = run[f"prompts/{key}/margin"]
-        ax.semilogy(np.arange(len(margin)), np.maximum(margin, 1e-8), lw=1, label=f"prompt {int(key)}")
-    ax.set_xlabel("generation step")
-    ax.set_ylabel("top-1 − top-2 logit (log)")
-    ax.set_title(f"exp4.generate margins — {run.label()}")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = out_dir / f"generate_margins_{run.task_id}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]

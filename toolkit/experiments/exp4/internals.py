@@ -25,8 +25,9 @@ max/median ULP distance in float32, and the separation layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp4.figures import plot_internals as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = False
 NEEDS_MODEL = True
@@ -170,45 +171,3 @@ def _one_prompt(models: Any, run_a: Any, run_b: Any, key: str, params: Params, g
                                                      dtype=np.int64))
     group.create_dataset("replay_matches", data=np.asarray(matches, dtype=bool))
     group.create_dataset("logits_max_abs_diff", data=np.asarray(logits_diff, dtype=np.float64))
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per pair: relative L2 difference over layers (one line per replayed step) and a layer×step heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    paths = []
-    for q in sorted(run.group["pairs"]):
-        pair = run.group[f"pairs/{q}"]
-        keys = sorted(pair["prompts"])
-        fig, axes = plt.subplots(len(keys), 2, figsize=(12, 3.4 * len(keys)), squeeze=False)
-        for row, key in zip(axes, keys):
-            g = pair[f"prompts/{key}"]
-            steps, rel = g["steps"][()], g["rel_l2"][()]
-            d = int(g.attrs["divergence_step"])
-            layers = np.arange(rel.shape[1])
-            for s, curve in zip(steps, rel):
-                row[0].semilogy(layers, np.where(curve > 0, curve, np.nan), marker=".", lw=1,
-                                label=f"step {s}" + (" = d" if s == d else ""))
-            row[0].set_xlabel("row: 0 = input embedding, 1..L = decoder layer, L+1 = final norm")
-            row[0].set_ylabel("‖h_i − h_j‖ / ‖h_i‖")
-            row[0].set_title(f"prompt {int(key)}: relative L2 difference over depth (d = {d})", fontsize=9)
-            row[0].legend(fontsize=6, ncol=2)
-            image = row[1].imshow(np.log10(np.where(rel > 0, rel, np.nan)), aspect="auto", origin="lower",
-                                  cmap="magma", extent=(-0.5, rel.shape[1] - 0.5, steps[0] - 0.5, steps[-1] + 0.5))
-            fig.colorbar(image, ax=row[1], label="log10 relative L2 difference")
-            row[1].set_xlabel("row (layer)")
-            row[1].set_yticks(steps)
-            row[1].set_ylabel("generation step s")
-            row[1].set_title("relative L2 difference, layer × step (blank: identical)", fontsize=9)
-        labels = [str(x) for x in pair.attrs["labels"]]
-        fig.suptitle(f"exp4.internals — {labels[0]} vs {labels[1]}", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"internals_{run.task_id}_pair{q}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths

@@ -19,8 +19,9 @@ w.r.t. the scoped embeddings: the steepest way to close the first decision).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
+
+from toolkit.experiments.exp4.figures import plot_perturb_until_divergence as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -254,40 +255,3 @@ def search(model: Any, embeds: Any, x: Any, v: Any, reference: list[int], params
                       tokens_upper=(reference[step] if step < len(reference) else -1,
                                     ids[step] if step < len(ids) else -1))
     return result
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Threshold ε per prompt and direction (bracket as an error bar), coloured by divergence step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    keys = sorted(run.group["prompts"])
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    names = [x.decode() for x in run[f"prompts/{keys[0]}/directions"]]
-    width = 0.8 / max(len(names), 1)
-    for r, name in enumerate(names):
-        xs = np.arange(len(keys)) + (r - (len(names) - 1) / 2) * width
-        lo = np.array([run[f"prompts/{k}/eps_lower"][r] for k in keys])
-        hi = np.array([run[f"prompts/{k}/eps_upper"][r] for k in keys])
-        steps = [int(run[f"prompts/{k}/divergence_step"][r]) for k in keys]
-        ax.vlines(xs, lo, hi, color=f"C{r}", lw=2)
-        ax.scatter(xs, lo, marker="v", color=f"C{r}", s=30, label=f"{name}: last identical ε (▼), first diverged (▲)")
-        ax.scatter(xs, hi, marker="^", color=f"C{r}", s=30)
-        for xpos, top, step in zip(xs, hi, steps):
-            if np.isfinite(top):
-                ax.annotate(f"d={step}", (xpos, top), textcoords="offset points", xytext=(0, 4), ha="center",
-                            fontsize=6)
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(keys)), [f"prompt {int(k)}" for k in keys])
-    ax.set_ylabel("ε (‖direction‖ = 1, embedding units, log)")
-    ax.set_title(f"exp4.perturb_until_divergence — {run.label()}, scope {run.attrs.get('scope')}, "
-                 f"{run.attrs.get('path')}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / f"perturb_until_divergence_{run.task_id}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]

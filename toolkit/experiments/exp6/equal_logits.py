@@ -21,8 +21,9 @@ gives back x0 bit for bit.  Needs `attn_implementation: eager` (JVPs), checked a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
+
+from toolkit.experiments.exp6.figures import plot_equal_logits as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -200,51 +201,3 @@ def _write_directions(ctx: Any, params: Params, ids: Any, x0: Any, group: Any, b
     group.create_dataset("right_vectors", data=triplets.right.numpy())
     group.create_dataset("residual", data=triplets.residual.numpy())
     group.attrs["svd_iterations_done"] = triplets.iterations
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per prompt: |gap| in logit ULPs per evaluation (gradient phase and polish), and σ of J at x0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.ticker import MaxNLocator
-
-    keys = sorted(run.group["prompts"])
-    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.2, 1]})
-    for row, key in zip(axes, keys):
-        base = f"prompts/{key}"
-        gap_ulps, phase = np.abs(run[f"{base}/trace_gap_ulps"]), run[f"{base}/trace_phase"]
-        steps = np.arange(len(gap_ulps))
-        attrs = run.group[base].attrs
-        ax = row[0]
-        for value, name, marker in ((0, "gradient phase", "o"), (1, "lattice polish", "x")):
-            mask = phase == value
-            if mask.any():
-                ax.plot(steps[mask], gap_ulps[mask], marker=marker, ms=4, lw=0.8, label=name)
-        best = int(attrs["best_iteration"])
-        ax.plot([best], [gap_ulps[best]], marker="o", ms=13, mfc="none", mec="C3", mew=1.5, ls="none",
-                clip_on=False, label=f"kept: certified gap {float(run[f'{base}/gap_ulps']):g} ULP")
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_ylim(bottom=-0.2)  # the linear part of symlog: 0 ULP (a true tie) stays visible
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("evaluation (forward pass) index")
-        ax.set_ylabel("|logit a − logit b|  [ULPs of the logit]")
-        ax.set_title(f"prompt {int(key)}: {attrs['method']} tie of {attrs['a_token']!r} / {attrs['b_token']!r}",
-                     fontsize=9)
-        ax.legend(fontsize=7)
-        sigma = run[f"{base}/sigma"]
-        spec = row[1]
-        spec.plot(np.arange(1, len(sigma) + 1), sigma, marker="o")
-        spec.set_xticks(np.arange(1, len(sigma) + 1))
-        spec.set_xlabel("index i")
-        spec.set_ylabel("σ_i of J at x0")
-        spec.set_title("top singular values (directions stored)", fontsize=9)
-    fig.suptitle(f"exp6.equal_logits — {run.label()}", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"equal_logits_{run.task_id}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]

@@ -23,8 +23,9 @@ upstream certificate) and both checks are stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
+
+from toolkit.experiments.exp6.figures import plot_token_flip as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -288,10 +289,3 @@ def flip_statistics(eps: Any, argmax: Any, side: Any, eps_max: float, n_steps: i
     return {"nearest_flip_eps": nearest, "nearest_flip_bracket": bracket, "nearest_flip_token": token,
             "flip_positions": np.array(positions, dtype=np.float64).reshape(-1, 3), "n_flips": n_flips,
             "n_argmax_changes": n_changes, "flip_density": density}
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per upstream run and prompt: gap vs ε per direction (flips marked) and nearest-flip |ε| per direction."""
-    from toolkit.experiments.exp6.flip_figure import draw
-
-    return draw(run, out_dir)

@@ -22,8 +22,9 @@ random distinct inputs and stores the sign-agreement rate and the largest |gap d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
+
+from toolkit.experiments.exp7.figures import plot_heatmap as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -261,16 +262,3 @@ def _write_agreement(group: Any, result: Any) -> None:
     for name in ("sign_agreement", "max_abs_gap_diff", "bitwise_equal"):
         sub.attrs[name] = agreement[name]
         group.attrs[f"agreement_{name}"] = agreement[name]
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per map: the gap (diverging, centred on 0), the sign map (legend names each token's colour),
-    and the cells of identical rounded input."""
-    from toolkit.experiments.exp7.figures import map_figure
-
-    paths = []
-    for key in sorted(run.group["maps"]):
-        path = out_dir / f"exp7_heatmap_{run.task_id}_{key}.png"
-        map_figure(run, f"maps/{key}", path, f"exp7.heatmap — {run.label()} — map {key}")
-        paths.append(path)
-    return paths

@@ -15,10 +15,10 @@ chi-square tested only the 50/50 balance.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp7.figures import plot_randomness as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -130,104 +130,3 @@ def _source_label(run: Any, path: str) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Per map: sign map, local entropy, gradient magnitude, Moran null distribution; plus a summary table."""
-    paths = [_map_panels(run, f"maps/{key}", out_dir / f"exp7_randomness_{run.task_id}_{key}.png")
-             for key in sorted(run.group["maps"])]
-    paths.append(_summary(run, out_dir / f"exp7_randomness_{run.task_id}_summary.png"))
-    return paths
-
-
-def _map_panels(run: Any, base: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    from toolkit.experiments.exp7.figures import COLOUR_A, COLOUR_B, extent, token_names
-
-    attrs = run.group[base].attrs
-    e1, e2, classes = run[f"{base}/e1"], run[f"{base}/e2"], run[f"{base}/classes"]
-    box = extent(e1, e2)
-    name_a, name_b = token_names(run, base)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
-    ax = axes[0, 0]
-    ax.imshow(classes.T, origin="lower", extent=box, aspect="auto", interpolation="nearest",
-              cmap=ListedColormap([COLOUR_B, COLOUR_A]), vmin=0, vmax=1)
-    ax.legend(handles=[Patch(color=COLOUR_A, label=f"{name_a} wins"), Patch(color=COLOUR_B, label=f"{name_b} wins")],
-              fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-    ax.set_title(f"sign map: flip ratio {attrs['flip_ratio']:.3f} (i.i.d. {attrs['iid_flip_ratio']:.3f}), "
-                 f"{attrs['regions']} regions", fontsize=9)
-    _entropy_panel(fig, axes[0, 1], run, base, box)
-    grad = run[f"{base}/gradient_magnitude"]
-    im = axes[1, 0].imshow(grad.T, origin="lower", extent=box, aspect="auto", cmap="magma", interpolation="nearest")
-    fig.colorbar(im, ax=axes[1, 0], label="|∇ gap| (logits per unit e)")
-    axes[1, 0].set_title("gradient magnitude of logit[a] − logit[b]", fontsize=9)
-    for a in (axes[0, 0], axes[0, 1], axes[1, 0]):
-        dirs = [int(d) for d in attrs.get("directions", [1, 2])]
-        a.set_xlabel(f"e1: step along v{dirs[0]} (embedding units)")
-        a.set_ylabel(f"e2: step along v{dirs[1]} (embedding units)")
-        a.ticklabel_format(style="sci", scilimits=(0, 0))
-    null = run[f"{base}/moran_null"]
-    ax = axes[1, 1]
-    if null.size:
-        ax.hist(null, bins=40, color="0.6", label=f"{null.size} shuffles of the same classes")
-    if np.isfinite(attrs["morans_i"]):
-        ax.axvline(attrs["morans_i"], color="C3", lw=2, label=f"observed I = {attrs['morans_i']:.3f}")
-    ax.set_xlabel("Moran's I (rook weights)")
-    ax.set_ylabel("count")
-    ax.set_title(f"permutation test of spatial randomness: p = {attrs['moran_p_two_sided']:.3g} (two-sided)",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    fig.suptitle(f"exp7.randomness — {attrs['source_label']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _entropy_panel(fig: Any, ax: Any, run: Any, base: str, box: list[float]) -> None:
-    """Local entropy drawn over the window centres it belongs to, inside the full map's extent."""
-    from toolkit.experiments.exp7.figures import extent
-
-    entropy = run[f"{base}/local_entropy"]
-    e1, e2 = run[f"{base}/e1"], run[f"{base}/e2"]
-    window = int(run.group.attrs.get("window", 5))
-    half = (window - 1) // 2
-    if entropy.size and len(e1) > 1 and len(e2) > 1:
-        inner = extent(e1[half:len(e1) - half], e2[half:len(e2) - half]) if window % 2 else box
-        im = ax.imshow(entropy.T, origin="lower", extent=inner, aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                       interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="binary entropy (bits)")
-        ax.set_xlim(box[0], box[1])
-        ax.set_ylim(box[2], box[3])
-    mean = run.group[base].attrs["mean_local_entropy"]
-    ax.set_title(f"local entropy, {window}×{window} windows (mean {mean:.3f} bit)", fontsize=9)
-
-
-def _summary(run: Any, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted(run.group["maps"])
-    cols = ("flip_ratio", "iid_flip_ratio", "regions", "morans_i", "moran_p_two_sided", "mean_local_entropy",
-            "crossing_density", "fraction_class1")
-    cells = [[_fmt(run.group[f"maps/{k}"].attrs[c].item()) for c in cols] for k in keys]
-    rows = [f"{k}: v{[int(d) for d in run.group[f'maps/{k}'].attrs.get('directions', [])]}" for k in keys]
-    fig, ax = plt.subplots(figsize=(13, 0.9 + 0.35 * len(keys)))
-    ax.axis("off")
-    table = ax.table(cellText=cells, rowLabels=rows, colLabels=cols, loc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    ax.set_title(f"exp7.randomness — metrics per map ({run.task_id})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -14,8 +14,9 @@ Reads exp7.heatmap (same target and dtype).  For each selected map (`maps`, empt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from toolkit.experiments.exp7.figures import plot_zoom as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -132,32 +133,3 @@ def _tie_of(up: Any, path: str) -> Any:
                     embeds=up[f"{path}/embeds"], x0=up[f"{path}/x0"], pair=(int(pair[0]), int(pair[1])),
                     gap=float(up.group[path].attrs["upstream_gap"]), sigma=up[f"{path}/sigma"],
                     directions=None)
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Each window of a stored map, and each recomputed grid (three panels as exp7.heatmap)."""
-    from toolkit.experiments.exp7.figures import map_figure
-    from toolkit.store.reader import RunView
-
-    paths = []
-    tasks = run.group.file["tasks"]
-    for key in sorted(run.group["views"]):
-        attrs = run.group[f"views/{key}"].attrs
-        source_id = attrs["source_task_id"]
-        source_id = source_id.decode() if isinstance(source_id, bytes) else str(source_id)
-        if source_id not in tasks:
-            continue  # the heatmap run is not in this store (e.g. a store holding only this task)
-        window = [float(v) for v in attrs["window"]]
-        i0, i1 = (int(v) for v in attrs["e1_index"])
-        j0, j1 = (int(v) for v in attrs["e2_index"])
-        path = out_dir / f"exp7_zoom_{run.task_id}_{key}_stored.png"
-        map_figure(RunView(tasks[source_id]), str(attrs["source_map"]), path,
-                   f"exp7.zoom — stored values in the window e1 ∈ [{window[0]:.3g}, {window[1]:.3g}], "
-                   f"e2 ∈ [{window[2]:.3g}, {window[3]:.3g}] — {run.label()}",
-                   window=(slice(i0, i1 + 1), slice(j0, j1 + 1)))
-        paths.append(path)
-    for key in sorted(run.group["maps"]) if "maps" in run.group else []:
-        path = out_dir / f"exp7_zoom_{run.task_id}_{key}_recomputed.png"
-        map_figure(run, f"maps/{key}", path, f"exp7.zoom — recomputed {run.label()} — map {key}")
-        paths.append(path)
-    return paths

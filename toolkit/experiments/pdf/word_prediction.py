@@ -21,10 +21,9 @@ Each finished window is checkpointed; a killed task resumes with the windows it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from toolkit.experiments.pdf.word_table import plot_words
+from toolkit.experiments.pdf.figures import plot_word_prediction as plot  # noqa: F401 (re-export for the registry)
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -266,8 +265,3 @@ def _attrs(ctx: Any, params: Params, doc: Any, table: dict[str, Any], windows: l
         f"top-1 accuracy {acc:.3f}; median p(first token) {np.nanmedian(table['prob']) if scored.any() else 0:.3g}; "
         f"prefix check: top-1 agree {check['top1_agree']}/{check['words']}, "
         f"max |Δlogit| {check['max_abs_logit_diff']:.3g}, max |Δp| {check['max_abs_prob_diff']:.3g}")
-
-
-def plot(run: Any, out_dir: Path) -> list[Path]:
-    """Probability over the document, rank histogram, cosine vs log-prob; plus words_<task>.csv."""
-    return plot_words(run, out_dir)

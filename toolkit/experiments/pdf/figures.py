@@ -1,21 +1,28 @@
-"""Figures and the CSV table of a `pdf.word_prediction` run, from the store only (no model)."""
+"""Figures and the CSV table of a `pdf.word_prediction` run, from the store only (no model).
+
+The CSV is written beside the PNG under the same naming rule (`words_<task>.csv`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from toolkit.experiments.figsave import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from toolkit.context import RunView
 
 CSV_COLUMNS = ("word_index", "word", "page", "char_start", "char_end", "token_start", "token_end", "n_tokens",
                "window_start", "context_tokens", "scored", "shared_token", "true_id", "logit", "prob",
                "logprob_first", "logprob_word", "rank", "top1_match", "top1_id", "top1_prob", "margin", "cosine")
 
 
-def words_of(run: Any) -> list[str]:
+def words_of(run: RunView) -> list[str]:
     """The stored words as Python strings."""
     return [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in run["words"]]
 
 
-def write_csv(run: Any, path: Path) -> Path:
+def write_csv(run: RunView, path: Path) -> Path:
     """One row per word (all words; unscored ones have empty values), columns CSV_COLUMNS."""
     import csv
 
@@ -59,13 +66,11 @@ def rolling_mean(values: Any, width: int) -> Any:
         return np.where(counts > 0, sums / counts, np.nan)
 
 
-def plot_words(run: Any, out_dir: Path) -> list[Path]:
+def plot_word_prediction(run: RunView, out_dir: Path) -> list[Path]:
     """words_<task>.png (three panels) and words_<task>.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     scored = run["scored"]
     index, prob, page = run["word_index"][scored], run["prob"][scored], run["page"][scored]
@@ -79,9 +84,7 @@ def plot_words(run: Any, out_dir: Path) -> list[Path]:
     fig.suptitle(f"pdf.word_prediction — {Path(str(run.attrs.get('pdf_path', '?'))).name}, pages "
                  f"{run.attrs.get('pages', '?')} — {run.label()}\n{int(scored.sum())} of {scored.size} words scored, "
                  f"top-1 accuracy {acc:.3f}", fontsize=10)
-    png = out_dir / f"words_{run.task_id}.png"
-    fig.savefig(png, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    png = save_figure(fig, out_dir, "words", run.task_id)
     return [png, write_csv(run, out_dir / f"words_{run.task_id}.csv")]
 
 

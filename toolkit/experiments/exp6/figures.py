@@ -1,17 +1,21 @@
-"""The exp6.token_flip figure, drawn from the store only (no model)."""
+"""Figures of the exp6 family, drawn from the store only (no model): exp6.equal_logits (the tie
+search trace and σ of J) and exp6.token_flip (gap against ε and the nearest flip per direction)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from toolkit.experiments.figsave import pyplot, save_figure
+
+if TYPE_CHECKING:
+    from toolkit.context import RunView
 
 
-def draw(run: Any, out_dir: Path) -> list[Path]:
-    """One row per (upstream run, prompt): gap vs ε per direction, and nearest-flip |ε| per direction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_token_flip(run: RunView, out_dir: Path) -> list[Path]:
+    """One row per (upstream run, prompt): gap vs ε per direction (flips marked), and nearest-flip |ε|
+    per direction."""
+    plt = pyplot()
 
     rows = [f"sources/{source}/prompts/{key}" for source in sorted(run.group["sources"])
             for key in sorted(run.group[f"sources/{source}/prompts"])]
@@ -23,13 +27,10 @@ def draw(run: Any, out_dir: Path) -> list[Path]:
     fig.suptitle(f"exp6.token_flip — {run.label()}, x = x0 + ε·v_i rounded as {run.attrs.get('perturb_mode')}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    path = out_dir / f"token_flip_{run.task_id}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir, "token_flip", run.task_id)]
 
 
-def _gap_panel(ax: Any, run: Any, base: str) -> None:
+def _gap_panel(ax: Any, run: RunView, base: str) -> None:
     import numpy as np
 
     eps, gap, directions = run[f"{base}/eps"], run[f"{base}/gap"], run[f"{base}/directions"]
@@ -60,7 +61,7 @@ def _gap_panel(ax: Any, run: Any, base: str) -> None:
               title="direction (right singular vector)", title_fontsize=7)
 
 
-def _nearest_panel(ax: Any, run: Any, base: str) -> None:
+def _nearest_panel(ax: Any, run: RunView, base: str) -> None:
     import numpy as np
 
     nearest, directions = np.abs(run[f"{base}/nearest_flip_eps"]), run[f"{base}/directions"]
@@ -95,3 +96,46 @@ def _decade_ticks(ax: Any, nonzero: Any) -> None:
     labels = [f"−1e{k}" for k in powers] + ["0"] + [f"1e{k}" for k in reversed(powers)]
     ax.set_xticks(np.array(values), labels, fontsize=7)
     ax.xaxis.set_minor_locator(NullLocator())
+
+
+def plot_equal_logits(run: RunView, out_dir: Path) -> list[Path]:
+    """Per prompt: |gap| in logit ULPs per evaluation (gradient phase and polish), and σ of J at x0."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+
+    keys = sorted(run.group["prompts"])
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]})
+    for row, key in zip(axes, keys):
+        base = f"prompts/{key}"
+        gap_ulps, phase = np.abs(run[f"{base}/trace_gap_ulps"]), run[f"{base}/trace_phase"]
+        steps = np.arange(len(gap_ulps))
+        attrs = run.group[base].attrs
+        ax = row[0]
+        for value, name, marker in ((0, "gradient phase", "o"), (1, "lattice polish", "x")):
+            mask = phase == value
+            if mask.any():
+                ax.plot(steps[mask], gap_ulps[mask], marker=marker, ms=4, lw=0.8, label=name)
+        best = int(attrs["best_iteration"])
+        ax.plot([best], [gap_ulps[best]], marker="o", ms=13, mfc="none", mec="C3", mew=1.5, ls="none",
+                clip_on=False, label=f"kept: certified gap {float(run[f'{base}/gap_ulps']):g} ULP")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=-0.2)  # the linear part of symlog: 0 ULP (a true tie) stays visible
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("evaluation (forward pass) index")
+        ax.set_ylabel("|logit a − logit b|  [ULPs of the logit]")
+        ax.set_title(f"prompt {int(key)}: {attrs['method']} tie of {attrs['a_token']!r} / {attrs['b_token']!r}",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        sigma = run[f"{base}/sigma"]
+        spec = row[1]
+        spec.plot(np.arange(1, len(sigma) + 1), sigma, marker="o")
+        spec.set_xticks(np.arange(1, len(sigma) + 1))
+        spec.set_xlabel("index i")
+        spec.set_ylabel("σ_i of J at x0")
+        spec.set_title("top singular values (directions stored)", fontsize=9)
+    fig.suptitle(f"exp6.equal_logits — {run.label()}", fontsize=10)
+    fig.tight_layout()
+    return [save_figure(fig, out_dir, "equal_logits", run.task_id)]
