@@ -1,4 +1,5 @@
-"""A campaign folder on disk: prepare it for a plan, and report which tasks are done.
+"""A campaign folder on disk: prepare it for a plan, and report which tasks are done.  Its layout
+(every path, plan.json, task states, locks, the store handle) is `toolkit.store.campaign_dir.CampaignDir`.
 
 Task state comes from the files alone (store.h5, shards, failure reports, temporary shards of
 running workers), so status works from any machine that sees the folder.
