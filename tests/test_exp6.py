@@ -210,11 +210,13 @@ def test_params_are_validated_and_the_shipped_manifest_is_valid(write_manifest):
 
 
 def test_token_flip_refuses_upstream_runs_of_other_numerics():
+    from toolkit.context import Inputs
     from toolkit.experiments.exp6 import token_flip
     from toolkit.manifest import Numerics
 
     upstream = SimpleNamespace(target="cpu", numerics=Numerics(dtype="float32").to_dict(), task_id="abc")
-    inputs = SimpleNamespace(runs=lambda name: [upstream] if name == "exp6.equal_logits" else [])
+    store = SimpleNamespace(runs=lambda experiment, ids: [upstream] if experiment == "exp6.equal_logits" else [])
+    inputs = Inputs(store, ("abc",), "exp6.token_flip", token_flip.READS)  # type: ignore[arg-type]
     ctx = SimpleNamespace(inputs=inputs, task=SimpleNamespace(target="cpu"), numerics=Numerics(dtype="bfloat16"))
     assert token_flip.matching_runs(ctx) == []
     with pytest.raises(ValueError, match="no exp6.equal_logits run with this task's target 'cpu' and numerics "

@@ -45,11 +45,7 @@ RESTRICTED: dict[str, set[str]] = {
 UPWARD: set[tuple[str, str]] = {("manifest", "experiments"), ("experiments", "context")}
 
 # module -> imported module, left from before the rule; each is removed by the issue named.
-KNOWN: dict[tuple[str, str], str] = {
-    ("toolkit.experiments.exp4.internals", "toolkit.manifest"): "#12: extra models come from the worker's cache",
-    ("toolkit.experiments.exp4.internals", "toolkit.models"): "#12: extra models come from the worker's cache",
-    ("toolkit.experiments.exp7.zoom", "toolkit.manifest.params"): "#12: upstream params through the run view",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _unit(module: str) -> str:

@@ -50,6 +50,11 @@ class TaskFailed(ToolkitError):
     """One or more tasks of a campaign failed; their logs say why."""
 
 
+class ContractError(ToolkitError):
+    """An experiment broke its declared contract (read an experiment missing from its `READS`, wrote
+    a dataset missing from its `STORES`): a bug in the experiment module, fixed in its declarations."""
+
+
 class UpstreamError(ToolkitError, ValueError):
     """A downstream experiment found no usable upstream runs among its inputs (missing, too few, or
     incompatible numerics / prompts): fix the manifest's `needs` and sweeps.  Also a ValueError, as

@@ -7,8 +7,9 @@ import functools
 import signal
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from toolkit.context import Inputs, RunContext
 from toolkit.manifest import ModelSpec, Numerics
@@ -16,6 +17,9 @@ from toolkit.plan import Task
 from toolkit.store.campaign_dir import CampaignDir, PlanFile
 from toolkit.store.checkpoint import Checkpoint
 from toolkit.store.shard import open_shard
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def load_plan_file(campaign_dir: Path) -> PlanFile:
@@ -89,6 +93,7 @@ def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, .
     from toolkit.manifest.params import build_params
     from toolkit.store import provenance
     from toolkit.store.reader import Store
+    from toolkit.store.writer import CheckedGroup
 
     module = experiments.get(task.experiment)
     params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
@@ -98,13 +103,17 @@ def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, .
              "params": task.params, "numerics": task.numerics.to_dict(), "model": model_identity,
              "inputs": list(task.inputs), "provenance": provenance.collect(device, flags)}
     checkpoint = Checkpoint(folder, task.task_id)
+    reads = tuple(module.READS) + tuple(getattr(module, "READS_OPTIONAL", ()))
     try:
-        with open_shard(folder, task.task_id, attrs) as out:
+        with open_shard(folder, task.task_id, attrs) as shard:
+            out = CheckedGroup.for_experiment(shard, task.experiment, module.STORES)
             ctx = RunContext(task=task, model=model, tokenizer=tokenizer, device=device, numerics=task.numerics,
-                             prompts=prompts, inputs=Inputs(store, task.inputs), out=out, checkpoint=checkpoint)
+                             prompts=prompts, inputs=Inputs(store, task.inputs, task.experiment, reads), out=out,
+                             checkpoint=checkpoint, models=_TaskModels(models, task.numerics, model))
             module.run(ctx, params)
         checkpoint.clear()
     finally:
+        models.release_extras()
         if store is not None:
             store.close()
 
@@ -118,11 +127,26 @@ def _raise(path: tuple[Any, ...], message: str) -> None:
 
 
 class _ModelCache:
-    """One loaded model per (dtype, attention) in this process."""
+    """One loaded model per (dtype, attention) in this process, plus the extra copies a task asks for
+    through `ctx.models` (other numerics of the same weights), freed when the task ends."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.loaded: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.extras: dict[tuple[str, str], PreTrainedModel] = {}
+
+    def extra(self, numerics: Numerics) -> PreTrainedModel:
+        """The model under `numerics`, loaded once for the running task (see `release_extras`)."""
+        from toolkit.models import loading
+
+        key = (numerics.dtype, numerics.attn_implementation)
+        if key not in self.extras:
+            self.extras[key] = loading.load(self.spec, numerics)[0]
+        return self.extras[key]
+
+    def release_extras(self) -> None:
+        """Free the extra copies loaded for the task that just ended."""
+        self.extras.clear()
 
     def get(self, numerics: Numerics, needs_model: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
         from toolkit.models import loading
@@ -137,3 +161,21 @@ class _ModelCache:
             self.loaded[key] = loading.load(self.spec, numerics)
         model, tokenizer, device = self.loaded[key]
         return model, tokenizer, device, flags
+
+
+class _TaskModels:
+    """`ctx.models` of one task: its own model for its own (dtype, attention), else an extra copy
+    from the worker's cache (`toolkit.context.Models`)."""
+
+    def __init__(self, cache: _ModelCache, numerics: Numerics, model: PreTrainedModel | None) -> None:
+        self.cache = cache
+        self.numerics = numerics
+        self.model = model
+
+    def get(self, numerics: Numerics | Mapping[str, Any]) -> PreTrainedModel:
+        """The model under `numerics` (a `Numerics` or a stored run's numerics dict)."""
+        wanted = numerics if isinstance(numerics, Numerics) else Numerics(**numerics)
+        own = (self.numerics.dtype, self.numerics.attn_implementation)
+        if self.model is not None and (wanted.dtype, wanted.attn_implementation) == own:
+            return self.model
+        return self.cache.extra(wanted)

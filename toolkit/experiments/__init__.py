@@ -1,13 +1,21 @@
 """The experiment registry: an explicit table from experiment name to the module implementing it.
 
-Every module named here provides a frozen `Params` dataclass, `run(ctx, params)`, `plot(run,
-out_dir)` and the metadata constants `PER_TARGET`, `NEEDS_MODEL`, `READS` and `STORES`.  Modules
-import heavy libraries inside functions, so looking a name up is instant.
+Every module named here satisfies `ExperimentModule` (checked for every name by
+tests/test_experiment_contract.py): a frozen `Params` dataclass (every field typed), `run(ctx:
+RunContext, params)`, `plot(run, out_dir)` (figures from the store, in the family's `figures`
+module) and the declarations `PER_TARGET`, `NEEDS_MODEL`, `READS`, `READS_PROMPTS`,
+`NEEDS_EAGER_ATTENTION` and `STORES`.  The worker enforces two of them while a task runs:
+`ctx.inputs.matching` refuses an experiment missing from `READS` / `READS_OPTIONAL`, and `ctx.out`
+refuses a dataset missing from `STORES` (`toolkit.store.writer`).  Modules import heavy libraries
+inside functions, so looking a name up is instant.  Code shared by several experiments lives in
+`toolkit/numerics/` or an unregistered module here (`checks`, `layer_sweep`), never in another
+registered experiment.
 
 Declarations that validation reads (`toolkit.manifest`), so a manifest that cannot run is refused
 before anything is created rather than when a task starts.  Every module declares the first two
 explicitly (a test checks it); the upstream rules are optional:
 
+`READS_OPTIONAL`         experiments it also reads when their ids are in its `needs` (not required).
 `READS_PROMPTS`          True if its tasks read the manifest's `prompts` (an empty list is refused).
 `NEEDS_EAGER_ATTENTION`  True if it takes JVPs through the model (`torch.func.jvp`, which SDPA
                          attention does not support), or a function of its `Params` saying so
@@ -23,11 +31,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from toolkit.errors import UsageError
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext
 
 REGISTRY: dict[str, str] = {
     "exp1.layer_svd": "toolkit.experiments.exp1.layer_svd",
@@ -48,6 +60,23 @@ REGISTRY: dict[str, str] = {
     "exp7.randomness": "toolkit.experiments.exp7.randomness",
     "pdf.word_prediction": "toolkit.experiments.pdf.word_prediction",
 }
+
+
+@runtime_checkable
+class ExperimentModule(Protocol):
+    """What an experiment module provides (the module itself satisfies this Protocol)."""
+
+    PER_TARGET: bool
+    NEEDS_MODEL: bool
+    READS: tuple[str, ...]
+    READS_PROMPTS: bool
+    NEEDS_EAGER_ATTENTION: bool | Callable[[Any], bool]
+    STORES: Mapping[str, str]
+    Params: type
+
+    def run(self, ctx: RunContext, params: Any) -> None:
+        """Compute and write the task's results through `ctx.out`."""
+        ...
 
 
 def names() -> list[str]:

@@ -14,9 +14,39 @@ the last token's embedding, take its top-k singular triplets.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class _Numerics(Protocol):
+    @property
+    def dtype(self) -> str: ...
+
+
+class _Attrs(Protocol):
+    @property
+    def attrs(self) -> MutableMapping[str, Any]: ...
+
+
+class Session(Protocol):
+    """What these helpers read of an experiment's run context (`toolkit.context.RunContext`, which
+    this layer may not import, satisfies it): the model, tokenizer, device, numerics and output."""
+
+    @property
+    def model(self) -> PreTrainedModel: ...
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def numerics(self) -> _Numerics: ...
+    @property
+    def out(self) -> _Attrs: ...
 
 
 @dataclass(frozen=True)
@@ -28,7 +58,7 @@ class JacobianSetup:
     use_true_fp64: bool
 
 
-def jacobian_setup(ctx: Any, true_fp64_wanted: bool) -> JacobianSetup:
+def jacobian_setup(ctx: Session, true_fp64_wanted: bool) -> JacobianSetup:
     """Check the model supports JVPs (ValueError otherwise) and decide on true float64:
     only when asked for and the task's dtype is float64."""
     from toolkit.numerics.jacobian import require_eager
@@ -38,7 +68,7 @@ def jacobian_setup(ctx: Any, true_fp64_wanted: bool) -> JacobianSetup:
 
 
 @contextlib.contextmanager
-def model_arithmetic(ctx: Any, use_true_fp64: bool, attention: str | None = None) -> Iterator[list[str]]:
+def model_arithmetic(ctx: Session, use_true_fp64: bool, attention: str | None = None) -> Iterator[list[str]]:
     """For the block: the model in true float64 if `use_true_fp64` (else unchanged); writes
     `true_fp64_patches` (JSON list of patched modules) to ctx.out.attrs and, when `attention` (the
     implementation at task start) is given, `attention_during_run`.  Yields the patch list."""
@@ -54,7 +84,7 @@ def model_arithmetic(ctx: Any, use_true_fp64: bool, attention: str | None = None
         yield patches
 
 
-def prompt_singular(ctx: Any, prompt: str, p: Any, tick: Callable[[], None]) -> tuple[Any, Any, Any]:
+def prompt_singular(ctx: Session, prompt: str, p: Any, tick: Callable[[], None]) -> tuple[Any, Any, Any]:
     """(input_ids [1,T], JacobianOperator of f at the prompt's last-token embedding, top-k triplets):
     the first step of exp1 and exp2 per prompt.  p supplies top_k, iterations, oversample, seed
     and jvp_mode; ValueError when top_k exceeds the embedding dimension; `tick` per iteration."""

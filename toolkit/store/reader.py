@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from toolkit.errors import StoreError
 from toolkit.store.schema import check_schema
 
 JSON_ATTRS = ("params", "numerics", "model", "provenance", "inputs", "checksums")
+
+_P = TypeVar("_P")
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples a frozen dataclass holds (recursively)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 class RunView:
@@ -49,6 +56,21 @@ class RunView:
     @property
     def numerics(self) -> dict[str, Any]:
         return dict(self.attrs.get("numerics", {}))
+
+    def params_as(self, cls: type[_P]) -> _P:
+        """The run's stored params as `cls` (its experiment's frozen `Params` dataclass): JSON lists back
+        to tuples, integers back to floats where the field is a float, defaults for fields the stored
+        params lack.  `StoreError` if a stored name is not a field of `cls`."""
+        import dataclasses
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(self.params) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        if unknown:
+            raise StoreError(f"run {self.task_id}: stored params {unknown} are not fields of {cls.__qualname__}; "
+                             "read it with the toolkit version that wrote it")
+        return cls(**{k: float(v) if hints[k] is float and isinstance(v, int) else _tuples(v)
+                      for k, v in self.params.items()})
 
     def label(self) -> str:
         """Human label used in tables and figures, e.g. `a100 r0 bfloat16/eager/kv`."""

@@ -27,9 +27,13 @@ full recompute of the prompt at batch size 1 (one code path for f and its pertur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from toolkit.experiments.exp2.figures import plot_lipschitz as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import CheckedGroup, RunContext
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -89,7 +93,7 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Per prompt: top-k singular triplets of J and finite-difference gains; see the module docstring."""
     from toolkit.experiments.checks import eps_grid
     from toolkit.numerics.session import jacobian_setup, model_arithmetic
@@ -121,7 +125,7 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def _one_prompt(ctx: Any, params: Params, prompt: str, eps: Any, group: Any, bar: Any) -> float:
+def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: CheckedGroup, bar: Progress) -> float:
     import numpy as np
     import torch
 
@@ -162,7 +166,7 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, eps: Any, group: Any, bar
     return float(triplets.residual.max())
 
 
-def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Any) -> Any:
+def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Progress) -> Any:
     """Noise-averaged gain along `direction` per ε (NaN where the mean input difference is 0)."""
     import numpy as np
     import torch

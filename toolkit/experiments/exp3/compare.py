@@ -16,9 +16,12 @@ so agreement is limited to about that format's accuracy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp3.figures import plot_compare as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import CheckedGroup, RunContext
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -42,22 +45,22 @@ class Params:
     """No parameters: all upstream exp3.precision runs are compared."""
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Collect direction-v1 results of every upstream run per prompt (see the module docstring)."""
     import json
 
     import numpy as np
 
-    runs = ctx.inputs.runs("exp3.precision")
-    if not runs:
-        raise ValueError("exp3.compare found no exp3.precision runs among its inputs; add their id to needs")
+    from toolkit.errors import UpstreamError
+
+    runs = ctx.inputs.matching("exp3.precision")
     runs = sorted(runs, key=lambda r: (_rank(r.numerics.get("dtype", "")), r.label(), r.task_id))
     keys = sorted(runs[0].group["prompts"])
     for r in runs[1:]:
         if sorted(r.group["prompts"]) != keys or any(
                 not np.array_equal(r[f"prompts/{k}/prompt_ids"], runs[0][f"prompts/{k}/prompt_ids"])
                 or not np.array_equal(r[f"prompts/{k}/eps"], runs[0][f"prompts/{k}/eps"]) for k in keys):
-            raise ValueError(f"run {r.task_id} ({r.label()}) has other prompts or another ε grid than "
+            raise UpstreamError(f"run {r.task_id} ({r.label()}) has other prompts or another ε grid than "
                              f"{runs[0].task_id}; compare exp3.precision runs of one manifest entry")
     out = ctx.out
     out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
@@ -94,7 +97,7 @@ def _rank(dtype: str) -> int:
     return DTYPE_ORDER.index(dtype) if dtype in DTYPE_ORDER else len(DTYPE_ORDER)
 
 
-def summary(runs: list[Any], out: Any) -> str:
+def summary(runs: list[Any], out: CheckedGroup) -> str:
     """One line per run and prompt: the ε range of each regime."""
     import json
 

@@ -23,11 +23,13 @@ CPU are several times slower than float32 (no native kernels).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from toolkit.experiments.exp1.layer_svd import STORES as LAYER_STORES
-from toolkit.experiments.exp1.layer_svd import Params as LayerParams
 from toolkit.experiments.exp3.figures import plot_precision as plot  # noqa: F401 (re-export for the registry)
+from toolkit.experiments.layer_sweep import LAYER_STORES, LayerSweepParams
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -46,7 +48,7 @@ METHOD = "x + ε·v_i per ε, full forwards; regimes from the deviation of Δf f
 
 
 @dataclass(frozen=True)
-class Params(LayerParams):
+class Params(LayerSweepParams):
     """As exp1.layer_svd (top_k directions swept over the geometric ε grid, same fields and checks),
     plus signal_tol: the relative deviation from the linear prediction below which a response is
     called signal (see toolkit.numerics.regimes)."""
@@ -61,11 +63,15 @@ class Params(LayerParams):
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Per prompt: the layer sweep, linear predictions and regimes; see the module docstring."""
     import json
 
-    from toolkit.experiments.exp1.layer_svd import eps_grid, measure_prompt, record_settings
+    from toolkit.experiments.layer_sweep import (
+        eps_grid,
+        measure_prompt,
+        record_settings,
+    )
     from toolkit.numerics.regimes import REGIMES
     from toolkit.numerics.session import jacobian_setup, model_arithmetic
 

@@ -9,9 +9,12 @@ computed from identical inputs whose argmax differs (the upstream scripts looked
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp4.figures import plot_compare as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -35,17 +38,17 @@ class Params:
     """No parameters: every pair of the upstream runs is compared."""
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Compare all pairs of upstream generate runs and store the N×N×P tables."""
     import numpy as np
 
-    from toolkit.experiments.exp4.upstream import TRACE_FIELDS, check_same_prompts, generate_runs, load_traces
+    from toolkit.experiments.exp4.upstream import TRACE_FIELDS, check_same_prompts, load_traces
 
-    runs = generate_runs(ctx, "exp4.compare")
+    runs = ctx.inputs.matching("exp4.generate", min_runs=2)
     traces = [load_traces(r, (*TRACE_FIELDS, "logits_hash")) for r in runs]
     check_same_prompts(runs, traces)
     n, p = len(runs), len(traces[0])
-    tables = {
+    tables: dict[str, np.ndarray] = {
         "first_divergence": np.full((n, n, p), -1, np.int32), "common_length": np.zeros((n, n, p), np.int32),
         "first_bitwise_diff": np.full((n, n, p), -1, np.int32),
         "max_ulp_identical_context": np.zeros((n, n, p), np.int64),

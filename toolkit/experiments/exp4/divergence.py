@@ -23,9 +23,12 @@ side i's top-2 tokens.  Logit values come from exp4.generate's exact fp32 copies
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp4.figures import plot_divergence as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -51,13 +54,13 @@ class Params:
     """No parameters: every pair of upstream runs and every prompt is analysed."""
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Analyse every divergence of every pair of exp4.generate runs (see the module docstring)."""
     import numpy as np
 
-    from toolkit.experiments.exp4.upstream import check_prompt_count, generate_runs, load_traces
+    from toolkit.experiments.exp4.upstream import check_prompt_count, load_traces
 
-    runs = generate_runs(ctx, "exp4.divergence")
+    runs = ctx.inputs.matching("exp4.generate", min_runs=2)
     traces = [load_traces(r) for r in runs]
     p = check_prompt_count(traces)
     dtypes = [str(r.numerics.get("dtype", "float32")) for r in runs]

@@ -20,13 +20,17 @@ so one figure shows both how far numerics and how far a deliberate perturbation 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp4.figures import plot_embedding_similarity as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import CheckedGroup, RunContext, RunView
 
 PER_TARGET = True
 NEEDS_MODEL = True
 READS: tuple[str, ...] = ("exp4.perturb_until_divergence",)
+READS_OPTIONAL: tuple[str, ...] = ("exp4.internals",)  # read when an exp4.internals id is in its needs
 READS_PROMPTS = False
 NEEDS_EAGER_ATTENTION = False
 UPSTREAM_MATCH = ("target", "dtype")  # perturb runs of its own target and dtype
@@ -34,6 +38,7 @@ STORES = {
     "perturb/<r>/prompts/<k>/eps": "[R,E] float64 ε levels per direction (ascending; last two: lower, upper)",
     "perturb/<r>/prompts/<k>/rel_l2 | l2 | cosine": "[R,E,L+2] float64 per row",
     "perturb/<r>/prompts/<k>/ulp_max": "[R,E,L+2] int64 float32-ULP max per row",
+    "perturb/<r>/prompts/<k>/directions": "[R] direction names, copied from the upstream run",
     "perturb/<r>/prompts/<k>/separation": "[R,E] int64 first separating row (-1: none)",
     "runs/<q>/prompts/<k>/rel_l2 | separation": "from exp4.internals at step d (when it is an input)",
 }
@@ -57,16 +62,10 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Per-layer differences across perturbation levels (and across runs, from exp4.internals)."""
-    from toolkit.errors import UpstreamError
-
-    perturb_runs = [r for r in ctx.inputs.runs("exp4.perturb_until_divergence")
-                    if r.numerics.get("dtype") == ctx.numerics.dtype and r.target == ctx.task.target]
-    if not perturb_runs:
-        raise UpstreamError(f"no exp4.perturb_until_divergence run with dtype {ctx.numerics.dtype} on target "
-                            f"{ctx.task.target} among the inputs; give both experiments the same numerics and "
-                            "list the exp4.perturb_until_divergence entry under this entry's `needs`")
+    perturb_runs = ctx.inputs.matching("exp4.perturb_until_divergence", target=ctx.task.target,
+                                       dtype=ctx.numerics.dtype)
     ctx.out.attrs["factor"] = params.factor
     ctx.out.attrs["rows"] = "0: input embedding; 1..L: decoder layer outputs; L+1: final-norm output (last position)"
     ctx.out.attrs["separation"] = "first row with rel_l2 > factor * rel_l2[0] (any difference if rel_l2[0] == 0)"
@@ -77,11 +76,11 @@ def run(ctx: Any, params: Params) -> None:
         for key in sorted(upstream.group["prompts"]):
             _levels(ctx, params, upstream, key, group.create_group(f"prompts/{key}"))
             bar.update()
-    for q, internals in enumerate(ctx.inputs.runs("exp4.internals")):
+    for q, internals in enumerate(ctx.inputs.matching("exp4.internals", min_runs=0)):
         _copy_internals(internals, params, ctx.out, q)
 
 
-def _levels(ctx: Any, params: Params, upstream: Any, key: str, group: Any) -> None:
+def _levels(ctx: RunContext, params: Params, upstream: RunView, key: str, group: CheckedGroup) -> None:
     import numpy as np
     import torch
 
@@ -95,7 +94,8 @@ def _levels(ctx: Any, params: Params, upstream: Any, key: str, group: Any) -> No
     embeds, x = scoped_embeddings(ctx.model, ids, scope)
     reference = states_from_embeds(ctx.model, embeds)
     lower, upper = upstream[f"{base}/eps_lower"], upstream[f"{base}/eps_upper"]
-    all_eps, rows = [], {}
+    all_eps: list[list[float]] = []
+    rows: dict[str, list[Any]] = {}
     for v, lo, hi in zip(upstream[f"{base}/direction_vectors"], lower, upper):
         eps = [lo / params.growth ** i for i in range(params.n_below, 0, -1)] + [lo, hi]
         all_eps.append(eps)
@@ -119,7 +119,7 @@ def _levels(ctx: Any, params: Params, upstream: Any, key: str, group: Any) -> No
     group.create_dataset("directions", data=upstream[f"{base}/directions"])
 
 
-def _copy_internals(internals: Any, params: Params, out: Any, q: int) -> None:
+def _copy_internals(internals: RunView, params: Params, out: CheckedGroup, q: int) -> None:
     import numpy as np
 
     from toolkit.numerics.layer_diff import separation_layer

@@ -11,9 +11,15 @@ the model's final norm — the true `lm_head` input (the upstream script normali
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp4.figures import plot_generate as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from toolkit.context import CheckedGroup, RunContext
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -50,7 +56,7 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Generate greedily for every prompt and store the per-step traces under `prompts/<k>/`."""
     import torch
 
@@ -82,14 +88,14 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids |= set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
     return {int(i) for i in ids}
 
 
-def _generate(ctx: Any, prompt: str, params: Params, stop_ids: set[int], norm: str, bar: Any) -> dict[str, Any]:
+def _generate(ctx: RunContext, prompt: str, params: Params, stop_ids: set[int], norm: str, bar: Progress) -> dict[str, Any]:
     import torch
 
     from toolkit.numerics.forward import last_logits
@@ -144,7 +150,7 @@ def _arrays(prompt: str, steps: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return arrays, attrs
 
 
-def _write(group: Any, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+def _write(group: CheckedGroup, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
     for name, value in attrs.items():
         group.attrs[name] = value
     for name, value in arrays.items():

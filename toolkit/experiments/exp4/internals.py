@@ -10,7 +10,7 @@ Replay: `toolkit.numerics.embedding_forward.forward_states` — a full forward (
 1, `logits_to_keep=1`) capturing, at the last position, the input embedding (row 0), the output of
 every decoder layer (rows 1..L) and the final-norm output (row L+1, the lm_head input).  The task's
 own model serves its numerics; for every other distinct (dtype, attention) one more copy of the
-same weights is loaded once (`toolkit.models.loading.load`) and freed at the end.  A replay
+same weights comes from the worker's model cache (`ctx.models`), loaded once and freed after the task.  A replay
 reproduces a run's *settings* on this machine, not its hardware: replays of two targets with equal
 numerics are identical here by construction, so such pairs are skipped (as are pairs differing
 only in the cache path: every replay is a full forward).
@@ -25,9 +25,16 @@ max/median ULP distance in float32, and the separation layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp4.figures import plot_internals as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from toolkit.context import CheckedGroup
+
+    from toolkit.context import RunContext, RunView
 
 PER_TARGET = False
 NEEDS_MODEL = True
@@ -63,19 +70,13 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Replay every pair's shared prefix under both runs' numerics and store per-layer differences."""
     import numpy as np
 
-    from toolkit.errors import UpstreamError
-
-    runs = ctx.inputs.runs("exp4.generate")
+    runs = ctx.inputs.matching("exp4.generate", min_distinct=2, distinct=UPSTREAM_DISTINCT)
     pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))
              if numerics_key(runs[i]) != numerics_key(runs[j])]
-    if not pairs:
-        raise UpstreamError("exp4.internals needs exp4.generate runs with at least two different numerics "
-                            "(e.g. sweep: {dtype: [float32, bfloat16]}); list such an entry under this entry's "
-                            "`needs`")
     ctx.out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
     ctx.out.create_dataset("run_labels", data=np.array([r.label() for r in runs], dtype="S"))
     ctx.out.attrs["replay"] = "full forward per step (no KV cache, batch 1, logits_to_keep=1), last position"
@@ -83,48 +84,42 @@ def run(ctx: Any, params: Params) -> None:
     ctx.out.attrs["common_dtype"] = "float64 (exact casts) for L2/cosine; float32 for ULP counts"
     ctx.out.attrs["factor"] = params.factor
     models = _Models(ctx)
-    try:
-        n_prompts = len(runs[0].group["prompts"])
-        bar = ctx.progress(len(pairs) * n_prompts)
-        for q, (i, j) in enumerate(pairs):
-            group = ctx.out.create_group(f"pairs/{q:03d}")
-            group.attrs["runs"] = [i, j]
-            group.attrs["labels"] = [runs[i].label(), runs[j].label()]
-            for k, key in enumerate(sorted(runs[i].group["prompts"])):
-                _one_prompt(models, runs[i], runs[j], key, params, group.create_group(f"prompts/{k:03d}"))
-                bar.update()
-    finally:
-        models.close()
+    n_prompts = len(runs[0].group["prompts"])
+    bar = ctx.progress(len(pairs) * n_prompts)
+    for q, (i, j) in enumerate(pairs):
+        group = ctx.out.create_group(f"pairs/{q:03d}")
+        group.attrs["runs"] = [i, j]
+        group.attrs["labels"] = [runs[i].label(), runs[j].label()]
+        for k, key in enumerate(sorted(runs[i].group["prompts"])):
+            _one_prompt(models, runs[i], runs[j], key, params, group.create_group(f"prompts/{k:03d}"))
+            bar.update()
 
 
-def numerics_key(run: Any) -> tuple[str, str]:
+def numerics_key(run: RunView) -> tuple[str, str]:
     """What makes two runs' replays differ on one machine: dtype and attention (replays never use a cache)."""
     n = run.numerics
     return str(n.get("dtype")), str(n.get("attn_implementation"))
 
 
 class _Models:
-    """The task's model plus one more loaded copy per other (dtype, attention)."""
+    """The model replaying each run: the task's own for its (dtype, attention), else a copy from the
+    worker's cache (`ctx.models`, freed after the task), recorded once in the task's attrs."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.loaded: dict[tuple[str, str], Any] = {
-            (ctx.numerics.dtype, ctx.numerics.attn_implementation): ctx.model}
+        self.recorded: set[tuple[str, str]] = set()
 
-    def get(self, run: Any) -> Any:
-        from toolkit.manifest import ModelSpec, Numerics
-        from toolkit.models import loading
+    def get(self, run: RunView) -> PreTrainedModel:
+        from toolkit.errors import ContractError
 
+        if self.ctx.models is None:
+            raise ContractError("exp4.internals needs the worker's model cache (ctx.models) to replay other numerics")
+        model = self.ctx.models.get(run.numerics)
         dtype, attention = numerics_key(run)
-        if (dtype, attention) not in self.loaded:
-            spec = ModelSpec(**{k: v for k, v in run.attrs["model"].items() if k in ModelSpec.__dataclass_fields__})
-            model, _, _ = loading.load(spec, Numerics(**run.numerics))
-            self.loaded[(dtype, attention)] = model
+        if model is not self.ctx.model and (dtype, attention) not in self.recorded:
+            self.recorded.add((dtype, attention))
             self.ctx.out.attrs[f"loaded_{dtype}_{attention}"] = "extra copy loaded for the replay"
-        return self.loaded[(dtype, attention)]
-
-    def close(self) -> None:
-        self.loaded.clear()
+        return model
 
 
 def replay_steps(a: Any, b: Any, steps_before: int) -> tuple[int, list[int]]:
@@ -137,7 +132,7 @@ def replay_steps(a: Any, b: Any, steps_before: int) -> tuple[int, list[int]]:
     return d, list(range(max(0, last - steps_before), last + 1))
 
 
-def _one_prompt(models: Any, run_a: Any, run_b: Any, key: str, params: Params, group: Any) -> None:
+def _one_prompt(models: _Models, run_a: RunView, run_b: RunView, key: str, params: Params, group: CheckedGroup) -> None:
     import numpy as np
     import torch
 

@@ -18,10 +18,17 @@ w.r.t. the scoped embeddings: the steepest way to close the first decision).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from toolkit.experiments.exp4.figures import plot_perturb_until_divergence as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from toolkit.context import CheckedGroup, RunContext
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -85,7 +92,7 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Per prompt and direction, bracket and bisect the divergence threshold ε (module docstring)."""
     from toolkit.numerics.jacobian import require_eager
 
@@ -120,7 +127,7 @@ def _names(params: Params) -> list[str]:
     return names
 
 
-def scoped_embeddings(model: Any, ids: Any, scope: str) -> tuple[Any, Any]:
+def scoped_embeddings(model: PreTrainedModel, ids: torch.Tensor, scope: str) -> tuple[Any, Any]:
     """(all prompt embeddings [1, T, D], the perturbed part x: last row [D] or all rows [T, D])."""
     from toolkit.numerics.embedding_forward import prompt_embeddings
 
@@ -128,14 +135,14 @@ def scoped_embeddings(model: Any, ids: Any, scope: str) -> tuple[Any, Any]:
     return embeds, (embeds[0, -1].clone() if scope == "last" else embeds[0].clone())
 
 
-def embeds_with(embeds: Any, x_tilde: Any, scope: str) -> Any:
+def embeds_with(embeds: torch.Tensor, x_tilde: torch.Tensor, scope: str) -> Any:
     """The prompt embeddings with the scoped part replaced by x̃."""
     from toolkit.numerics.fpunits import with_row
 
     return with_row(embeds, x_tilde, -1) if scope == "last" else x_tilde[None].to(embeds.dtype)
 
 
-def directions(ctx: Any, params: Params, ids: Any, embeds: Any, x: Any) -> dict[str, Any]:
+def directions(ctx: RunContext, params: Params, ids: torch.Tensor, embeds: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
     """Unit float64 directions shaped like x, by name."""
     import torch
 
@@ -157,14 +164,14 @@ def directions(ctx: Any, params: Params, ids: Any, embeds: Any, x: Any) -> dict[
     return out
 
 
-def _singular(model: Any, ids: Any, iterations: int, seed: int) -> Any:
+def _singular(model: PreTrainedModel, ids: torch.Tensor, iterations: int, seed: int) -> Any:
     from toolkit.numerics.jacobian import JacobianOperator, top_singular
 
     op = JacobianOperator.for_model(model, ids)
     return top_singular(op, 1, iterations=iterations, seed=seed).right[0].cpu()
 
 
-def _margin_gradient(model: Any, embeds: Any, x: Any, scope: str) -> Any:
+def _margin_gradient(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, scope: str) -> Any:
     """∇ of the step-0 top-1 − top-2 logit margin w.r.t. the scoped embeddings (float64, CPU)."""
     import torch
 
@@ -173,10 +180,12 @@ def _margin_gradient(model: Any, embeds: Any, x: Any, scope: str) -> Any:
         logits = model(inputs_embeds=embeds_with(embeds, leaf, scope), use_cache=False, logits_to_keep=1).logits[0, -1]
         top = torch.topk(logits.detach().float(), 2).indices
         (logits[top[0]] - logits[top[1]]).backward()
+    if leaf.grad is None:  # backward() fills every leaf that requires grad and reaches the output
+        raise RuntimeError("the margin's gradient did not reach the embeddings")
     return leaf.grad.detach().double().cpu()
 
 
-def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> None:
+def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGroup, bar: Progress) -> None:
     import numpy as np
 
     from toolkit.numerics.greedy import greedy_from_embeds
@@ -204,7 +213,7 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> 
         group.create_dataset(name, data=value)
 
 
-def generate_at(model: Any, embeds: Any, x: Any, v: Any, eps: float, params: Params) -> tuple[list[int], Any]:
+def generate_at(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, eps: float, params: Params) -> tuple[list[int], Any]:
     """Greedy ids from the embeddings perturbed by ε·v, and the `Perturbation` record."""
     from toolkit.numerics.greedy import greedy_from_embeds
     from toolkit.numerics.perturb import perturb
@@ -214,7 +223,7 @@ def generate_at(model: Any, embeds: Any, x: Any, v: Any, eps: float, params: Par
                               params.kv_cache).ids, p
 
 
-def search(model: Any, embeds: Any, x: Any, v: Any, reference: list[int], params: Params, bar: Any) -> dict[str, Any]:
+def search(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, reference: list[int], params: Params, bar: Progress) -> dict[str, Any]:
     """Bracket then bisect (in log ε) the divergence threshold along v; see the module docstring."""
     import math
 

@@ -1,32 +1,25 @@
-"""Reading the upstream runs of the exp4 analyses, with errors that say how to fix the manifest.
+"""Reading the exp4.generate runs of the exp4 analyses (exp4.compare, exp4.divergence,
+exp4.internals), with errors that say how to fix the manifest.
 
-exp4.compare, exp4.divergence and exp4.internals read exp4.generate runs; exp4.embedding_similarity
-reads exp4.perturb_until_divergence runs.  A missing or incompatible upstream run is a manifest
-problem, so it raises `toolkit.errors.UpstreamError` (a ToolkitError, exit 2) naming the entry to
-add or the sweep to change.  `load_traces` reads the per-prompt arrays of an exp4.generate run
+The runs themselves are chosen with `ctx.inputs.matching` (`toolkit.context`).  Runs that do not
+line up (other prompts) are a manifest problem, so they raise `toolkit.errors.UpstreamError` (a
+ToolkitError, exit 2) naming what to change.  `load_traces` reads the per-prompt arrays of an exp4.generate run
 (prompts in key order, so runs of one campaign line up prompt by prompt).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import UpstreamError
 
+if TYPE_CHECKING:
+    from toolkit.context import RunView
+
 TRACE_FIELDS = ("prompt_ids", "generated_ids", "topk_ids", "topk_logits", "margin")
-_ADD_GENERATE = ("list an exp4.generate entry swept over at least two numerics (e.g. sweep: {dtype: [float32, "
-                 "bfloat16]}) or with repeats >= 2 under this entry's `needs`")
 
 
-def generate_runs(ctx: Any, consumer: str) -> list[Any]:
-    """The exp4.generate runs among the task's inputs (stable order); UpstreamError unless >= 2."""
-    runs = ctx.inputs.runs("exp4.generate")
-    if len(runs) < 2:
-        raise UpstreamError(f"{consumer} needs at least 2 exp4.generate runs, found {len(runs)}; {_ADD_GENERATE}")
-    return runs
-
-
-def load_traces(run: Any, fields: tuple[str, ...] = TRACE_FIELDS) -> list[dict[str, Any]]:
+def load_traces(run: RunView, fields: tuple[str, ...] = TRACE_FIELDS) -> list[dict[str, Any]]:
     """Per prompt (sorted keys): the named arrays of an exp4.generate run."""
     keys = sorted(run.group["prompts"])
     return [{f: run[f"prompts/{k}/{f}"] for f in fields} for k in keys]
@@ -41,7 +34,7 @@ def check_prompt_count(traces: list[list[dict[str, Any]]]) -> int:
     return counts.pop()
 
 
-def check_same_prompts(runs: list[Any], traces: list[list[dict[str, Any]]]) -> None:
+def check_same_prompts(runs: list[RunView], traces: list[list[dict[str, Any]]]) -> None:
     """UpstreamError unless every run holds the first run's prompts (same token ids, same order)."""
     import numpy as np
 

@@ -24,9 +24,13 @@ what its docstring promised.  Needs `attn_implementation: eager`; with `dtype: f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from toolkit.experiments.exp5.figures import plot_module_lipschitz as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -83,7 +87,7 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Per prompt: record module calls, then σ and gains of every (layer, module); see the docstring."""
     import numpy as np
 
@@ -120,7 +124,7 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def _one_prompt(ctx: Any, params: Params, prompt: str, names: list[list[str]], bar: Any) -> dict[str, Any]:
+def _one_prompt(ctx: RunContext, params: Params, prompt: str, names: list[list[str]], bar: Progress) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -150,7 +154,7 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, names: list[list[str]], b
     return data
 
 
-def module_measures(module: Any, call: dict[str, Any], params: Params, bar: Any) -> dict[str, Any]:
+def module_measures(module: Any, call: dict[str, Any], params: Params, bar: Progress) -> dict[str, Any]:
     """σ, residual, right vectors, gains, norms and the faithfulness flag of one recorded module call."""
     import torch
 

@@ -21,9 +21,13 @@ gives back x0 bit for bit.  Needs `attn_implementation: eager` (JVPs), checked a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from toolkit.experiments.exp6.figures import plot_equal_logits as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import CheckedGroup, RunContext
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -42,7 +46,8 @@ STORES = {
     "prompts/<kkk>/gap_hw": "scalar float64 h(x0)·(W[a] − W[b]) in float64 (not the certified gap)",
     "prompts/<kkk>/top_ids / top_logits": "[5] the lm_head top-5 at x0",
     "prompts/<kkk>/trace_*": "[I] per evaluation: gap, gap_ulps, objective, step, phase (0 grad, 1 polish), "
-                             "pair [I,2], pair_is_top2",
+                             "pair_is_top2",
+    "prompts/<kkk>/trace_pair": "[I,2] per evaluation: the pair (a, b) it measured",
     "prompts/<kkk>/sigma / right_vectors / residual": "[K], [K,D], [K] top-K singular triplets of J at x0",
 }
 
@@ -86,7 +91,7 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Per prompt: search, certify, and take the Jacobian's top singular directions at x0."""
     import json
 
@@ -117,7 +122,7 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> None:
+def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGroup, bar: Progress) -> None:
     import dataclasses
 
     import torch
@@ -158,7 +163,7 @@ def _one_prompt(ctx: Any, params: Params, prompt: str, group: Any, bar: Any) -> 
         group.attrs[key] = value
 
 
-def _write_certificate(group: Any, ids: Any, x_init: Any, embeds: Any, x0: Any, cert: Any, states: Any,
+def _write_certificate(group: CheckedGroup, ids: Any, x_init: Any, embeds: Any, x0: Any, cert: Any, states: Any,
                        top: Any, gap_hw: float) -> None:
     import numpy as np
 
@@ -176,7 +181,7 @@ def _write_certificate(group: Any, ids: Any, x_init: Any, embeds: Any, x0: Any, 
         group.create_dataset(name, data=value)
 
 
-def _write_trace(group: Any, trace: dict[str, list[Any]]) -> None:
+def _write_trace(group: CheckedGroup, trace: dict[str, list[Any]]) -> None:
     import numpy as np
 
     group.create_dataset("trace_gap", data=np.asarray(trace["gap"], dtype=np.float64))
@@ -188,7 +193,7 @@ def _write_trace(group: Any, trace: dict[str, list[Any]]) -> None:
     group.create_dataset("trace_pair_is_top2", data=np.asarray(trace["pair_is_top2"], dtype=bool))
 
 
-def _write_directions(ctx: Any, params: Params, ids: Any, x0: Any, group: Any, bar: Any) -> None:
+def _write_directions(ctx: RunContext, params: Params, ids: Any, x0: Any, group: CheckedGroup, bar: Progress) -> None:
     """Top-K right singular vectors of J at x0 (the prompt's other rows are the model's embeddings)."""
     from toolkit.numerics.embedding_forward import make_f
     from toolkit.numerics.jacobian import JacobianOperator, top_singular

@@ -23,9 +23,15 @@ upstream certificate) and both checks are stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from toolkit.experiments.exp6.figures import plot_token_flip as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from toolkit.context import CheckedGroup, RunContext, RunView
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -45,6 +51,9 @@ STORES = {
     ".../nearest_flip_token": "[K] int64 argmax at the nearest flip (-1: none)",
     ".../flip_positions": "[F,3] float64 (direction index 0-based, ε left, ε right) where the a/b choice changes",
     ".../n_flips / n_argmax_changes / flip_density": "[K] a/b choice changes, argmax changes, changes per unit ε",
+    ".../pair": "[2] int64 (a, b), the upstream tied pair",
+    ".../sigma": "[K] float64 σ_i of the chosen directions (upstream values)",
+    ".../argmax_x0 / logit_ulp_x0": "scalars: torch.argmax at x0; one ULP of the pair's logits at x0",
 }
 
 
@@ -80,18 +89,13 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Scan every prompt of every matching upstream run; see the module docstring."""
     import json
 
-    from toolkit.errors import UpstreamError
     from toolkit.numerics.session import model_arithmetic
 
-    runs = matching_runs(ctx)
-    if not runs:
-        raise UpstreamError("exp6.token_flip found no exp6.equal_logits run with this task's target "
-                            f"{ctx.task.target!r} and numerics {ctx.numerics.label()}; give both entries the same "
-                            "targets and numerics (or sweep them together)")
+    runs = ctx.inputs.matching("exp6.equal_logits", target=ctx.task.target, numerics=ctx.numerics)
     prompts = [(run, key) for run in runs for key in sorted(run.group["prompts"])]
     grid_points = 2 * params.n_steps + 2 * params.n_log + 1
     total = sum(_n_directions(run, key, params) * grid_points for run, key in prompts)
@@ -111,14 +115,12 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def matching_runs(ctx: Any) -> list[Any]:
-    """Upstream exp6.equal_logits runs with this task's target and numerics (stable order)."""
-    wanted = ctx.numerics.to_dict()
-    return [r for r in ctx.inputs.runs("exp6.equal_logits")
-            if r.target == ctx.task.target and r.numerics == wanted]
+def matching_runs(ctx: RunContext) -> list[RunView]:
+    """Upstream exp6.equal_logits runs with this task's target and numerics (stable order; may be none)."""
+    return ctx.inputs.matching("exp6.equal_logits", target=ctx.task.target, numerics=ctx.numerics, min_runs=0)
 
 
-def _n_directions(run: Any, key: str, params: Params) -> int:
+def _n_directions(run: RunView, key: str, params: Params) -> int:
     return len(params.directions) or int(run.group[f"prompts/{key}/right_vectors"].shape[0])
 
 
@@ -145,7 +147,7 @@ def eps_floor(x0: Any, directions: Any) -> float:
     return float(ratio.min())
 
 
-def _one_prompt(ctx: Any, params: Params, run: Any, key: str, group: Any, bar: Any) -> None:
+def _one_prompt(ctx: RunContext, params: Params, run: RunView, key: str, group: CheckedGroup, bar: Progress) -> None:
     import numpy as np
     import torch
 
@@ -161,7 +163,8 @@ def _one_prompt(ctx: Any, params: Params, run: Any, key: str, group: Any, bar: A
         raise ValueError(f"directions {chosen} ask for more than the {stored.shape[0]} stored in {run.task_id}; "
                          f"raise n_directions of exp6.equal_logits or choose indices <= {stored.shape[0]}")
     vectors = stored[np.array(chosen) - 1]
-    pair = tuple(int(t) for t in run[f"{base}/pair"])
+    stored_pair = run[f"{base}/pair"]
+    pair = (int(stored_pair[0]), int(stored_pair[1]))
     floor = params.eps_min or eps_floor(x0, vectors)
     eps = eps_grid(params.eps_max, params.n_steps, params.n_log, min(floor, params.eps_max / 10))
     prefix = prompt_embeddings(ctx.model, ids)[0, :-1].double().cpu().numpy()
@@ -215,7 +218,7 @@ def _perturbed(x0: Any, vector: Any, step: float, mode: str) -> tuple[Any, int]:
 class _Evaluator:
     """argmax, gap and a/b side at an input, with exact reuse of bit-identical inputs."""
 
-    def __init__(self, model: Any, ids: Any, pair: tuple[int, int], dedup: bool) -> None:
+    def __init__(self, model: PreTrainedModel, ids: Any, pair: tuple[int, int], dedup: bool) -> None:
         self.model, self.ids, self.pair, self.dedup = model, ids, pair, dedup
         self.cache: dict[bytes, tuple[int, float, int]] = {}
         self.hits = 0

@@ -22,9 +22,14 @@ random distinct inputs and stores the sign-agreement rate and the largest |gap d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from toolkit.errors import UpstreamError
 from toolkit.experiments.exp7.figures import plot_heatmap as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import CheckedGroup, RunContext, RunView
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -119,7 +124,7 @@ class TiePoint:
     directions: Any   # [K, D] right singular vectors (rows)
 
 
-def read_tie_points(run: Any) -> list[TiePoint]:
+def read_tie_points(run: RunView) -> list[TiePoint]:
     """The tie points of one exp6.equal_logits run (the only place that knows its layout)."""
     points = []
     for key in sorted(run.group["prompts"]):
@@ -134,32 +139,26 @@ def read_tie_points(run: Any) -> list[TiePoint]:
     return points
 
 
-def upstream_runs(ctx: Any, experiment: str) -> list[Any]:
-    """Upstream runs of `experiment` for this task's target and dtype; ValueError if none."""
-    runs = [r for r in ctx.inputs.runs(experiment)
-            if r.target == ctx.task.target and r.numerics.get("dtype") == ctx.numerics.dtype]
-    if not runs:
-        raise ValueError(f"{ctx.task.experiment} found no {experiment} run for target {ctx.task.target!r} and "
-                         f"dtype {ctx.numerics.dtype}; add the {experiment} entry's id to `needs:` with the same "
-                         "targets and numerics")
-    return runs
+def upstream_runs(ctx: RunContext, experiment: str) -> list[RunView]:
+    """Upstream runs of `experiment` for this task's target and dtype; UpstreamError if none."""
+    return ctx.inputs.matching(experiment, target=ctx.task.target, dtype=ctx.numerics.dtype)
 
 
 def resolve_plane(plane: tuple[int, ...], count: int) -> tuple[int, int]:
-    """0-based indices of a 1-based plane (-1 = last) for `count` stored directions; ValueError if out of range."""
+    """0-based indices of a 1-based plane (-1 = last) for `count` stored directions; UpstreamError if out of range."""
     out = []
     for index in plane:
         resolved = index - 1 if index > 0 else count + index
         if not 0 <= resolved < count:
-            raise ValueError(f"plane {list(plane)}: direction {index} does not exist, the upstream run stores "
-                             f"{count} directions (raise exp6.equal_logits' n_directions or choose other planes)")
+            raise UpstreamError(f"plane {list(plane)}: direction {index} does not exist, the upstream run stores "
+                                f"{count} directions (raise exp6.equal_logits' n_directions or choose other planes)")
         out.append(resolved)
     if out[0] == out[1]:
-        raise ValueError(f"plane {list(plane)} names direction {out[0] + 1} twice with {count} stored directions")
+        raise UpstreamError(f"plane {list(plane)} names direction {out[0] + 1} twice with {count} stored directions")
     return out[0], out[1]
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """One map per (upstream run, prompt group, plane); see the module docstring."""
     from toolkit.numerics import grid
 
@@ -170,7 +169,10 @@ def run(ctx: Any, params: Params) -> None:
             for plane in params.planes:
                 jobs.append((up.task_id, tie, plane, resolve_plane(plane, len(tie.directions))))
     if not jobs:
-        raise ValueError("the exp6.equal_logits runs hold no tie point with stored directions")
+        from toolkit.errors import UpstreamError
+
+        raise UpstreamError("exp7.heatmap found no tie point with stored directions in its exp6.equal_logits runs; "
+                               "give that entry n_directions >= 2 and prompts whose search certifies a tie")
     per_map = len(e) ** 2 + params.check_sample + (params.agreement_sample if params.mode == "fast" else 0)
     bar = ctx.progress(len(jobs) * per_map)
     describe(ctx, params, ctx.out)
@@ -185,7 +187,7 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def describe(ctx: Any, params: Any, out: Any) -> None:
+def describe(ctx: RunContext, params: Params, out: CheckedGroup) -> None:
     """Attrs that say how every value was computed (settings that change rounding)."""
     from toolkit.numerics import grid
 
@@ -202,8 +204,8 @@ def describe(ctx: Any, params: Any, out: Any) -> None:
     out.attrs["batch_size_requested"] = params.batch_size
 
 
-def compute_map(ctx: Any, params: Any, tie: TiePoint, v1: Any, v2: Any, e1: Any, e2: Any, group: Any,
-                bar: Any) -> None:
+def compute_map(ctx: RunContext, params: Params, tie: TiePoint, v1: Any, v2: Any, e1: Any, e2: Any, group: CheckedGroup,
+                bar: Progress) -> None:
     """Evaluate one plane's grid and write its datasets and per-map attrs into `group`."""
     import json
 
@@ -216,8 +218,8 @@ def compute_map(ctx: Any, params: Any, tie: TiePoint, v1: Any, v2: Any, e1: Any,
     embeds = torch.from_numpy(np.asarray(tie.embeds)).to(dtype)
     x0 = torch.from_numpy(np.asarray(tie.x0)).to(dtype)
     if not torch.equal(embeds[-1], x0) or not np.array_equal(x0.double().numpy(), tie.x0):
-        raise ValueError(f"prompt group {tie.key}: x0 is not exactly representable in {dtype} or is not the last "
-                         "row of embeds; run exp6 with the same dtype")
+        raise UpstreamError(f"prompt group {tie.key}: x0 is not exactly representable in {dtype} or is not the last "
+                            "row of embeds; run exp6 with the same dtype")
     prefix = embeds[:-1].unsqueeze(0).to(ctx.device)
     with torch.no_grad():
         own = ctx.model.get_input_embeddings()(torch.as_tensor(tie.prompt_ids[:-1], device=ctx.device))
@@ -249,7 +251,7 @@ def compute_map(ctx: Any, params: Any, tie: TiePoint, v1: Any, v2: Any, e1: Any,
         _write_agreement(group, result)
 
 
-def _write_agreement(group: Any, result: Any) -> None:
+def _write_agreement(group: CheckedGroup, result: Any) -> None:
     import numpy as np
 
     agreement = result.agreement

@@ -16,19 +16,24 @@ chi-square tested only the 50/50 balance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.exp7.figures import plot_randomness as plot  # noqa: F401 (re-export for the registry)
 
+if TYPE_CHECKING:
+    from toolkit.context import RunContext, RunView
+
 PER_TARGET = False
 NEEDS_MODEL = False
-READS: tuple[str, ...] = ("exp7.heatmap",)  # and exp7.zoom runs, when an exp7.zoom id is in needs
+READS: tuple[str, ...] = ("exp7.heatmap",)
+READS_OPTIONAL: tuple[str, ...] = ("exp7.zoom",)  # read when an exp7.zoom id is in its needs
 READS_PROMPTS = False
 NEEDS_EAGER_ATTENTION = False
 STORES = {
     "maps/<m>/classes": "[n1,n2] int8 1 where the model picks a over b",
     "maps/<m>/local_entropy": "[n1−w+1, n2−w+1] float64 binary entropy per valid window",
     "maps/<m>/gradient_magnitude": "[n1,n2] float64 |∇ gap| in logits per unit of e",
+    "maps/<m>/gap / e1 / e2 / pair": "[n1,n2] / [n1] / [n2] / [2] copies of the source map's gap, grid and pair",
     "maps/<m>/moran_null": "[n_perm] float64 Moran's I of the shuffled maps",
     "maps/<m> attrs": "source_task_id, source_map, every scalar metric (see the module docstring)",
     "summary": "attr: one line per map",
@@ -88,13 +93,16 @@ def metrics(gap: Any, pair: Any, e1: Any, e2: Any, params: Params) -> tuple[dict
     return scalars, arrays
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Metrics of every upstream map; see the module docstring."""
-    runs = ctx.inputs.runs("exp7.heatmap") + ctx.inputs.runs("exp7.zoom")
+    from toolkit.errors import UpstreamError
+
+    runs = ctx.inputs.matching(("exp7.heatmap", "exp7.zoom"))
     maps = stored_maps(runs)
     if not maps:
-        raise ValueError("exp7.randomness found no stored map; add an exp7.heatmap (or exp7.zoom with "
-                         "recompute_steps > 0) entry's id to `needs:`")
+        raise UpstreamError("exp7.randomness found no stored map in its exp7.heatmap / exp7.zoom runs; list the id "
+                            "of an exp7.heatmap (or exp7.zoom with recompute_steps > 0) entry under this entry's "
+                            "`needs`")
     bar = ctx.progress(len(maps))
     lines = []
     ctx.out.attrs["classes"] = "1 where the model's argmax restricted to (a, b) picks a (ties: lower id)"
@@ -122,7 +130,7 @@ def run(ctx: Any, params: Params) -> None:
     ctx.out.attrs["summary"] = "\n".join(lines)
 
 
-def _source_label(run: Any, path: str) -> str:
+def _source_label(run: RunView, path: str) -> str:
     attrs = run.group[path].attrs
     dirs = [int(d) for d in attrs.get("directions", [])]
     return f"{run.experiment} {run.task_id} {path} prompt {attrs.get('prompt_key', '?')} plane v{dirs}"

@@ -14,9 +14,14 @@ Reads exp7.heatmap (same target and dtype).  For each selected map (`maps`, empt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from toolkit.errors import UpstreamError
 from toolkit.experiments.exp7.figures import plot_zoom as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext, RunView
+    from toolkit.experiments.exp7 import heatmap
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -56,7 +61,7 @@ class Params:
 
 
 def window_indices(values: Any, lo: float, hi: float, what: str) -> tuple[int, int]:
-    """(first, last) index of the stored values inside [lo, hi]; ValueError naming the span if none.
+    """(first, last) index of the stored values inside [lo, hi]; UpstreamError naming the span if none.
 
     A value within 1e-6 of a grid step outside a bound counts as inside (the grid formula may put
     a value meant to be 4e-8 one float64 ULP away from the literal 4e-8).
@@ -66,13 +71,13 @@ def window_indices(values: Any, lo: float, hi: float, what: str) -> tuple[int, i
     slack = 1e-6 * abs(float(values[1] - values[0])) if len(values) > 1 else 0.0
     inside = np.flatnonzero((values >= lo - slack) & (values <= hi + slack))
     if not inside.size:
-        raise ValueError(f"window {what} = [{lo:.6g}, {hi:.6g}] holds no stored grid value; the grid spans "
-                         f"[{values[0]:.6g}, {values[-1]:.6g}] in steps of "
-                         f"{(values[1] - values[0]) if len(values) > 1 else 0:.3g}")
+        raise UpstreamError(f"window {what} = [{lo:.6g}, {hi:.6g}] holds no stored grid value; the grid spans "
+                            f"[{values[0]:.6g}, {values[-1]:.6g}] in steps of "
+                            f"{(values[1] - values[0]) if len(values) > 1 else 0:.3g}")
     return int(inside[0]), int(inside[-1])
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Windows of the selected maps; recomputed grids when recompute_steps > 0."""
     import json
 
@@ -85,7 +90,7 @@ def run(ctx: Any, params: Params) -> None:
         wanted = params.maps or tuple(range(len(keys)))
         missing = [m for m in wanted if m >= len(keys)]
         if missing:
-            raise ValueError(f"maps {missing} do not exist: heatmap run {up.task_id} stores {len(keys)} maps")
+            raise UpstreamError(f"maps {missing} do not exist: heatmap run {up.task_id} stores {len(keys)} maps")
         sources += [(up, f"maps/{keys[m]}") for m in wanted]
     steps = params.recompute_steps
     bar = ctx.progress(len(sources) * (1 + steps * steps))
@@ -112,20 +117,14 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def _evaluation_params(up: Any) -> Any:
-    """The heatmap run's Params (mode, arithmetic, batch size, checks), rebuilt from its stored params."""
+def _evaluation_params(up: RunView) -> heatmap.Params:
+    """The heatmap run's Params (mode, arithmetic, batch size, checks), read from its stored params."""
     from toolkit.experiments.exp7 import heatmap
-    from toolkit.manifest.params import build_params
 
-    def fail(path: Any, message: str) -> None:
-        raise ValueError(f"heatmap run {up.task_id} params.{'.'.join(map(str, path))}: {message}")
-
-    raw = {k: ([list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, (list, tuple)) else v)
-           for k, v in up.params.items()}
-    return build_params(heatmap.Params, raw, (), fail)
+    return up.params_as(heatmap.Params)
 
 
-def _tie_of(up: Any, path: str) -> Any:
+def _tie_of(up: RunView, path: str) -> Any:
     from toolkit.experiments.exp7.heatmap import TiePoint
 
     pair = up[f"{path}/pair"]

@@ -21,9 +21,13 @@ Each finished window is checkpointed; a killed task resumes with the windows it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.experiments.pdf.figures import plot_word_prediction as plot  # noqa: F401 (re-export for the registry)
+
+if TYPE_CHECKING:
+    from toolkit.context import CheckedGroup, RunContext
+    from toolkit.progress import Progress
 
 PER_TARGET = True
 NEEDS_MODEL = True
@@ -41,7 +45,7 @@ STORES = {
     "logprob_word": "[N] float64 joint log-probability of all the word's tokens (teacher forcing)",
     "margin / cosine": "[N] float64 top-1 − top-2 logit; cos(lm_head input, unembedding row of true id)",
     "topk_ids / topk_probs": "[N,K] int64 / float64 the K most likely first tokens (ties by id)",
-    "input_ids / offsets / windows": "[T] int64 tokens of the text, [T,2] their char spans, window starts",
+    "input_ids / offsets / windows": "[T] / [T,2] / [W] int64 tokens of the text, their char spans, window starts",
     "text_utf8": "[C] uint8 the extracted text (UTF-8), which char offsets index (as code points)",
 }
 INT_FIELDS = ("true_id", "rank")
@@ -91,7 +95,7 @@ class Params:
         return problems
 
 
-def run(ctx: Any, params: Params) -> None:
+def run(ctx: RunContext, params: Params) -> None:
     """Score every word of the PDF's pages, one forward per window; see the module docstring."""
     import hashlib
 
@@ -129,7 +133,7 @@ def run(ctx: Any, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def _tokenize(ctx: Any, text: str, window: int) -> tuple[Any, Any]:
+def _tokenize(ctx: RunContext, text: str, window: int) -> tuple[Any, Any]:
     """(input ids [T], char offsets [T, 2]) of the whole text, tokenizer defaults (BOS if it adds one)."""
     import numpy as np
 
@@ -143,8 +147,8 @@ def _tokenize(ctx: Any, text: str, window: int) -> tuple[Any, Any]:
             np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
 
 
-def _score_windows(ctx: Any, params: Params, ids: Any, token_start: Any, token_end: Any, window_start: Any,
-                   windows: list[int], run_key: str, norm: str, bar: Any) -> tuple[dict[int, dict[str, Any]], int]:
+def _score_windows(ctx: RunContext, params: Params, ids: Any, token_start: Any, token_end: Any, window_start: Any,
+                   windows: list[int], run_key: str, norm: str, bar: Progress) -> tuple[dict[int, dict[str, Any]], int]:
     """Rows of every window: loaded from the checkpoint when a finished copy exists, else computed."""
     import numpy as np
     import torch
@@ -198,7 +202,7 @@ def _table(n: int, top_k: int, rows: dict[int, dict[str, Any]]) -> dict[str, Any
     return table
 
 
-def _prefix_check(ctx: Any, params: Params, ids: Any, table: dict[str, Any], norm: str, bar: Any) -> dict[str, Any]:
+def _prefix_check(ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], norm: str, bar: Progress) -> dict[str, Any]:
     """Recompute `check_words` evenly spaced scored words per prefix; the largest differences."""
     import numpy as np
     import torch
@@ -222,7 +226,7 @@ def _prefix_check(ctx: Any, params: Params, ids: Any, table: dict[str, Any], nor
     return {"words": len(picks), "top1_agree": agree, "max_abs_logit_diff": logit_diff, "max_abs_prob_diff": prob_diff}
 
 
-def _write(out: Any, words: list[str], table: dict[str, Any]) -> None:
+def _write(out: CheckedGroup, words: list[str], table: dict[str, Any]) -> None:
     import h5py
     import numpy as np
 
@@ -235,7 +239,7 @@ def _write(out: Any, words: list[str], table: dict[str, Any]) -> None:
         out.create_dataset(name, data=value, compression="gzip" if big else None, shuffle=big)
 
 
-def _attrs(ctx: Any, params: Params, doc: Any, table: dict[str, Any], windows: list[int], resumed: int,
+def _attrs(ctx: RunContext, params: Params, doc: Any, table: dict[str, Any], windows: list[int], resumed: int,
            check: dict[str, Any]) -> None:
     import json
 
