@@ -76,7 +76,9 @@ def model_arithmetic(ctx: Session, use_true_fp64: bool, attention: str | None = 
 
     from toolkit.numerics.true_fp64 import true_fp64
 
-    with (true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])) as patches:
+    manager: contextlib.AbstractContextManager[list[str]] = (
+        true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([]))
+    with manager as patches:
         ctx.out.attrs["true_fp64_patches"] = json.dumps(patches)
         if attention is not None:
             ctx.out.attrs["attention_during_run"] = (ctx.model.config._attn_implementation if use_true_fp64

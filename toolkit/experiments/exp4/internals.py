@@ -32,9 +32,7 @@ from toolkit.experiments.exp4.figures import plot_internals as plot  # noqa: F40
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from toolkit.context import CheckedGroup
-
-    from toolkit.context import RunContext, RunView
+    from toolkit.context import CheckedGroup, RunContext, RunView
 
 PER_TARGET = False
 NEEDS_MODEL = True

@@ -142,7 +142,8 @@ def embeds_with(embeds: torch.Tensor, x_tilde: torch.Tensor, scope: str) -> Any:
     return with_row(embeds, x_tilde, -1) if scope == "last" else x_tilde[None].to(embeds.dtype)
 
 
-def directions(ctx: RunContext, params: Params, ids: torch.Tensor, embeds: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
+def directions(ctx: RunContext, params: Params, ids: torch.Tensor, embeds: torch.Tensor,
+               x: torch.Tensor) -> dict[str, Any]:
     """Unit float64 directions shaped like x, by name."""
     import torch
 
@@ -213,7 +214,8 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGrou
         group.create_dataset(name, data=value)
 
 
-def generate_at(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, eps: float, params: Params) -> tuple[list[int], Any]:
+def generate_at(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, eps: float,
+                params: Params) -> tuple[list[int], Any]:
     """Greedy ids from the embeddings perturbed by ε·v, and the `Perturbation` record."""
     from toolkit.numerics.greedy import greedy_from_embeds
     from toolkit.numerics.perturb import perturb
@@ -223,7 +225,8 @@ def generate_at(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v
                               params.kv_cache).ids, p
 
 
-def search(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, reference: list[int], params: Params, bar: Progress) -> dict[str, Any]:
+def search(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, reference: list[int],
+           params: Params, bar: Progress) -> dict[str, Any]:
     """Bracket then bisect (in log ε) the divergence threshold along v; see the module docstring."""
     import math
 

@@ -145,7 +145,7 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGrou
     cert = certify(states.logits, *result.pair)
     trace_gap = result.trace["gap"][result.best_iteration] if result.best_iteration >= 0 else float("nan")
     a, b = cert.pair
-    w = ctx.model.get_output_embeddings().weight
+    w = ctx.model.get_output_embeddings().weight  # type: ignore[no-untyped-call]
     top = torch.topk(states.logits.detach(), 5)
     _write_certificate(group, ids, x_init, embeds, x0, cert, states, top,
                        gap_hw=float(states.final_norm.double() @ (w[a].detach().double() - w[b].detach().double())))

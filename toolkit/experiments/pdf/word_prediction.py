@@ -156,7 +156,7 @@ def _score_windows(ctx: RunContext, params: Params, ids: Any, token_start: Any, 
     from toolkit import faults
     from toolkit.numerics.teacher_forcing import forward_window, score_words
 
-    unembed = ctx.model.get_output_embeddings().weight
+    unembed = ctx.model.get_output_embeddings().weight  # type: ignore[no-untyped-call]
     ids_t = torch.as_tensor(ids, device=ctx.device)[None]
     rows: dict[int, dict[str, Any]] = {}
     resumed = 0
@@ -202,7 +202,8 @@ def _table(n: int, top_k: int, rows: dict[int, dict[str, Any]]) -> dict[str, Any
     return table
 
 
-def _prefix_check(ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], norm: str, bar: Progress) -> dict[str, Any]:
+def _prefix_check(ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], norm: str,
+                  bar: Progress) -> dict[str, Any]:
     """Recompute `check_words` evenly spaced scored words per prefix; the largest differences."""
     import numpy as np
     import torch
