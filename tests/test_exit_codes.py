@@ -154,3 +154,32 @@ def test_an_interrupted_worker_finishes_its_cleanup_despite_a_second_sigint() ->
         task()
     assert cleaned == ["temporary shard removed"]
     assert signal.getsignal(signal.SIGINT) is previous  # the process's own handling is back
+
+
+def test_sigint_to_the_submit_alone_stops_its_job_too(tmp_path: Path) -> None:
+    """`kill -INT <toolkit pid>` (no terminal: the job's processes get no signal of their own): the
+    command cancels its stage's job and returns only when no worker of it is left running."""
+    manifest = tmp_path / "interrupted.yaml"
+    prompts = ", ".join(f'"Prompt number {k} is"' for k in range(12))  # minutes of work if left running
+    manifest.write_text(INTERRUPT_MANIFEST.format(output=tmp_path / "campaigns").replace(
+        'prompts: ["The capital of France is", "Numbers: 1, 2, 3,"]', f"prompts: [{prompts}]"))
+    shards = tmp_path / "campaigns" / "interrupted" / "shards"
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", "local",
+                                 "--no-plot"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        _wait_for(lambda: shards.is_dir() and list(shards.glob(".*.h5~*.tmp")), 300, "the worker to write its shard")
+        os.kill(proc.pid, signal.SIGINT)  # the submit process only
+        code = proc.wait(timeout=120)
+        time.sleep(2.0)  # the last processes are reaped
+        alive = _group_alive(proc.pid)
+        leftovers = sorted(p.name for p in shards.iterdir())
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 130
+    assert err.read_text().splitlines()[-1] == INTERRUPTED
+    assert not alive, "a worker of the interrupted submit is still running"
+    assert leftovers == []

@@ -9,6 +9,7 @@ for bit: task ids are identical by construction, whichever executor ran them.
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import signal
 import subprocess
@@ -252,11 +253,17 @@ def test_toolkit_cancel(tmp_path):
     again = run_cli("cancel", str(folder))
     assert again.code == 0 and again.out.strip() == "cancelled 0 job(s)"
 
-    nothing = tmp_path / "not-slurm"
+    nothing = tmp_path / "not-slurm"  # a campaign folder (its plan) that was never submitted to Slurm
     nothing.mkdir()
+    shutil.copy(folder / "plan.json", nothing / "plan.json")
     refused = run_cli("cancel", str(nothing))
     assert refused.code == 2
     assert refused.err.strip() == f"error: {nothing}: no Slurm submission recorded (slurm.json); nothing to cancel"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = run_cli("cancel", str(empty))
+    assert refused.code == 2
+    assert refused.err.strip() == f"error: {empty}: not a campaign folder (no plan.json); submit a manifest first"
 
 
 def test_arrays_split_past_max_array_size(tmp_path, monkeypatch):

@@ -84,16 +84,38 @@ def _wait(job: Any, campaign_dir: Path, ids: list[str], label: str, debug: bool)
     bar = Progress(len(ids), f"{label} tasks", every_s=15.0)
     layout = CampaignDir(campaign_dir)
     seen = 0
-    while not job.done():
-        time.sleep(0.5)
-        now = len(set(ids) & set(layout.completed_shards()))
-        if now > seen:
-            bar.update(now - seen)
-            seen = now
+    try:
+        while not job.done():
+            time.sleep(0.5)
+            now = len(set(ids) & set(layout.completed_shards()))
+            if now > seen:
+                bar.update(now - seen)
+                seen = now
+    except KeyboardInterrupt:
+        _stop(job)
+        raise
     now = len(set(ids) & set(layout.completed_shards()))
     if now > seen:
         bar.update(now - seen)
     return _result(job)
+
+
+def _stop(job: Any, grace_s: float = 2.0, limit_s: float = 30.0) -> None:
+    """Interrupted: end the stage's job before returning, so no worker is left running.
+
+    A terminal's Ctrl-C reaches the job's processes too, and they stop by themselves within
+    `grace_s`; when only this process was interrupted (`kill -INT`), the job is cancelled
+    (SIGINT to submitit's controller, which interrupts the worker: it removes its half-written
+    shard) and waited for, at most `limit_s`."""
+    deadline = time.monotonic() + grace_s
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if job.done():
+        return
+    job.cancel(check=False)
+    deadline = time.monotonic() + limit_s
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _result(job: Any) -> str:
