@@ -129,3 +129,34 @@ def test_container_checks_moved_out_of_validation_and_run_once(tmp_path):
         inspects = [line for line in log.read_text().splitlines() if line.startswith("image inspect")]
         assert inspects == ["image inspect --format {{.Id}} localhost/x:1"], (command, result.err)
     assert result.code == 1  # the fake runtime runs nothing: the task failed, after the preflight passed
+
+
+def test_an_output_that_cannot_hold_the_campaign_folder_is_refused(tmp_path):
+    """A file where a folder must go, and a read-only filesystem (a real read-only tmpfs; as root,
+    permission bits do not stop writes, a read-only mount does): exit 2, one located line each."""
+    import subprocess
+
+    import pytest
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST.format(output=blocker / "campaigns", source="tiny-random-llama", extra=""))
+    expected = (f"{path}:2:9: output: cannot create the campaign folder {blocker}/campaigns/pre: {blocker} is not "
+                "a folder; choose another output (or --root)")
+    _refused([str(path)], expected, tmp_path)
+    assert blocker.read_text() == "not a folder\n"
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(readonly)], check=True)
+    try:
+        path.write_text(MANIFEST.format(output=readonly / "campaigns", source="tiny-random-llama", extra=""))
+        result = run_cli("submit", str(path), "--executor", "local", timeout=120)
+        assert (result.code, result.err) == (2, f"error: {path}:2:9: output: cannot create the campaign folder "
+                                                f"{readonly}/campaigns/pre: {readonly} is not writable; choose "
+                                                "another output (or --root)\n")
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)

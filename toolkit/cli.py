@@ -278,6 +278,12 @@ def main() -> None:
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(2)
+    except OSError as err:  # the machine refused (disk full, permissions, a vanished file): one line, no traceback
+        if debug:
+            traceback.print_exc()
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"error: {where}{err.strerror or err}; fix that and rerun the same command", err=True)
+        sys.exit(1)
     sys.exit(0)
 
 

@@ -55,7 +55,7 @@ def preflight(plan: Plan, executor: str | None, campaign_dir: Path) -> Checked:
     Raises PreflightError listing every problem."""
     executor = resolve_executor(executor)
     where = _Where(plan.manifest)
-    problems = model_problems(plan.manifest, where)
+    problems = model_problems(plan.manifest, where) + folder_problems(campaign_dir, where)
     image, container = _container(plan, campaign_dir, where)
     problems += container
     notes: list[str] = []
@@ -108,6 +108,29 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 
 # --- the model source ------------------------------------------------------------------------------
+
+def folder_problems(campaign_dir: Path, where: _Where) -> list[str]:
+    """The campaign folder exists as a folder, or can be created: its nearest existing ancestor is
+    a writable folder (checked before anything is created, so a bad `output` fails at once)."""
+    import os
+
+    at = where("output")
+    if campaign_dir.exists():
+        if not campaign_dir.is_dir():
+            return [f"{at}: {campaign_dir} exists and is not a folder; choose another output (or --root)"]
+        return [] if os.access(campaign_dir, os.W_OK | os.X_OK) else [
+            f"{at}: the campaign folder {campaign_dir} is not writable; choose another output (or --root)"]
+    ancestor = campaign_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return [f"{at}: cannot create the campaign folder {campaign_dir}: {ancestor} is not a folder; "
+                "choose another output (or --root)"]
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return [f"{at}: cannot create the campaign folder {campaign_dir}: {ancestor} is not writable; "
+                "choose another output (or --root)"]
+    return []
+
 
 def model_problems(manifest: Manifest, where: _Where) -> list[str]:
     """The model named by `model.source` can be loaded offline on this host."""
