@@ -10,7 +10,7 @@ IMAGE_BASE ?= pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 IMAGE_TAG ?= localhost/toolkit:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' toolkit/__init__.py)
 SIF ?= toolkit.sif
 
-.PHONY: demo test model bench clean image image-ci sif sif-ci lint-docker
+.PHONY: demo test model bench clean image image-ci sif sif-ci lint lint-docker
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ sif: image
 	mkdir -p build && podman save --format docker-archive -o build/toolkit-image.tar $(IMAGE_TAG)
 	apptainer build --force --build-arg IMAGE_ARCHIVE=$(CURDIR)/build/toolkit-image.tar $(SIF) containers/toolkit.def
 	rm -f build/toolkit-image.tar
+
+lint: $(STAMP)  # ruff (lint + format check) and mypy (strict on manifest, store, launch); no `ctx: Any`
+	$(BIN)/ruff check toolkit tests benchmarks
+	$(BIN)/ruff format --check toolkit tests benchmarks
+	$(BIN)/mypy
+	@! grep -rn "ctx: Any" toolkit || { echo "make lint: an experiment context typed Any (use RunContext)" >&2; exit 1; }
 
 lint-docker: $(STAMP)
 	$(BIN)/hadolint containers/Dockerfile

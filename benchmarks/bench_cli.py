@@ -31,9 +31,11 @@ experiments:
     params: {max_new_tokens: -3}
 """
 HEAVY = ("torch", "transformers", "h5py", "submitit")
-PROBE = ("import sys, runpy\nsys.argv = ['toolkit', 'validate', sys.argv[1]]\n"
-         "try:\n    runpy.run_module('toolkit.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-         "print(','.join(m for m in {heavy!r} if m in sys.modules))")
+PROBE = (
+    "import sys, runpy\nsys.argv = ['toolkit', 'validate', sys.argv[1]]\n"
+    "try:\n    runpy.run_module('toolkit.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    "print(','.join(m for m in {heavy!r} if m in sys.modules))"
+)
 
 
 def best_of(argv: list[str], repeats: int, expect: int) -> float:
@@ -60,12 +62,22 @@ def main() -> None:
         cli = [sys.executable, "-m", "toolkit.cli"]
         base = best_of([sys.executable, "-c", "pass"], args.repeats, 0)
         print(f"python -c pass: {base:.2f} s (interpreter start-up)")
-        commands = [["validate", str(manifest)], ["submit", str(manifest), "--executor", "local"],
-                    ["status", str(folder)], ["show", str(folder)], ["plot", str(folder)]]
+        commands = [
+            ["validate", str(manifest)],
+            ["submit", str(manifest), "--executor", "local"],
+            ["status", str(folder)],
+            ["show", str(folder)],
+            ["plot", str(folder)],
+        ]
         for command in commands:
             print(f"toolkit {command[0]:<8} refuses bad input: {best_of(cli + command, args.repeats, 2):.2f} s")
-        probe = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), str(manifest)], cwd=REPO,
-                               capture_output=True, text=True, timeout=120)
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE.format(heavy=HEAVY), str(manifest)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         imported = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else ""
         print(f"heavy modules imported by validate: {imported or 'none'}")
         if imported:

@@ -56,8 +56,10 @@ def timed(argv: list[str], n: int, cwd: str) -> list[float]:
 
 
 def line(label: str, times: list[float]) -> str:
-    return (f"  {label:<34} median {statistics.median(times):6.3f} s   mean {statistics.mean(times):6.3f} s   "
-            f"min {min(times):6.3f} s   max {max(times):6.3f} s")
+    return (
+        f"  {label:<34} median {statistics.median(times):6.3f} s   mean {statistics.mean(times):6.3f} s   "
+        f"min {min(times):6.3f} s   max {max(times):6.3f} s"
+    )
 
 
 def main() -> int:
@@ -77,11 +79,19 @@ def main() -> int:
         return 1 if args.require else 0
 
     with tempfile.TemporaryDirectory(prefix="bench-container ") as tmp:
-        prefix = container_argv(args.runtime, args.image, binds=[tmp], digest=digest, supervise=True,
-                                env={"TOOLKIT_CONTAINER_RUNTIME": args.runtime})
+        prefix = container_argv(
+            args.runtime,
+            args.image,
+            binds=[tmp],
+            digest=digest,
+            supervise=True,
+            env={"TOOLKIT_CONTAINER_RUNTIME": args.runtime},
+        )
         bare_python = [sys.executable]
-        print(f"bench_container: {args.runs} runs each (+1 warm-up), {os.cpu_count()} CPUs, "
-              f"image {args.image} ({digest[:19]}), runtime {shutil.which(args.runtime)}")
+        print(
+            f"bench_container: {args.runs} runs each (+1 warm-up), {os.cpu_count()} CPUs, "
+            f"image {args.image} ({digest[:19]}), runtime {shutil.which(args.runtime)}"
+        )
         print(f"  container prefix: {prefix[0]} -c <supervisor> {' '.join(prefix[3:8])} ... {' '.join(prefix[-2:])}")
         results = {}
         for code in ("import toolkit, torch", "pass"):
@@ -92,8 +102,8 @@ def main() -> int:
             print(line("bare (venv python)", bare))
             print(line(f"container ({args.runtime} run)", boxed))
             ratio = statistics.median(boxed) / statistics.median(bare)
-            print(f"  ratio container/bare {ratio:.2f}x, overhead {statistics.median(boxed) - statistics.median(bare):+.3f} s "
-                  f"per task (medians)")
+            overhead = statistics.median(boxed) - statistics.median(bare)
+            print(f"  ratio container/bare {ratio:.2f}x, overhead {overhead:+.3f} s per task (medians)")
         if args.campaign_runs > 0:
             campaign_overhead(args, Path(tmp))
     return 0
@@ -116,15 +126,17 @@ def campaign_overhead(args: argparse.Namespace, tmp: Path) -> None:
     bare_manifest = tmp / "bare.yaml"
     bare_manifest.write_text(CAMPAIGN.format(output=tmp / "out"))
     boxed_manifest = tmp / "boxed.yaml"
-    boxed_manifest.write_text(CAMPAIGN.format(output=tmp / "out")
-                              + f"container: {{runtime: {args.runtime}, image: {args.image}}}\n")
+    boxed_manifest.write_text(
+        CAMPAIGN.format(output=tmp / "out") + f"container: {{runtime: {args.runtime}, image: {args.image}}}\n"
+    )
     cli = [sys.executable, "-m", "toolkit.cli", "submit"]
     times: dict[str, list[float]] = {"bare": [], "container": []}
     for i in range(args.campaign_runs):
         for label, manifest in (("bare", bare_manifest), ("container", boxed_manifest)):
             root = tmp / f"{label}-{i}"
-            times[label] += timed_once([*cli, str(manifest), "--executor", "local", "--no-plot", "--root", str(root)],
-                                       str(REPO))
+            times[label] += timed_once(
+                [*cli, str(manifest), "--executor", "local", "--no-plot", "--root", str(root)], str(REPO)
+            )
     print(f"one-task campaign (toolkit submit --executor local, tiny Llama, 1 token), {args.campaign_runs} runs each:")
     print(line("bare", times["bare"]))
     print(line(f"container ({args.runtime})", times["container"]))
@@ -134,11 +146,19 @@ def campaign_overhead(args: argparse.Namespace, tmp: Path) -> None:
 
 def timed_once(argv: list[str], cwd: str) -> list[float]:
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"bench_container: {' '.join(argv[-6:])} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+        raise SystemExit(
+            f"bench_container: {' '.join(argv[-6:])} exited {proc.returncode}: {proc.stderr.strip()[-800:]}"
+        )
     return [elapsed]
 
 

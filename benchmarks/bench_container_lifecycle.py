@@ -35,8 +35,13 @@ BASE = "localhost/toolkit-base:bookworm"
 
 
 def leftovers() -> list[str]:
-    out = subprocess.run(["podman", "ps", "-a", "--filter", "name=^toolkit-", "--format", "{{.Names}}"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        ["podman", "ps", "-a", "--filter", "name=^toolkit-", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return out.split()
 
 
@@ -45,8 +50,13 @@ def rebuild_seconds(runs: int) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run(["bash", str(REPO / "containers/build.sh"), "--base", BASE], cwd=REPO,
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(
+            ["bash", str(REPO / "containers/build.sh"), "--base", BASE],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         best = min(best, time.perf_counter() - start)
         if proc.returncode != 0 or "nothing to build" not in proc.stderr:
             sys.exit(f"bench_container_lifecycle: the rebuild was not a no-op:\n{proc.stderr[-2000:]}")
@@ -61,8 +71,12 @@ def stop_seconds(image: str, runs: int) -> float:
         for _ in range(runs):
             started = Path(tmp) / "started"
             started.unlink(missing_ok=True)
-            job = subprocess.Popen([*argv, "-c", "import time; open('started', 'w').close(); time.sleep(120)"],
-                                   cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            job = subprocess.Popen(
+                [*argv, "-c", "import time; open('started', 'w').close(); time.sleep(120)"],
+                cwd=tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 120
             while not started.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)

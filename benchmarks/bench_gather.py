@@ -47,8 +47,7 @@ def write_shards(campaign_dir: Path, first: int, count: int, mb_per_shard: float
     rng = np.random.default_rng(seed + first)
     per_dataset = max(1, int(mb_per_shard * 1e6 / 4 / datasets))  # float32 values per dataset
     for i in range(first, first + count):
-        attrs = {"experiment": "bench", "exp_id": "bench", "target": "cpu", "repeat": i, "params": {},
-                 "numerics": {}}
+        attrs = {"experiment": "bench", "exp_id": "bench", "target": "cpu", "repeat": i, "params": {}, "numerics": {}}
         with open_shard(campaign_dir, task_id(i), attrs) as root:
             for d in range(datasets):
                 root.create_dataset(f"data/d{d}", data=rng.standard_normal(per_dataset, dtype=np.float32))
@@ -94,8 +93,9 @@ def stored_tasks(store: Path) -> int:
 def check_count(store: Path, expected: int, when: str) -> None:
     found = stored_tasks(store)
     if found != expected:
-        print(f"bench_gather: FAIL: after {when}, {store.name} holds {found} tasks, expected {expected}",
-              file=sys.stderr)
+        print(
+            f"bench_gather: FAIL: after {when}, {store.name} holds {found} tasks, expected {expected}", file=sys.stderr
+        )
         raise SystemExit(1)
 
 
@@ -105,8 +105,12 @@ def main() -> None:
     parser.add_argument("--mb-per-shard", type=float, default=2.0, help="MB of float32 data per shard (default 2)")
     parser.add_argument("--datasets", type=int, default=4, help="datasets per shard (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data")
-    parser.add_argument("--dir", type=Path, default=None, help="where to create the temporary folder "
-                        "(default: the system temp dir); it is removed at the end")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to create the temporary folder (default: the system temp dir); it is removed at the end",
+    )
     args = parser.parse_args()
     if args.shards < 1 or args.mb_per_shard <= 0 or args.datasets < 1:
         parser.error("--shards and --datasets must be >= 1 and --mb-per-shard > 0")
@@ -125,42 +129,57 @@ def main() -> None:
         write_s = time.perf_counter() - t0
         files = sorted(completed_shards(campaign).values())
         total_mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"setup: {len(files)} shards x {args.datasets} float32 datasets, {total_mb:.1f} MB in all "
-              f"({total_mb / len(files):.2f} MB each), written with open_shard in {write_s:.2f} s; "
-              f"page cache not dropped (needs root): every measurement runs warm, right after the writes")
+        print(
+            f"setup: {len(files)} shards x {args.datasets} float32 datasets, {total_mb:.1f} MB in all "
+            f"({total_mb / len(files):.2f} MB each), written with open_shard in {write_s:.2f} s; "
+            f"page cache not dropped (needs root): every measurement runs warm, right after the writes"
+        )
 
         plain_s = _time(lambda: plain_copy(files, tmp / "plain-copy"))
         shutil.rmtree(tmp / "plain-copy")
         full_s, full = timed_gather(campaign)
         if len(full.added) != args.shards:
-            print(f"bench_gather: FAIL: full gather added {len(full.added)} tasks, expected {args.shards}",
-                  file=sys.stderr)
+            print(
+                f"bench_gather: FAIL: full gather added {len(full.added)} tasks, expected {args.shards}",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
         check_count(store, args.shards, "the full gather")
         store_mb = store.stat().st_size / 1e6
         full_mbs, plain_mbs = total_mb / full_s, total_mb / plain_s
-        print(f"(a) full gather:  {args.shards} shards, {total_mb:.1f} MB in {full_s:.2f} s = {full_mbs:.1f} MB/s "
-              f"(store.h5 {store_mb:.1f} MB)")
-        print(f"(b) plain copy:   {len(files)} files, {total_mb:.1f} MB in {plain_s:.2f} s = {plain_mbs:.1f} MB/s "
-              f"(shutil.copyfile + fsync each)")
+        print(
+            f"(a) full gather:  {args.shards} shards, {total_mb:.1f} MB in {full_s:.2f} s = {full_mbs:.1f} MB/s "
+            f"(store.h5 {store_mb:.1f} MB)"
+        )
+        print(
+            f"(b) plain copy:   {len(files)} files, {total_mb:.1f} MB in {plain_s:.2f} s = {plain_mbs:.1f} MB/s "
+            f"(shutil.copyfile + fsync each)"
+        )
         print(f"gather/plain-copy throughput = {full_mbs / plain_mbs:.2f}")
 
         noop_s, noop = timed_gather(campaign)
         if noop.added or noop.replaced:
-            print(f"bench_gather: FAIL: a gather with nothing new added {len(noop.added)} and replaced "
-                  f"{len(noop.replaced)} tasks", file=sys.stderr)
+            print(
+                f"bench_gather: FAIL: a gather with nothing new added {len(noop.added)} and replaced "
+                f"{len(noop.replaced)} tasks",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
         print(f"(c) gather, nothing new: {noop_s:.3f} s ({noop.unchanged} tasks already in the store)")
 
         write_shards(campaign, args.shards, INCREMENT, args.mb_per_shard, args.datasets, args.seed)
         inc_s, inc = timed_gather(campaign)
         if len(inc.added) != INCREMENT:
-            print(f"bench_gather: FAIL: incremental gather added {len(inc.added)} tasks, expected {INCREMENT}",
-                  file=sys.stderr)
+            print(
+                f"bench_gather: FAIL: incremental gather added {len(inc.added)} tasks, expected {INCREMENT}",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
         check_count(store, args.shards + INCREMENT, "the incremental gather")
-        print(f"(d) incremental gather, {INCREMENT} new shards into a store of {args.shards}: {inc_s:.2f} s "
-              f"(store.h5 now {store.stat().st_size / 1e6:.1f} MB, {args.shards + INCREMENT} tasks)")
+        print(
+            f"(d) incremental gather, {INCREMENT} new shards into a store of {args.shards}: {inc_s:.2f} s "
+            f"(store.h5 now {store.stat().st_size / 1e6:.1f} MB, {args.shards + INCREMENT} tasks)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

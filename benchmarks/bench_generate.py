@@ -20,8 +20,11 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-PROMPTS = ("The capital of France is", "Once upon a time, in a small village by the sea,",
-           "Photosynthesis is the process by which")
+PROMPTS = (
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "Photosynthesis is the process by which",
+)
 
 
 class _Bar:
@@ -35,15 +38,14 @@ class _Bar:
 
 def ours(ctx: Any, prompt: str, tokens: int) -> list[int]:
     """exp4.generate's per-prompt loop; returns the generated ids."""
+    import torch
+
     from toolkit.experiments.exp4.generate import Params, _generate, _stop_ids
     from toolkit.numerics.hooks import final_norm_name
 
-    import torch
-
     params = Params(max_new_tokens=tokens, top_k=20)
     with torch.inference_mode():  # as exp4.generate.run does
-        steps = _generate(ctx, prompt, params, _stop_ids(ctx.model, ctx.tokenizer), final_norm_name(ctx.model),
-                          _Bar())
+        steps = _generate(ctx, prompt, params, _stop_ids(ctx.model, ctx.tokenizer), final_norm_name(ctx.model), _Bar())
     return list(steps["ids"])
 
 
@@ -53,9 +55,14 @@ def theirs(ctx: Any, prompt: str, tokens: int) -> list[int]:
 
     ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
     with torch.inference_mode():
-        out = ctx.model.generate(ids, max_new_tokens=tokens, do_sample=False, use_cache=ctx.numerics.kv_cache,
-                                 pad_token_id=ctx.tokenizer.eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = ctx.model.generate(
+            ids,
+            max_new_tokens=tokens,
+            do_sample=False,
+            use_cache=ctx.numerics.kv_cache,
+            pad_token_id=ctx.tokenizer.eos_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def timed(method: Any, ctx: Any, tokens: int, repeats: int) -> tuple[float, list[list[int]]]:
@@ -89,8 +96,10 @@ def main() -> int:
     t_ours, ids_ours = timed(ours, ctx, args.tokens, args.repeats)
     t_hf, ids_hf = timed(theirs, ctx, args.tokens, args.repeats)
     n_ours, n_hf = sum(map(len, ids_ours)), sum(map(len, ids_hf))
-    print(f"model smollm2-135m fp32 eager, {'full recompute' if args.full_recompute else 'KV cache'}, "
-          f"{len(PROMPTS)} prompts x up to {args.tokens} tokens, {args.threads} thread(s)")
+    print(
+        f"model smollm2-135m fp32 eager, {'full recompute' if args.full_recompute else 'KV cache'}, "
+        f"{len(PROMPTS)} prompts x up to {args.tokens} tokens, {args.threads} thread(s)"
+    )
     print(f"exp4.generate loop     : {t_ours:7.2f} s  {n_ours / t_ours:7.1f} tokens/s")
     print(f"transformers generate(): {t_hf:7.2f} s  {n_hf / t_hf:7.1f} tokens/s")
     print(f"ratio (ours / transformers, tokens/s): {(n_ours / t_ours) / (n_hf / t_hf):.2f}")

@@ -41,8 +41,9 @@ def load(threads: int) -> tuple[Any, Any]:
     from toolkit.models.loading import load as load_model
 
     torch.set_num_threads(threads)
-    model, tokenizer, _ = load_model(ModelSpec("smollm2-135m", device="cpu"),
-                                     Numerics(dtype="float32", attn_implementation="sdpa"))
+    model, tokenizer, _ = load_model(
+        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="sdpa")
+    )
     return model, tokenizer
 
 
@@ -57,11 +58,12 @@ def matmul_peak(n: int) -> float:
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
-def upstream_loop(model: Any, embeds: Any, x0: Any, v1: Any, v2: Any, e1: Any, e2: Any, pair: tuple[int, int],
-                  picks: Any) -> Any:
+def upstream_loop(
+    model: Any, embeds: Any, x0: Any, v1: Any, v2: Any, e1: Any, e2: Any, pair: tuple[int, int], picks: Any
+) -> Any:
     """The upstream exp7 per-point loop on the grid points `picks` (flat indices); returns gaps."""
     import numpy as np
     import torch
@@ -118,16 +120,34 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     head = model.get_output_embeddings().weight.numel()
     nonembed = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     points = grid.form_points(x0, v1, v2, e, e, "fp64_then_round")
-    s = {"model": model, "embeds": embeds, "prefix": prefix, "x0": x0, "pair": pair, "v1": v1, "v2": v2, "e": e,
-         "n": args.grid ** 2, "points": points, "peak": matmul_peak(args.peak_n),
-         "flops_full": 2 * nonembed * tokens + 2 * head, "flops_fast": 2 * nonembed + 2 * head}
-    print(f"SmolLM2-135M fp32 (dequantized Q4_1 weights), sdpa, {args.threads} torch thread(s); prompt "
-          f"{PROMPT!r} (T = {tokens}); pair {pair}; x0 = own last embedding; 2 random orthonormal directions")
-    print(f"grid {args.grid}x{args.grid} = {s['n']} points over ±{args.range:g}; matmul peak {s['peak']:.1f} "
-          f"GFLOP/s ({args.peak_n}² fp32)")
+    s = {
+        "model": model,
+        "embeds": embeds,
+        "prefix": prefix,
+        "x0": x0,
+        "pair": pair,
+        "v1": v1,
+        "v2": v2,
+        "e": e,
+        "n": args.grid**2,
+        "points": points,
+        "peak": matmul_peak(args.peak_n),
+        "flops_full": 2 * nonembed * tokens + 2 * head,
+        "flops_fast": 2 * nonembed + 2 * head,
+    }
+    print(
+        f"SmolLM2-135M fp32 (dequantized Q4_1 weights), sdpa, {args.threads} torch thread(s); prompt "
+        f"{PROMPT!r} (T = {tokens}); pair {pair}; x0 = own last embedding; 2 random orthonormal directions"
+    )
+    print(
+        f"grid {args.grid}x{args.grid} = {s['n']} points over ±{args.range:g}; matmul peak {s['peak']:.1f} "
+        f"GFLOP/s ({args.peak_n}² fp32)"
+    )
     print(f"distinct rounded inputs at ±{args.range:g}: {grid.dedup_rows(points)[0].shape[0]} of {s['n']}")
-    print(f"model FLOPs per point: full recompute {s['flops_full'] / 1e9:.2f} GFLOP, fast "
-          f"{s['flops_fast'] / 1e9:.3f} GFLOP")
+    print(
+        f"model FLOPs per point: full recompute {s['flops_full'] / 1e9:.2f} GFLOP, fast "
+        f"{s['flops_fast'] / 1e9:.3f} GFLOP"
+    )
     print(f"{'method':28s} {'points/s':>9s} {'grid time':>10s} {'vs loop':>8s} {'% peak':>7s}  note", flush=True)
     return s
 
@@ -146,46 +166,67 @@ def main() -> None:
 
     def report(name: str, rate: float, flops: float, note: str) -> None:
         rates.setdefault("loop", rate)
-        print(f"{name:28s} {rate:9.2f} {n / rate:9.0f}s {rate / rates['loop']:7.1f}x "
-              f"{100 * rate * flops / 1e9 / s['peak']:6.1f}%  {note}", flush=True)
+        print(
+            f"{name:28s} {rate:9.2f} {n / rate:9.0f}s {rate / rates['loop']:7.1f}x "
+            f"{100 * rate * flops / 1e9 / s['peak']:6.1f}%  {note}",
+            flush=True,
+        )
 
     rng = np.random.default_rng(0)
     picks = rng.choice(n, size=min(args.loop_points, n), replace=False)
     start = time.perf_counter()
     upstream_loop(model, s["embeds"], s["x0"], s["v1"], s["v2"], s["e"], s["e"], pair, picks)
-    report("loop (upstream, per point)", len(picks) / (time.perf_counter() - start), s["flops_full"],
-           f"timed on {len(picks)} points, extrapolated")
+    report(
+        "loop (upstream, per point)",
+        len(picks) / (time.perf_counter() - start),
+        s["flops_full"],
+        f"timed on {len(picks)} points, extrapolated",
+    )
 
     sample = np.sort(rng.choice(n, size=min(args.faithful_points, n), replace=False))
     start = time.perf_counter()
     faithful = grid.run_grid(model, prefix, points[sample], pair, "faithful", args.faithful_batch)
     check = faithful.check
-    report("faithful (toolkit)", len(sample) / (time.perf_counter() - start), s["flops_full"],
-           f"timed on {len(sample)} points, extrapolated; batch {faithful.batch_size} "
-           f"(check: {'bitwise equal' if check and check.equal else 'FAILED -> 1'})")
+    report(
+        "faithful (toolkit)",
+        len(sample) / (time.perf_counter() - start),
+        s["flops_full"],
+        f"timed on {len(sample)} points, extrapolated; batch {faithful.batch_size} "
+        f"(check: {'bitwise equal' if check and check.equal else 'FAILED -> 1'})",
+    )
 
     start = time.perf_counter()
     fast = grid.run_grid(model, prefix, points, pair, "fast", args.fast_batch, agreement_sample=args.agreement)
     took = time.perf_counter() - start
     agree = fast.agreement or {}
-    report("fast (toolkit, KV cache)", n / took, s["flops_fast"],
-           f"WHOLE grid in {took:.0f} s incl. {args.agreement} faithful points for the agreement: sign "
-           f"agreement {agree.get('sign_agreement', float('nan')):.3f}, max |Δgap| "
-           f"{agree.get('max_abs_gap_diff', float('nan')):.2e}, bitwise equal {agree.get('bitwise_equal', 0)}"
-           f"/{args.agreement}")
+    report(
+        "fast (toolkit, KV cache)",
+        n / took,
+        s["flops_fast"],
+        f"WHOLE grid in {took:.0f} s incl. {args.agreement} faithful points for the agreement: sign "
+        f"agreement {agree.get('sign_agreement', float('nan')):.3f}, max |Δgap| "
+        f"{agree.get('max_abs_gap_diff', float('nan')):.2e}, bitwise equal {agree.get('bitwise_equal', 0)}"
+        f"/{args.agreement}",
+    )
 
     fine = grid.axis_n(-args.fine_range, args.fine_range, args.grid)
     fine_points = grid.form_points(s["x0"], s["v1"], s["v2"], fine, fine, "fp64_then_round")
     distinct = grid.dedup_rows(fine_points)[0].shape[0]
     if distinct > args.fine_limit:
-        print(f"fine grid ±{args.fine_range:g}: {distinct} distinct inputs of {n} (> --fine-limit "
-              f"{args.fine_limit}: not timed; x0 has {int((s['x0'] == 0).sum())} exactly-zero entries, which "
-              "every nonzero step moves)")
+        print(
+            f"fine grid ±{args.fine_range:g}: {distinct} distinct inputs of {n} (> --fine-limit "
+            f"{args.fine_limit}: not timed; x0 has {int((s['x0'] == 0).sum())} exactly-zero entries, which "
+            "every nonzero step moves)"
+        )
         return
     start = time.perf_counter()
     fine_run = grid.run_grid(model, prefix, fine_points, pair, "faithful", args.faithful_batch)
-    report(f"faithful, fine grid ±{args.fine_range:g}", n / (time.perf_counter() - start), s["flops_full"],
-           f"WHOLE grid: {fine_run.n_distinct} distinct inputs of {n} (dedup; % peak counts all points)")
+    report(
+        f"faithful, fine grid ±{args.fine_range:g}",
+        n / (time.perf_counter() - start),
+        s["flops_full"],
+        f"WHOLE grid: {fine_run.n_distinct} distinct inputs of {n} (dedup; % peak counts all points)",
+    )
 
 
 if __name__ == "__main__":

@@ -109,12 +109,16 @@ def prepare(pdf: Path, window: int, stride: int, min_context: int, tokenizer: An
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     token_start, token_end = word_token_spans(enc["offset_mapping"], starts, ends)
     window_start = assign_windows(token_start, token_end, window, stride, min_context)
-    return {"words": words, "ids": ids, "token_start": token_start, "token_end": token_end,
-            "window_start": window_start}
+    return {
+        "words": words,
+        "ids": ids,
+        "token_start": token_start,
+        "token_end": token_end,
+        "window_start": window_start,
+    }
 
 
-def teacher_forcing(model: Any, data: dict[str, Any], window: int,
-                    norm: str) -> tuple[float, float, dict[int, float]]:
+def teacher_forcing(model: Any, data: dict[str, Any], window: int, norm: str) -> tuple[float, float, dict[int, float]]:
     """(wall s, process CPU s, word → p(first token)) scoring every word, one forward per window."""
     import numpy as np
     import torch
@@ -127,7 +131,7 @@ def teacher_forcing(model: Any, data: dict[str, Any], window: int,
     start, cpu = time.perf_counter(), time.process_time()
     for s in sorted({int(s) for s in data["window_start"] if s >= 0}):
         members = np.flatnonzero(data["window_start"] == s)
-        logits, hidden = forward_window(model, ids_t[:, s:s + window], norm)
+        logits, hidden = forward_window(model, ids_t[:, s : s + window], norm)
         spans = [(int(data["token_start"][w]), int(data["token_end"][w])) for w in members]
         with torch.inference_mode():
             rows = score_words(logits, hidden, unembed, data["ids"], spans, s, 10)
@@ -177,30 +181,40 @@ def main() -> int:
     from toolkit.numerics.teacher_forcing import forward_window
 
     torch.set_num_threads(args.threads)
-    model, tokenizer, _ = load(ModelSpec(source="smollm2-135m", device="cpu"),
-                               Numerics(dtype="float32", attn_implementation="eager", kv_cache=False))
+    model, tokenizer, _ = load(
+        ModelSpec(source="smollm2-135m", device="cpu"),
+        Numerics(dtype="float32", attn_implementation="eager", kv_cache=False),
+    )
     norm = final_norm_name(model)
     with tempfile.TemporaryDirectory() as tmp:
         pdf = write_pdf(Path(tmp) / "bench.pdf", generated_pages(args.pages))
         data = prepare(pdf, args.window, args.stride, args.min_context, tokenizer)
     scored = np.flatnonzero(data["window_start"] >= 0)
     n_windows = len(set(data["window_start"][scored].tolist()))
-    print(f"{args.pages} pages: {len(data['words'])} words ({len(scored)} scored), {len(data['ids'])} tokens; "
-          f"window {args.window}, stride {args.stride}, min_context {args.min_context}; torch threads {args.threads}")
+    print(
+        f"{args.pages} pages: {len(data['words'])} words ({len(scored)} scored), {len(data['ids'])} tokens; "
+        f"window {args.window}, stride {args.stride}, min_context {args.min_context}; torch threads {args.threads}"
+    )
     forward_window(model, torch.as_tensor(data["ids"][:16])[None], norm)  # warm-up
     tf_s, tf_cpu, tf_probs = teacher_forcing(model, data, args.window, norm)
     picks = scored[np.linspace(0, len(scored) - 1, min(args.naive_words, len(scored))).astype(int)]
     pw_s, pw_cpu, pw_probs = per_word(model, data, picks, norm)
     tf_rate, pw_rate = len(scored) / tf_s, len(picks) / pw_s
     diff = max(abs(pw_probs[w] - tf_probs[w]) for w in pw_probs)
-    print(f"teacher forcing: {n_windows} forwards, {tf_s:.1f} s wall ({tf_cpu:.1f} s CPU) for {len(scored)} words "
-          f"= {tf_rate:.1f} words/s ({len(scored) / tf_cpu:.1f} per CPU s)")
-    print(f"per word:        {len(picks)} forwards, {pw_s:.1f} s wall ({pw_cpu:.1f} s CPU) for {len(picks)} words "
-          f"= {pw_rate:.2f} words/s ({len(picks) / pw_cpu:.2f} per CPU s); all {len(scored)} words: "
-          f"~{len(scored) / pw_rate / 60:.0f} min (extrapolated)")
+    print(
+        f"teacher forcing: {n_windows} forwards, {tf_s:.1f} s wall ({tf_cpu:.1f} s CPU) for {len(scored)} words "
+        f"= {tf_rate:.1f} words/s ({len(scored) / tf_cpu:.1f} per CPU s)"
+    )
+    print(
+        f"per word:        {len(picks)} forwards, {pw_s:.1f} s wall ({pw_cpu:.1f} s CPU) for {len(picks)} words "
+        f"= {pw_rate:.2f} words/s ({len(picks) / pw_cpu:.2f} per CPU s); all {len(scored)} words: "
+        f"~{len(scored) / pw_rate / 60:.0f} min (extrapolated)"
+    )
     cpu_ratio = (len(scored) / tf_cpu) / (len(picks) / pw_cpu)
-    print(f"ratio: teacher forcing is {tf_rate / pw_rate:.0f}x faster (wall), {cpu_ratio:.0f}x (CPU); "
-          f"max |Δp| on the {len(picks)} words: {diff:.2g}")
+    print(
+        f"ratio: teacher forcing is {tf_rate / pw_rate:.0f}x faster (wall), {cpu_ratio:.0f}x (CPU); "
+        f"max |Δp| on the {len(picks)} words: {diff:.2g}"
+    )
     return 0
 
 

@@ -95,7 +95,7 @@ def time_cli(manifest: Path, root: Path) -> tuple[float, int, str]:
     """Wall seconds of `toolkit plan MANIFEST --root ROOT`, its output line count and first line."""
     cmd = toolkit_command() + ["plan", str(manifest), "--root", str(root)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         print(f"bench_plan: `{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr}", file=sys.stderr)
@@ -117,15 +117,19 @@ def main() -> None:
         load_s, build_s, total_s, plan = time_in_process(manifest, max(1, args.repeats))
         n_tasks = len(plan.tasks)
         per_exp = {e.id: len(plan.tasks_of(e.id)) for e in plan.manifest.experiments}
-        print(f"manifest: generate = {len(TARGETS)} targets x {REPEATS} repeats x {len(MAX_NEW_TOKENS)} "
-              f"max_new_tokens x {len(DTYPES)} dtypes, then compare; counted in the plan: "
-              + " + ".join(f"{n} {k}" for k, n in per_exp.items())
-              + f" = {n_tasks} tasks in {len(plan.stages)} stage(s)")
+        print(
+            f"manifest: generate = {len(TARGETS)} targets x {REPEATS} repeats x {len(MAX_NEW_TOKENS)} "
+            f"max_new_tokens x {len(DTYPES)} dtypes, then compare; counted in the plan: "
+            + " + ".join(f"{n} {k}" for k, n in per_exp.items())
+            + f" = {n_tasks} tasks in {len(plan.stages)} stage(s)"
+        )
         if n_tasks != EXPECTED_TASKS:
             print(f"bench_plan: FAIL: the plan has {n_tasks} tasks, expected {EXPECTED_TASKS}", file=sys.stderr)
             raise SystemExit(1)
-        line = (f"plan: {n_tasks} tasks in {total_s:.2f} s ({n_tasks / total_s:,.0f} tasks/s; "
-                f"load_manifest {load_s:.2f} s + build_plan {build_s:.2f} s, best of {max(1, args.repeats)})")
+        line = (
+            f"plan: {n_tasks} tasks in {total_s:.2f} s ({n_tasks / total_s:,.0f} tasks/s; "
+            f"load_manifest {load_s:.2f} s + build_plan {build_s:.2f} s, best of {max(1, args.repeats)})"
+        )
         if not args.no_cli:
             cli_s, n_lines, first = time_cli(manifest, tmp / "campaigns")
             if f"{EXPECTED_TASKS} task(s)" not in first:

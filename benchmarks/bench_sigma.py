@@ -67,8 +67,9 @@ def worker(method: str, k: int, iterations: int, prompt: str, threads: int) -> d
     from toolkit.models.loading import load
     from toolkit.numerics.embedding_forward import prompt_embeddings
 
-    model, tokenizer, _ = load(ModelSpec("smollm2-135m", device="cpu"),
-                               Numerics(dtype="float32", attn_implementation="eager"))
+    model, tokenizer, _ = load(
+        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
+    )
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     embeds = prompt_embeddings(model, ids)
     with torch.no_grad():
@@ -100,15 +101,36 @@ def worker(method: str, k: int, iterations: int, prompt: str, threads: int) -> d
         extra = {"jacobian_shape": list(jac.shape)}
     seconds = time.perf_counter() - start
     peak_after = _maxrss_bytes()
-    return {"method": method, "seconds": seconds, "extra_peak": peak_after - rss_before,
-            "new_peak": peak_after > peak_before, "rss_before": rss_before, "sigma": sigma.tolist(),
-            "dim": dim, "outputs": outputs, "threads": torch.get_num_threads(), **extra}
+    return {
+        "method": method,
+        "seconds": seconds,
+        "extra_peak": peak_after - rss_before,
+        "new_peak": peak_after > peak_before,
+        "rss_before": rss_before,
+        "sigma": sigma.tolist(),
+        "dim": dim,
+        "outputs": outputs,
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
 
 
 def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--k", str(args.k),
-           "--iterations", str(args.iterations), "--prompt", args.prompt, "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        method,
+        "--k",
+        str(args.k),
+        "--iterations",
+        str(args.iterations),
+        "--prompt",
+        args.prompt,
+        "--threads",
+        str(args.threads),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"bench_sigma: the {method} worker failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
         raise SystemExit(1)
@@ -124,12 +146,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5, help="singular values wanted (default 5)")
     parser.add_argument("--iterations", type=int, default=15, help="subspace iterations (default 15)")
     parser.add_argument("--prompt", default=PROMPT)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads in each worker (default 1; 0: torch's default). On a machine shared "
-                             "with other jobs, more than 1 makes OpenMP threads wait for each other, which slowed "
-                             "the matrix-free method's many small ops 5-10x and the full method's large ones ~1.5x")
-    parser.add_argument("--worker", choices=["matrix-free", "matrix-free-double-vjp", "full", "full-eighth"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in each worker (default 1; 0: torch's default). On a machine shared "
+        "with other jobs, more than 1 makes OpenMP threads wait for each other, which slowed "
+        "the matrix-free method's many small ops 5-10x and the full method's large ones ~1.5x",
+    )
+    parser.add_argument(
+        "--worker", choices=["matrix-free", "matrix-free-double-vjp", "full", "full-eighth"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.k, args.iterations, args.prompt, args.threads)))
@@ -143,28 +170,38 @@ def main() -> None:
     rel = max(abs(a - b) / b for r in (free, double) for a, b in zip(r["sigma"], full["sigma"]))
     print(f"model: SmolLM2-135M fp32 eager, D = {d}, prompt {args.prompt!r}, {free['threads']} torch threads")
     print(f"sigma top-{args.k} (full SVD):  " + ", ".join(f"{s:.6g}" for s in full["sigma"]))
-    print(f"sigma top-{args.k} (matrix-free): " + ", ".join(f"{s:.6g}" for s in free["sigma"])
-          + f"  (max rel. diff {rel:.1e}, residual {free['residual_max']:.1e})")
-    for r, name in ((free, f"matrix-free, forward-mode JVP ({args.iterations} it., block {args.k + 2}, "
-                           f"{r_products(free)})"),
-                    (double, f"matrix-free, double-VJP JVP ({r_products(double)})"),
-                    (full, f"full Jacobian {d}x{d} + SVD (upstream)"),
-                    (quarter, f"full, {quarter['outputs']} outputs only")):
+    print(
+        f"sigma top-{args.k} (matrix-free): "
+        + ", ".join(f"{s:.6g}" for s in free["sigma"])
+        + f"  (max rel. diff {rel:.1e}, residual {free['residual_max']:.1e})"
+    )
+    for r, name in (
+        (free, f"matrix-free, forward-mode JVP ({args.iterations} it., block {args.k + 2}, {r_products(free)})"),
+        (double, f"matrix-free, double-VJP JVP ({r_products(double)})"),
+        (full, f"full Jacobian {d}x{d} + SVD (upstream)"),
+        (quarter, f"full, {quarter['outputs']} outputs only"),
+    ):
         flag = "" if r["new_peak"] else "  [peak not set by the method: an upper bound from earlier]"
         print(f"{name}: {r['seconds']:.1f} s, extra peak memory {mb(r['extra_peak'])}{flag}")
     for r, name in ((free, "forward-mode"), (double, "double-VJP")):
-        print(f"ratio full / matrix-free ({name}): time {full['seconds'] / r['seconds']:.2f}x, "
-              f"memory {full['extra_peak'] / max(r['extra_peak'], 1):.1f}x")
+        print(
+            f"ratio full / matrix-free ({name}): time {full['seconds'] / r['seconds']:.2f}x, "
+            f"memory {full['extra_peak'] / max(r['extra_peak'], 1):.1f}x"
+        )
     slope = (full["extra_peak"] - quarter["extra_peak"]) / (full["outputs"] - quarter["outputs"])
     intercept = max(full["extra_peak"] - slope * full["outputs"], 0)
     width = TARGET_D / d
     full_4096 = TARGET_D**2 * 4 + TARGET_D * slope * width + intercept * width
     free_4096 = max(free["extra_peak"], double["extra_peak"]) * width + (args.k + 2) * TARGET_D * 8 * 4
-    print(f"full method: {slope / 2**10:,.0f} KB per cotangent (measured slope over "
-          f"{quarter['outputs']}..{full['outputs']} outputs), intercept {mb(intercept)}")
-    print(f"extrapolated to D = {TARGET_D} (same depth/prompt, widths x{width:.2f}): full {mb(full_4096)} "
-          f"(J itself {mb(TARGET_D**2 * 4)}), matrix-free {mb(free_4096)} (the larger of its two modes); "
-          f"ratio {full_4096 / free_4096:.0f}x")
+    print(
+        f"full method: {slope / 2**10:,.0f} KB per cotangent (measured slope over "
+        f"{quarter['outputs']}..{full['outputs']} outputs), intercept {mb(intercept)}"
+    )
+    print(
+        f"extrapolated to D = {TARGET_D} (same depth/prompt, widths x{width:.2f}): full {mb(full_4096)} "
+        f"(J itself {mb(TARGET_D**2 * 4)}), matrix-free {mb(free_4096)} (the larger of its two modes); "
+        f"ratio {full_4096 / free_4096:.0f}x"
+    )
     if rel > 1e-3:
         print(f"bench_sigma: FAIL: the methods disagree (max relative σ difference {rel:.1e})", file=sys.stderr)
         raise SystemExit(1)

@@ -45,8 +45,9 @@ def fail(message: str) -> None:
 def toolkit(*args: str, timeout: float = 600) -> tuple[float, subprocess.CompletedProcess]:
     """Run `python -m toolkit.cli ARGS` from the repo root; (wall seconds, result)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     return time.perf_counter() - t0, proc
 
 
@@ -58,7 +59,7 @@ site: testcluster
 model: {{source: tiny-random-llama, dtype: float32, attn_implementation: eager}}
 prompts: ["{PROMPT}"]
 targets: [a100, h100]
-resources: {{time_min: {RESOURCES['time_min']}, cpus: {RESOURCES['cpus']}, mem_gb: {RESOURCES['mem_gb']}}}
+resources: {{time_min: {RESOURCES["time_min"]}, cpus: {RESOURCES["cpus"]}, mem_gb: {RESOURCES["mem_gb"]}}}
 experiments:
   - name: exp4.generate
     id: generate
@@ -93,8 +94,12 @@ ONE_FORWARD = (
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     return {line.split("|")[0]: line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line}
 
 
@@ -105,19 +110,38 @@ def bare_sbatch(n: int, workdir: Path, timeout: float) -> float:
     ids = []
     for i in range(n):
         target = "a100" if i % 2 == 0 else "h100"
-        proc = subprocess.run(["sbatch", "--parsable", "-p", "batch", f"--constraint={target}",
-                               f"--gres=gpu:{target}:1", f"--cpus-per-task={RESOURCES['cpus']}",
-                               f"--mem={RESOURCES['mem_gb'] * 1024}M", f"--time={RESOURCES['time_min']}",
-                               "-J", "bench-bare", "-o", str(workdir / "bare-%j.out"), f"--chdir={REPO}",
-                               "--wrap", cmd], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "batch",
+                f"--constraint={target}",
+                f"--gres=gpu:{target}:1",
+                f"--cpus-per-task={RESOURCES['cpus']}",
+                f"--mem={RESOURCES['mem_gb'] * 1024}M",
+                f"--time={RESOURCES['time_min']}",
+                "-J",
+                "bench-bare",
+                "-o",
+                str(workdir / "bare-%j.out"),
+                f"--chdir={REPO}",
+                "--wrap",
+                cmd,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if proc.returncode != 0:
             fail(f"sbatch refused a bare job: {proc.stderr.strip()}")
         ids.append(proc.stdout.strip().split(";")[0])
     deadline = time.monotonic() + timeout
     while True:
         states = sacct_states(ids)
-        if len(states) == n and all(s in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"}
-                                    for s in states.values()):
+        if len(states) == n and all(
+            s in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"} for s in states.values()
+        ):
             break
         if time.monotonic() > deadline:
             subprocess.run(["scancel", *ids], capture_output=True)
@@ -144,12 +168,15 @@ def in_queue(job_ids: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=8, help="tasks in the overhead comparison (even; default 8)")
-    parser.add_argument("--workdir", type=Path, help="folder for campaigns (must be visible to the compute "
-                                                      "nodes; default: a temporary folder, removed at the end)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="folder for campaigns (must be visible to the compute "
+        "nodes; default: a temporary folder, removed at the end)",
+    )
     args = parser.parse_args()
     if not shutil.which("sbatch"):
-        print("bench_slurm: skipped: sbatch is not on PATH (start the test cluster: "
-              "sudo slurm/testcluster/start.sh)")
+        print("bench_slurm: skipped: sbatch is not on PATH (start the test cluster: sudo slurm/testcluster/start.sh)")
         return
     n = max(2, args.tasks - args.tasks % 2)
     tmp = Path(tempfile.mkdtemp(prefix="bench_slurm_", dir=args.workdir))
@@ -163,9 +190,11 @@ def main() -> None:
         if f"{n} task(s), 0 already complete, {n} to run" not in proc.stdout:
             fail(f"unexpected toolkit submit output:\n{proc.stdout}")
         bare_s = bare_sbatch(n, tmp, timeout=300)
-        print(f"per-task overhead, {n} tasks (tiny Llama, one forward each): toolkit submit --executor slurm "
-              f"{toolkit_s:.1f} s = {toolkit_s / n:.2f} s/task (arrays + gather job + store.h5); bare sbatch --wrap "
-              f"{bare_s:.1f} s = {bare_s / n:.2f} s/task; ratio {toolkit_s / bare_s:.2f}x")
+        print(
+            f"per-task overhead, {n} tasks (tiny Llama, one forward each): toolkit submit --executor slurm "
+            f"{toolkit_s:.1f} s = {toolkit_s / n:.2f} s/task (arrays + gather job + store.h5); bare sbatch --wrap "
+            f"{bare_s:.1f} s = {bare_s / n:.2f} s/task; ratio {toolkit_s / bare_s:.2f}x"
+        )
 
         # 2. submitting 2,000 tasks
         manifest = tmp / "big.yaml"
@@ -188,10 +217,12 @@ def main() -> None:
         if left:
             fail(f"{len(left)} job(s) of the cancelled campaign are still queued: {left[:5]}")
         total_queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.splitlines()
-        print(f"submit {BIG_TASKS} tasks (toolkit submit --no-wait): {submit_s:.2f} s "
-              f"({submit_s / BIG_TASKS * 1000:.1f} ms/task; arrays of {' + '.join(map(str, sizes))} and a gather "
-              f"job); toolkit cancel: {cancel_s:.2f} s ({cancelled.stdout.split(':')[0].strip()}); "
-              f"left queued: 0 of its jobs ({len(total_queue)} line(s) in squeue -h)")
+        print(
+            f"submit {BIG_TASKS} tasks (toolkit submit --no-wait): {submit_s:.2f} s "
+            f"({submit_s / BIG_TASKS * 1000:.1f} ms/task; arrays of {' + '.join(map(str, sizes))} and a gather "
+            f"job); toolkit cancel: {cancel_s:.2f} s ({cancelled.stdout.split(':')[0].strip()}); "
+            f"left queued: 0 of its jobs ({len(total_queue)} line(s) in squeue -h)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

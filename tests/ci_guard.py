@@ -19,8 +19,8 @@ GUARDED = ("slurm", "container")
 
 class CIGuard:
     def __init__(self) -> None:
-        self.marked: dict[str, list[str]] = {}          # nodeid -> its guarded markers
-        self.skipped: list[tuple[str, str, str]] = []   # (nodeid, marks, reason)
+        self.marked: dict[str, list[str]] = {}  # nodeid -> its guarded markers
+        self.skipped: list[tuple[str, str, str]] = []  # (nodeid, marks, reason)
 
     @staticmethod
     def active() -> bool:
@@ -52,8 +52,9 @@ class CIGuard:
         if not self.active() or not self.skipped:
             return
         terminalreporter.section("CI guard", sep="=", red=True, bold=True)
-        terminalreporter.line(f"CI=true: {len(self.skipped)} Slurm/container test(s) skipped; "
-                              "under CI they must run:", red=True)
+        terminalreporter.line(
+            f"CI=true: {len(self.skipped)} Slurm/container test(s) skipped; under CI they must run:", red=True
+        )
         for nodeid, marks, reason in self.skipped:
             terminalreporter.line(f"  {nodeid} [{marks}]: {reason}")
 

@@ -42,8 +42,11 @@ def build_image() -> dict[str, str]:
     change of a toolkit source file means a rebuild of ~2-3 min); CI always builds."""
     if not CI and os.environ.get("TOOLKIT_TEST_IMAGE"):
         ref = os.environ["TOOLKIT_TEST_IMAGE"]
-        return {"ref": ref, "id": ok(run(["podman", "image", "inspect", "--format", "{{.Id}}", ref])).strip(),
-                "build_s": "0"}
+        return {
+            "ref": ref,
+            "id": ok(run(["podman", "image", "inspect", "--format", "{{.Id}}", ref])).strip(),
+            "build_s": "0",
+        }
     if os.geteuid() != 0:
         unavailable("the container build needs root (debootstrap, podman as root): run the tests as root")
     if not shutil.which("podman") and not shutil.which("apt-get"):
@@ -68,8 +71,12 @@ def podman_socket() -> Iterator[str]:
     if not shutil.which("docker"):
         unavailable("the docker CLI is not installed")
     sock = Path(tempfile.mkdtemp(prefix="toolkit-podman-")) / "podman.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -99,6 +106,7 @@ def apptainer_sif(image: dict[str, str]) -> dict[str, str]:
     if not given:
         argv += ["--sif", image["ref"]]
     env = {**os.environ, "USER": os.environ.get("USER", "root")}
-    lines = dict(line.split("=", 1) for line in ok(run(argv, timeout=BUILD_TIMEOUT, env=env)).splitlines()
-                 if "=" in line)
+    lines = dict(
+        line.split("=", 1) for line in ok(run(argv, timeout=BUILD_TIMEOUT, env=env)).splitlines() if "=" in line
+    )
     return {"path": f"{os.path.dirname(lines['apptainer'])}:{os.environ['PATH']}", "sif": given or lines["sif"]}

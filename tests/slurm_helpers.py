@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from conftest import REPO
 
 NO_ROOT = "real Slurm tests need root to start slurm/testcluster/start.sh"
@@ -29,8 +29,9 @@ def slurm_cluster() -> str:
             pytest.fail(NO_ROOT)
         pytest.skip(NO_ROOT)
     try:
-        proc = subprocess.run(["bash", str(REPO / "slurm" / "testcluster" / "start.sh")], capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            ["bash", str(REPO / "slurm" / "testcluster" / "start.sh")], capture_output=True, text=True, timeout=300
+        )
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"slurm/testcluster/start.sh did not finish within 300 s:\n{err.stdout or ''}{err.stderr or ''}")
     if proc.returncode != 0:
@@ -38,9 +39,17 @@ def slurm_cluster() -> str:
     return proc.stdout.strip()
 
 
-def manifest_text(campaign: str, output: Path, *, targets: str = "[a100, h100]", repeats: int = 2, tokens: int = 6,
-                  prompts: str = '["The capital of France is", "Numbers: 1, 2, 3,"]', compare: bool = True,
-                  resources: str = "{time_min: 10, cpus: 2, mem_gb: 2}") -> str:
+def manifest_text(
+    campaign: str,
+    output: Path,
+    *,
+    targets: str = "[a100, h100]",
+    repeats: int = 2,
+    tokens: int = 6,
+    prompts: str = '["The capital of France is", "Numbers: 1, 2, 3,"]',
+    compare: bool = True,
+    resources: str = "{time_min: 10, cpus: 2, mem_gb: 2}",
+) -> str:
     """A tiny-random-Llama campaign for the test cluster (generate, then optionally compare)."""
     text = f"""\
 campaign: {campaign}
@@ -89,8 +98,7 @@ def scontrol_job(job_id: str) -> str:
 
 def queued(job_ids: list[str]) -> list[str]:
     """Lines of squeue (pending, running or completing) that belong to the given jobs."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, check=True,
-                         timeout=30).stdout
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, check=True, timeout=30).stdout
     return [line for line in out.splitlines() if line.split("_")[0].split()[0] in set(job_ids)]
 
 

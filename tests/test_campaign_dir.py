@@ -24,8 +24,14 @@ from toolkit.store.gather import gather
 from toolkit.store.lock import LockBusy
 from toolkit.store.shard import open_shard
 
-ATTRS = {"experiment": "exp4.generate", "exp_id": "generate", "target": "a100", "repeat": 0,
-         "params": {"max_new_tokens": 3}, "numerics": {"dtype": "float32"}}
+ATTRS = {
+    "experiment": "exp4.generate",
+    "exp_id": "generate",
+    "target": "a100",
+    "repeat": 0,
+    "params": {"max_new_tokens": 3},
+    "numerics": {"dtype": "float32"},
+}
 
 
 def _shard(folder: Path, task_id: str) -> None:
@@ -36,14 +42,40 @@ def _shard(folder: Path, task_id: str) -> None:
 def test_every_path_of_the_layout(tmp_path):
     layout = CampaignDir(tmp_path / "c")
     root = tmp_path / "c"
-    assert [layout.store_path, layout.plan_path, layout.slurm_record_path, layout.manifest_path, layout.shards_dir,
-            layout.jobs_dir, layout.figures_dir, layout.gather_lock_path, layout.submit_lock_path] == [
-        root / "store.h5", root / "plan.json", root / "slurm.json", root / "manifest.yaml", root / "shards",
-        root / "jobs", root / "figures", root / "gather.lock", root / "submit.lock"]
-    assert [layout.shard_path("t1"), layout.failure_path("t1"), layout.corrupt_path("t1"),
-            layout.task_lock_path("t1"), layout.checkpoint_dir("t1")] == [
-        root / "shards" / "t1.h5", root / "shards" / "t1.failed.json", root / "shards" / "t1.h5.corrupt",
-        root / "shards" / ".t1.lock", root / "shards" / "t1.ckpt"]
+    assert [
+        layout.store_path,
+        layout.plan_path,
+        layout.slurm_record_path,
+        layout.manifest_path,
+        layout.shards_dir,
+        layout.jobs_dir,
+        layout.figures_dir,
+        layout.gather_lock_path,
+        layout.submit_lock_path,
+    ] == [
+        root / "store.h5",
+        root / "plan.json",
+        root / "slurm.json",
+        root / "manifest.yaml",
+        root / "shards",
+        root / "jobs",
+        root / "figures",
+        root / "gather.lock",
+        root / "submit.lock",
+    ]
+    assert [
+        layout.shard_path("t1"),
+        layout.failure_path("t1"),
+        layout.corrupt_path("t1"),
+        layout.task_lock_path("t1"),
+        layout.checkpoint_dir("t1"),
+    ] == [
+        root / "shards" / "t1.h5",
+        root / "shards" / "t1.failed.json",
+        root / "shards" / "t1.h5.corrupt",
+        root / "shards" / ".t1.lock",
+        root / "shards" / "t1.ckpt",
+    ]
     fresh = layout.new_jobs_dir()
     assert fresh.parent == root / "jobs" and len(fresh.name) == len("20261206-081500-123456")
     assert not root.exists()  # naming paths creates nothing
@@ -55,9 +87,14 @@ def test_prepare_writes_plan_and_manifest_byte_for_byte_as_before(tiny_manifest,
     folder = tmp_path / "camp"
     campaign.prepare(plan, folder)
     m = plan.manifest
-    payload = {"campaign": m.campaign, "model": m.model.to_dict(), "model_identity": model_identity(m),
-               "prompts": list(m.prompts), "tasks": {tid: t.to_json() for tid, t in plan.tasks.items()},
-               "stages": [[g.task_ids for g in s.groups] for s in plan.stages]}
+    payload = {
+        "campaign": m.campaign,
+        "model": m.model.to_dict(),
+        "model_identity": model_identity(m),
+        "prompts": list(m.prompts),
+        "tasks": {tid: t.to_json() for tid, t in plan.tasks.items()},
+        "stages": [[g.task_ids for g in s.groups] for s in plan.stages],
+    }
     before = json.dumps(json.loads(canonical_json(payload)), indent=1)  # the writer before CampaignDir
     layout = CampaignDir(folder)
     assert layout.plan_path.read_text() == before
@@ -72,8 +109,12 @@ def test_prepare_writes_plan_and_manifest_byte_for_byte_as_before(tiny_manifest,
 def test_slurm_record_appends_submissions_and_keeps_the_file_format(tmp_path):
     layout = CampaignDir(tmp_path)
     assert layout.slurm_submissions() == [] and not layout.has_slurm_record()
-    first: SlurmSubmission = {"folder": "/j/1", "stages": [
-        {"index": 1, "arrays": [{"job_id": "11", "target": "a100", "task_ids": ["t1", "t2"]}], "gather": "12"}]}
+    first: SlurmSubmission = {
+        "folder": "/j/1",
+        "stages": [
+            {"index": 1, "arrays": [{"job_id": "11", "target": "a100", "task_ids": ["t1", "t2"]}], "gather": "12"}
+        ],
+    }
     second: SlurmSubmission = {"folder": "/j/2", "stages": [], "container": {"image": "x"}}
     layout.append_slurm_submission(first)
     assert layout.slurm_record_path.read_text() == json.dumps({"submissions": [first]}, indent=1)
@@ -84,8 +125,12 @@ def test_slurm_record_appends_submissions_and_keeps_the_file_format(tmp_path):
 
 def test_task_states_come_from_the_files(tmp_path):
     layout = CampaignDir(tmp_path)
-    assert (layout.completed_shards(), layout.failed_tasks(), layout.running_task_ids(),
-            layout.stored_task_ids()) == ({}, {}, set(), set())
+    assert (layout.completed_shards(), layout.failed_tasks(), layout.running_task_ids(), layout.stored_task_ids()) == (
+        {},
+        {},
+        set(),
+        set(),
+    )
     _shard(tmp_path, "a")
     gather(tmp_path, manifest_text="campaign: x\n")
     _shard(tmp_path, "b")
@@ -113,10 +158,13 @@ def test_locks_are_the_layouts_files_and_refuse_a_second_holder(tmp_path):
         assert layout.submit_lock_path.is_file()
         with pytest.raises(LockBusy) as busy:
             layout.submit_lock().__enter__()
-    assert str(busy.value).startswith(f"another toolkit submit of this campaign is running (pid {os.getpid()} on "
-                                      f"host {socket.gethostname()} since ")
-    assert str(busy.value).endswith(f"); follow it with toolkit status {layout.root}, and rerun toolkit submit once "
-                                    "it has ended if tasks are missing")
+    assert str(busy.value).startswith(
+        f"another toolkit submit of this campaign is running (pid {os.getpid()} on host {socket.gethostname()} since "
+    )
+    assert str(busy.value).endswith(
+        f"); follow it with toolkit status {layout.root}, and rerun toolkit submit once "
+        "it has ended if tasks are missing"
+    )
     assert not layout.submit_lock_path.exists()
     with layout.gather_lock(), pytest.raises(LockBusy, match=r"^another gather holds .*gather\.lock \(pid "):
         gather(layout.root)
@@ -138,8 +186,23 @@ def test_the_store_handle(tmp_path):
         assert store.run("a")["x"].tolist() == [0.0, 1.0, 2.0]
 
 
-LAYOUT_NAMES = {"plan.json", "slurm.json", "manifest.yaml", "gather.lock", "submit.lock", "store.h5", "shards",
-                "jobs", "figures", ".ckpt", ".corrupt", "failed.json", ".failed.json", ".h5.corrupt", ".lock"}
+LAYOUT_NAMES = {
+    "plan.json",
+    "slurm.json",
+    "manifest.yaml",
+    "gather.lock",
+    "submit.lock",
+    "store.h5",
+    "shards",
+    "jobs",
+    "figures",
+    ".ckpt",
+    ".corrupt",
+    "failed.json",
+    ".failed.json",
+    ".h5.corrupt",
+    ".lock",
+}
 
 
 def test_no_module_but_the_owner_spells_the_layout_or_opens_hdf5_raw():
@@ -149,8 +212,12 @@ def test_no_module_but_the_owner_spells_the_layout_or_opens_hdf5_raw():
         for node in ast.walk(ast.parse(path.read_text(), filename=rel)):
             if isinstance(node, ast.Constant) and node.value in LAYOUT_NAMES and rel != "toolkit/store/campaign_dir.py":
                 spelled.append(f"{rel}:{node.lineno} {node.value!r}")
-            if (isinstance(node, ast.Attribute) and node.attr in ("File", "is_hdf5")
-                    and isinstance(node.value, ast.Name) and node.value.id == "h5py"
-                    and not rel.startswith("toolkit/store/")):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("File", "is_hdf5")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "h5py"
+                and not rel.startswith("toolkit/store/")
+            ):
                 raw_h5.append(f"{rel}:{node.lineno}")
     assert spelled == [] and raw_h5 == []

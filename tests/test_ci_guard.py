@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 
-GUARDED_FILE = '''\
+GUARDED_FILE = """\
 import pytest
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_unmarked_with_a_container_id(kind):
 @pytest.mark.slurm
 def test_slurm_passes():
     pass
-'''
+"""
 
 SUMMARY = [
     "CI=true: 4 Slurm/container test(s) skipped; under CI they must run:",
@@ -81,14 +81,20 @@ def _pytest(folder: Path, ci: str | None, *args: str) -> subprocess.CompletedPro
     env["PYTHONPATH"] = str(TESTS)
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=folder,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _guard_section(out: str) -> list[str]:
     lines = out.splitlines()
     [at] = [i for i, line in enumerate(lines) if re.fullmatch(r"=+ CI guard =+", line)]
-    return lines[at + 1:at + 1 + len(SUMMARY)]
+    return lines[at + 1 : at + 1 + len(SUMMARY)]
 
 
 def test_under_ci_a_skipped_slurm_or_container_test_fails_the_run(tmp_path):
@@ -96,8 +102,10 @@ def test_under_ci_a_skipped_slurm_or_container_test_fails_the_run(tmp_path):
     result = _pytest(tmp_path, "true")
     assert result.returncode == 1, result.stdout + result.stderr
     assert _guard_section(result.stdout) == SUMMARY, result.stdout
-    assert result.stdout.splitlines()[-1] == "2 passed, 6 skipped, 1 xfailed in " + \
-        result.stdout.splitlines()[-1].split(" in ")[-1]
+    assert (
+        result.stdout.splitlines()[-1]
+        == "2 passed, 6 skipped, 1 xfailed in " + result.stdout.splitlines()[-1].split(" in ")[-1]
+    )
 
 
 @pytest.mark.parametrize("ci", [None, "false", "1"])
@@ -109,7 +117,8 @@ def test_off_ci_the_same_skips_pass(tmp_path, ci):
 
 
 def test_under_ci_no_guarded_skip_passes(tmp_path):
-    (tmp_path / "test_ok.py").write_text(textwrap.dedent('''\
+    (tmp_path / "test_ok.py").write_text(
+        textwrap.dedent("""\
         import pytest
 
         @pytest.mark.slurm
@@ -118,7 +127,8 @@ def test_under_ci_no_guarded_skip_passes(tmp_path):
 
         def test_other_skip():
             pytest.skip("optional")
-        '''))
+        """)
+    )
     result = _pytest(tmp_path, "true")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "CI guard" not in result.stdout
@@ -129,7 +139,7 @@ def test_under_ci_a_failure_keeps_its_status_and_the_summary(tmp_path):
     result = _pytest(tmp_path, "true")
     assert result.returncode == 1, result.stdout + result.stderr
     assert _guard_section(result.stdout) == SUMMARY
-    interrupted = _pytest(tmp_path, "true", "-x")   # stopped at the first failure: still 1, listed skips
+    interrupted = _pytest(tmp_path, "true", "-x")  # stopped at the first failure: still 1, listed skips
     assert interrupted.returncode == 1
     assert "test_guarded.py::test_slurm_skips_in_body [slurm]: needs root" in interrupted.stdout
 
@@ -143,9 +153,25 @@ def test_the_slurm_and_container_files_carry_their_markers():
     """Every test of the Slurm and container suites is marked: deselecting both markers leaves none."""
     files = ["tests/test_slurm.py", "tests/test_container_build.py", "tests/test_container_campaign.py"]
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
-                             "-m", "not slurm and not container", *files], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "-m",
+            "not slurm and not container",
+            *files,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 5, result.stdout + result.stderr
     assert re.search(r"^no tests collected \(\d+ deselected\)", result.stdout, re.M), result.stdout
 
@@ -160,9 +186,9 @@ def _ci_run(tmp_path: Path, tests: dict[str, str], *, keep_setup: bool = True) -
     (tmp_path / ".ci").mkdir()
     shutil.copy2(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     shutil.copy2(REPO / "Makefile", tmp_path / "Makefile")
-    for name in (["setup.cfg", "pyproject.toml", "constraints.txt"] if keep_setup else []):
+    for name in ["setup.cfg", "pyproject.toml", "constraints.txt"] if keep_setup else []:
         (tmp_path / name).write_text("")
-        os.utime(tmp_path / name, (0, 0))   # older than the venv's stamp: make installs nothing
+        os.utime(tmp_path / name, (0, 0))  # older than the venv's stamp: make installs nothing
     venv = tmp_path / "venv"
     venv.mkdir()
     (venv / "bin").symlink_to(Path(sys.executable).parent)
@@ -172,37 +198,51 @@ def _ci_run(tmp_path: Path, tests: dict[str, str], *, keep_setup: bool = True) -
         (tmp_path / "tests" / name).write_text(textwrap.dedent(text))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "MAKEFLAGS", "MAKELEVEL")}
     env["VENV"] = str(venv)
-    return subprocess.run([str(tmp_path / ".ci" / "run")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(tmp_path / ".ci" / "run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_ci_run_sets_ci_itself_and_passes(tmp_path):
-    result = _ci_run(tmp_path, {"test_env.py": '''\
+    result = _ci_run(
+        tmp_path,
+        {
+            "test_env.py": """\
         import os
 
         def test_ci_is_set():
             assert os.environ["CI"] == "true"
-        '''})
+        """
+        },
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
     assert WALL.fullmatch(result.stdout.splitlines()[-1]).group(1) == "0"
 
 
 def test_ci_run_exits_with_pytests_status_and_prints_the_wall_time_on_failure(tmp_path):
-    result = _ci_run(tmp_path, {"test_fail.py": '''\
+    result = _ci_run(
+        tmp_path,
+        {
+            "test_fail.py": """\
         import pytest
 
         def test_usage():
             pytest.exit("stop", returncode=4)
-        '''})
-    assert result.returncode == 4, result.stdout + result.stderr   # make alone would say 2
+        """
+        },
+    )
+    assert result.returncode == 4, result.stdout + result.stderr  # make alone would say 2
     assert WALL.fullmatch(result.stdout.splitlines()[-1]).group(1) == "4"
 
 
 def test_ci_run_fails_when_no_test_is_collected(tmp_path):
     result = _ci_run(tmp_path, {"helpers.py": "X = 1\n"})
     assert result.returncode == 5, result.stdout + result.stderr
-    assert result.stderr.splitlines()[-1] == ".ci/run: pytest collected no tests (exit 5): a CI run that tests nothing fails"
+    assert (
+        result.stderr.splitlines()[-1]
+        == ".ci/run: pytest collected no tests (exit 5): a CI run that tests nothing fails"
+    )
     assert WALL.fullmatch(result.stdout.splitlines()[-1]).group(1) == "5"
 
 

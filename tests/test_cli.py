@@ -29,20 +29,28 @@ def test_unknown_experiment_is_bad_input_with_suggestion():
     assert result.code == 2 and result.out == ""
     assert result.err.strip().splitlines() == [
         "error: unknown experiment 'exp4.generat'; did you mean 'exp4.generate'? known experiments: "
-        + ", ".join(sorted(__import__("toolkit.experiments", fromlist=["names"]).names()))]
+        + ", ".join(sorted(__import__("toolkit.experiments", fromlist=["names"]).names()))
+    ]
 
 
 def test_missing_campaign_folder_and_store_are_bad_input(tmp_path):
     status = run_cli("status", str(tmp_path / "nope"))
-    assert (status.code, status.err) == (2, f"error: {tmp_path / 'nope'}: no such campaign folder; give the folder "
-                                            "toolkit submit made (<output>/<campaign>)\n")
+    assert (status.code, status.err) == (
+        2,
+        f"error: {tmp_path / 'nope'}: no such campaign folder; give the folder "
+        "toolkit submit made (<output>/<campaign>)\n",
+    )
     show = run_cli("show", str(tmp_path / "store.h5"))
-    assert (show.code, show.err) == (2, f"error: {tmp_path / 'store.h5'}: no such store; give a campaign folder "
-                                        "or its store.h5\n")
+    assert (show.code, show.err) == (
+        2,
+        f"error: {tmp_path / 'store.h5'}: no such store; give a campaign folder or its store.h5\n",
+    )
     (tmp_path / "plan.json").write_text("{}")
     cancel = run_cli("cancel", str(tmp_path))
-    assert (cancel.code, cancel.err) == (2, f"error: {tmp_path}: no Slurm submission recorded (slurm.json); "
-                                            "nothing to cancel\n")
+    assert (cancel.code, cancel.err) == (
+        2,
+        f"error: {tmp_path}: no Slurm submission recorded (slurm.json); nothing to cancel\n",
+    )
 
 
 def test_local_executor_refuses_no_wait(tiny_manifest, tmp_path):
@@ -66,12 +74,17 @@ def test_validate_imports_no_heavy_module(tmp_path):
     from conftest import REPO
 
     manifest = tmp_path / "bad.yaml"
-    manifest.write_text("campaign: bad\nmodel: {source: tiny-random-llama}\nexperiments:\n"
-                        "  - name: exp4.generate\n    params: {max_new_tokens: -3}\n")
-    probe = ("import sys, runpy\nsys.argv = ['toolkit', 'validate', sys.argv[1]]\ntry:\n"
-             "    runpy.run_module('toolkit.cli', run_name='__main__')\nexcept SystemExit as end:\n"
-             "    code = end.code\nheavy = ('torch', 'transformers', 'h5py', 'submitit')\n"
-             "print(code, [m for m in heavy if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", probe, str(manifest)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    manifest.write_text(
+        "campaign: bad\nmodel: {source: tiny-random-llama}\nexperiments:\n"
+        "  - name: exp4.generate\n    params: {max_new_tokens: -3}\n"
+    )
+    probe = (
+        "import sys, runpy\nsys.argv = ['toolkit', 'validate', sys.argv[1]]\ntry:\n"
+        "    runpy.run_module('toolkit.cli', run_name='__main__')\nexcept SystemExit as end:\n"
+        "    code = end.code\nheavy = ('torch', 'transformers', 'h5py', 'submitit')\n"
+        "print(code, [m for m in heavy if m in sys.modules])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(manifest)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.stdout.splitlines()[-1] == "2 []", proc.stdout + proc.stderr

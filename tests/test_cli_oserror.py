@@ -17,5 +17,6 @@ def test_an_unforeseen_os_error_is_one_line_and_exit_1(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main()
     assert exited.value.code == 1
-    assert capsys.readouterr().err == ("error: /campaigns/x/store.h5: No space left on device; fix that and rerun "
-                                       "the same command\n")
+    assert capsys.readouterr().err == (
+        "error: /campaigns/x/store.h5: No space left on device; fix that and rerun the same command\n"
+    )

@@ -42,24 +42,32 @@ def trace(steps: list[dict[int, np.float32]], prompt_ids: list[int]) -> dict[str
         logits.append([row[t] for t in order])
     topk_ids, topk_logits = np.array(ids, np.int64), np.array(logits, np.float32)
     hashes = [hash(tuple(sorted((t, v.tobytes()) for t, v in row.items()))) & (2**63 - 1) for row in steps]
-    return {"prompt_ids": np.array(prompt_ids, np.int64), "generated_ids": topk_ids[:, 0].copy(),
-            "topk_ids": topk_ids, "topk_logits": topk_logits,
-            "margin": topk_logits[:, 0].astype(np.float64) - topk_logits[:, 1].astype(np.float64),
-            "logits_hash": np.array(hashes, np.uint64)}
+    return {
+        "prompt_ids": np.array(prompt_ids, np.int64),
+        "generated_ids": topk_ids[:, 0].copy(),
+        "topk_ids": topk_ids,
+        "topk_logits": topk_logits,
+        "margin": topk_logits[:, 0].astype(np.float64) - topk_logits[:, 1].astype(np.float64),
+        "logits_hash": np.array(hashes, np.uint64),
+    }
 
 
 def base_rows() -> list[list[dict[int, np.float32]]]:
     """Run A's logits: prompt 0 (5 steps) and prompt 1 (4 steps)."""
     f = np.float32
-    prompt0 = [{10: f(3.5), 11: f(2.0), 12: f(1.0), 13: f(0.5), 14: f(0.25)},
-               {20: f(4.0), 21: f(3.0), 22: moved(3.0, -1), 23: f(1.5)},
-               {30: f(2.0), 31: f(1.0), 32: f(-1e-45), 33: f(-0.5)},
-               {40: f(1.0), 41: moved(1.0, -10), 42: f(0.5), 43: f(0.1)},
-               {50: f(9.0), 51: f(1.0), 52: f(0.5), 53: f(0.1)}]
-    prompt1 = [{60: f(5.0), 61: f(4.0), 62: f(3.0), 63: f(2.0)},
-               {70: f(5.0), 71: f(4.0), 72: f(3.0), 73: f(2.0)},
-               {80: f(5.0), 81: f(4.0), 82: f(3.0), 83: f(2.0)},
-               {90: f(5.0), 91: f(4.0), 92: f(3.0), 93: f(2.0)}]
+    prompt0 = [
+        {10: f(3.5), 11: f(2.0), 12: f(1.0), 13: f(0.5), 14: f(0.25)},
+        {20: f(4.0), 21: f(3.0), 22: moved(3.0, -1), 23: f(1.5)},
+        {30: f(2.0), 31: f(1.0), 32: f(-1e-45), 33: f(-0.5)},
+        {40: f(1.0), 41: moved(1.0, -10), 42: f(0.5), 43: f(0.1)},
+        {50: f(9.0), 51: f(1.0), 52: f(0.5), 53: f(0.1)},
+    ]
+    prompt1 = [
+        {60: f(5.0), 61: f(4.0), 62: f(3.0), 63: f(2.0)},
+        {70: f(5.0), 71: f(4.0), 72: f(3.0), 73: f(2.0)},
+        {80: f(5.0), 81: f(4.0), 82: f(3.0), 83: f(2.0)},
+        {90: f(5.0), 91: f(4.0), 92: f(3.0), 93: f(2.0)},
+    ]
     return [prompt0, prompt1]
 
 
@@ -92,8 +100,12 @@ def expected_pair(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[st
             hit = np.flatnonzero(b["topk_ids"][step] == t)
             if hit.size:
                 worst = max(worst, abs(int(_ordered(np.array([value]))[0] - _ordered(b["topk_logits"][step][hit])[0])))
-    out: dict[str, object] = {"first_divergence": d, "common_length": common,
-                              "first_bitwise_diff": int(bit[0]) if bit.size else -1, "max_ulp_identical_context": worst}
+    out: dict[str, object] = {
+        "first_divergence": d,
+        "common_length": common,
+        "first_bitwise_diff": int(bit[0]) if bit.size else -1,
+        "max_ulp_identical_context": worst,
+    }
     if d >= 0:
         out["margin_at_divergence"] = (float(a["margin"][d]), float(b["margin"][d]))
         out["tokens_at_divergence"] = (int(a["generated_ids"][d]), int(b["generated_ids"][d]))
@@ -111,13 +123,25 @@ def compared(tmp_path: Path) -> Iterator[tuple[dict[str, list[dict[str, object]]
     from toolkit.store.shard import open_shard
 
     prompts = [[1, 2, 3], [1, 4]]
-    runs = {"aaaa000000000001": ("a100", 0, base_rows()), "aaaa000000000002": ("a100", 1, base_rows()),
-            "cccc000000000003": ("h100", 0, c_rows())}
+    runs = {
+        "aaaa000000000001": ("a100", 0, base_rows()),
+        "aaaa000000000002": ("a100", 1, base_rows()),
+        "cccc000000000003": ("h100", 0, c_rows()),
+    }
     traces = {}
     for task_id, (target, repeat, rows) in runs.items():
         traces[task_id] = [trace(steps, ids) for steps, ids in zip(rows, prompts)]
-        attrs = {"experiment": "exp4.generate", "exp_id": "generate", "target": target, "repeat": repeat,
-                 "params": {}, "numerics": Numerics().to_dict(), "model": {}, "inputs": [], "provenance": {}}
+        attrs = {
+            "experiment": "exp4.generate",
+            "exp_id": "generate",
+            "target": target,
+            "repeat": repeat,
+            "params": {},
+            "numerics": Numerics().to_dict(),
+            "model": {},
+            "inputs": [],
+            "provenance": {},
+        }
         with open_shard(tmp_path, task_id, attrs) as out:
             for k, prompt in enumerate(traces[task_id]):
                 for name, value in prompt.items():
@@ -125,8 +149,17 @@ def compared(tmp_path: Path) -> Iterator[tuple[dict[str, list[dict[str, object]]
     gather(tmp_path, manifest_text="")
     task = SimpleNamespace(task_id="compare", label=lambda: "compare")
     with Store(tmp_path / "store.h5") as store, h5py.File(tmp_path / "compare.h5", "w") as out:
-        ctx = RunContext(task=task, model=None, tokenizer=None, device=None, numerics=Numerics(), prompts=(),
-                         inputs=Inputs(store, tuple(runs)), out=out, progress_stream=io.StringIO())
+        ctx = RunContext(
+            task=task,
+            model=None,
+            tokenizer=None,
+            device=None,
+            numerics=Numerics(),
+            prompts=(),
+            inputs=Inputs(store, tuple(runs)),
+            out=out,
+            progress_stream=io.StringIO(),
+        )
         compare.run(ctx, compare.Params())
     table = h5py.File(tmp_path / "compare.h5", "r")
     order = [x.decode() for x in table["run_task_ids"][()]]
@@ -145,8 +178,12 @@ def test_the_construction_has_the_intended_answer() -> None:
     first = expected_pair(a[0], c[0])
     assert first["first_divergence"] == 3 and first["first_bitwise_diff"] == 1
     assert first["max_ulp_identical_context"] == 40 and first["tokens_at_divergence"] == (40, 41)
-    assert expected_pair(a[1], c[1]) == {"first_divergence": -1, "common_length": 4, "first_bitwise_diff": 2,
-                                         "max_ulp_identical_context": 7}
+    assert expected_pair(a[1], c[1]) == {
+        "first_divergence": -1,
+        "common_length": 4,
+        "first_bitwise_diff": 2,
+        "max_ulp_identical_context": 7,
+    }
     assert list(a[0]["topk_ids"][1]) == [20, 21, 22, 23] and list(c[0]["topk_ids"][1]) == [20, 22, 21, 23]
 
 
@@ -186,5 +223,6 @@ def test_identical_classes_and_summary(compared) -> None:
     first = [labels[i] for i in range(3) if order[i].startswith("aaaa")]
     assert summary.splitlines()[0] == "3 runs form 2 class(es) of bit-identical runs (all 2 prompts):"
     assert f"  [A] {', '.join(first)}" in summary.splitlines()
-    assert summary.splitlines()[-1] == ("  A vs B: 1/2 prompts diverged (median step 3, earliest 3); "
-                                        "logits first differ at step 1")
+    assert summary.splitlines()[-1] == (
+        "  A vs B: 1/2 prompts diverged (median step 3, earliest 3); logits first differ at step 1"
+    )

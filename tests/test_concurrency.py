@@ -21,19 +21,27 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY_MANIFEST, run_cli
 from slurm_helpers import slurm_cluster  # noqa: F401  (a fixture)
+
 from toolkit.store.lock import LEASE_S, FileLock, LockBusy, process_start
 
-BUSY = (r"error: another toolkit submit of this campaign is running \(pid {pid} on host {host} since "
-        r"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{6}}Z\); follow it with toolkit status {folder}, and rerun toolkit "
-        r"submit once it has ended if tasks are missing\n")
+BUSY = (
+    r"error: another toolkit submit of this campaign is running \(pid {pid} on host {host} since "
+    r"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{6}}Z\); follow it with toolkit status {folder}, and rerun toolkit "
+    r"submit once it has ended if tasks are missing\n"
+)
 
 
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "toolkit.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _published(folder: Path) -> list[str]:
@@ -104,8 +112,9 @@ def test_submit_killed_while_its_worker_runs_is_recovered_and_no_task_runs_twice
 
 def test_submit_killed_inside_its_gather_leaves_locks_that_the_next_submit_takes_over(tmp_path):
     manifest, folder = _manifest(tmp_path, "killedgather", tokens=3)
-    crashed = run_cli("submit", str(manifest), "--executor", "local", "--no-plot",
-                      env={"TOOLKIT_FAULT": "gather-merge:1"})
+    crashed = run_cli(
+        "submit", str(manifest), "--executor", "local", "--no-plot", env={"TOOLKIT_FAULT": "gather-merge:1"}
+    )
     assert crashed.code == -9
     assert (folder / "submit.lock").exists() and (folder / "gather.lock").exists()
     resumed = run_cli("submit", str(manifest), "--executor", "local", "--no-plot")
@@ -116,8 +125,14 @@ def test_submit_killed_inside_its_gather_leaves_locks_that_the_next_submit_takes
 
 
 def _lock_file(path: Path, **fields: object) -> None:
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
-              "slurm_job_id": "", "utc": "2026-01-01T00:00:00.000000Z", **fields}
+    record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": process_start(os.getpid()),
+        "slurm_job_id": "",
+        "utc": "2026-01-01T00:00:00.000000Z",
+        **fields,
+    }
     path.write_text(json.dumps(record))
 
 
@@ -127,8 +142,9 @@ def test_stale_lock_rules(tmp_path):
     _lock_file(lock)  # this very process: alive
     with pytest.raises(LockBusy) as refused:
         FileLock(lock, busy).__enter__()
-    assert str(refused.value) == (f"held: pid {os.getpid()} on host {socket.gethostname()} since "
-                                  "2026-01-01T00:00:00.000000Z")
+    assert str(refused.value) == (
+        f"held: pid {os.getpid()} on host {socket.gethostname()} since 2026-01-01T00:00:00.000000Z"
+    )
     _lock_file(lock, start="1")  # the pid now belongs to another process (reused): stale
     with FileLock(lock, busy):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
@@ -151,8 +167,14 @@ def test_stale_lock_rules(tmp_path):
 @pytest.mark.usefixtures("slurm_cluster")
 def test_lock_of_a_finished_slurm_job_on_another_node_is_taken_over(tmp_path):
     def sbatch(command: str) -> str:
-        return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", command], cwd=tmp_path,
-                              capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
 
     lock = tmp_path / "gather.lock"
     running = sbatch("sleep 120")
@@ -162,8 +184,9 @@ def test_lock_of_a_finished_slurm_job_on_another_node_is_taken_over(tmp_path):
             FileLock(lock, "held: {holder}").__enter__()
         subprocess.run(["scancel", running], check=True, timeout=30)
         deadline = time.monotonic() + 60
-        while subprocess.run(["squeue", "-h", "-j", running], capture_output=True, text=True,
-                             check=False).stdout.strip():
+        while subprocess.run(
+            ["squeue", "-h", "-j", running], capture_output=True, text=True, check=False
+        ).stdout.strip():
             assert time.monotonic() < deadline, f"job {running} still queued"
             time.sleep(0.5)
         with FileLock(lock, "held: {holder}"):  # the job that held it ended (killed): taken over
@@ -172,9 +195,11 @@ def test_lock_of_a_finished_slurm_job_on_another_node_is_taken_over(tmp_path):
         subprocess.run(["scancel", running], capture_output=True, timeout=30, check=False)
 
 
-LIVE = (r"error: {folder}: Slurm job\(s\) ([\d, ]+) of an earlier submit are still queued or running; follow them "
-        r"with toolkit status {folder} \(or stop them with toolkit cancel\), then rerun toolkit submit if tasks are "
-        r"missing\n")
+LIVE = (
+    r"error: {folder}: Slurm job\(s\) ([\d, ]+) of an earlier submit are still queued or running; follow them "
+    r"with toolkit status {folder} \(or stop them with toolkit cancel\), then rerun toolkit submit if tasks are "
+    r"missing\n"
+)
 
 
 @pytest.mark.slurm
@@ -197,8 +222,9 @@ def test_two_slurm_submits_at_once_then_one_while_its_jobs_are_queued(tmp_path):
     last_gather = record["stages"][-1]["gather"]
     subprocess.run(["scontrol", "hold", last_gather], check=True, capture_output=True, timeout=30)
     try:
-        by_lock = re.fullmatch(BUSY.format(pid=ok_pid, host=re.escape(socket.gethostname()),
-                                           folder=re.escape(str(folder))), busy_err)
+        by_lock = re.fullmatch(
+            BUSY.format(pid=ok_pid, host=re.escape(socket.gethostname()), folder=re.escape(str(folder))), busy_err
+        )
         by_jobs = re.fullmatch(LIVE.format(folder=re.escape(str(folder))), busy_err)
         assert busy_out == "" and (by_lock or by_jobs), busy_err
         assert by_lock or set(by_jobs.group(1).split(", ")) <= set(jobs)

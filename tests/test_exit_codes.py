@@ -38,15 +38,24 @@ def _bad_paths(tmp_path: Path) -> list[tuple[tuple[str, ...], str]]:
         (("plan", str(manifest)), f"error: {manifest}: no such file"),
         (("submit", str(manifest), "--executor", "local"), f"error: {manifest}: no such file"),
         (("show", str(missing)), f"error: {missing}: no such store; give a campaign folder or its store.h5"),
-        (("show", str(plain)),
-         f"error: {plain / 'store.h5'}: no such store; run toolkit submit or toolkit gather first"),
-        (("show", str(plain / "notes.h5"), "--json"),
-         f"error: {plain / 'notes.h5'}: not an HDF5 store; give a campaign folder or its store.h5"),
-        (("plot", str(campaign)),
-         f"error: {campaign / 'store.h5'}: no such store; run toolkit submit or toolkit gather first"),
+        (
+            ("show", str(plain)),
+            f"error: {plain / 'store.h5'}: no such store; run toolkit submit or toolkit gather first",
+        ),
+        (
+            ("show", str(plain / "notes.h5"), "--json"),
+            f"error: {plain / 'notes.h5'}: not an HDF5 store; give a campaign folder or its store.h5",
+        ),
+        (
+            ("plot", str(campaign)),
+            f"error: {campaign / 'store.h5'}: no such store; run toolkit submit or toolkit gather first",
+        ),
         (("cancel", str(campaign)), f"error: {campaign}: no Slurm submission recorded (slurm.json); nothing to cancel"),
-        (("experiments", "zzzz"), "error: unknown experiment 'zzzz'; known experiments: "
-         + ", ".join(sorted(__import__("toolkit.experiments", fromlist=["names"]).names()))),
+        (
+            ("experiments", "zzzz"),
+            "error: unknown experiment 'zzzz'; known experiments: "
+            + ", ".join(sorted(__import__("toolkit.experiments", fromlist=["names"]).names())),
+        ),
         (("model", "prepare", "gpt-9"), "error: only the packaged smollm2-135m needs preparing, got 'gpt-9'"),
         (("frobnicate",), "error: No such command 'frobnicate'."),
         (("status",), "error: Missing argument 'CAMPAIGN_DIR'."),
@@ -112,9 +121,14 @@ def test_ctrl_c_during_submit_exits_130_and_leaves_no_half_written_shard(tmp_pat
     # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: here the submit's own
     # session, so it reaches the submit, submitit's controller and the worker, as it would for a user.
     with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", "local",
-                                 "--no-plot"], cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", "local", "--no-plot"],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         _wait_for(lambda: shards.is_dir() and list(shards.glob(".*.h5~*.tmp")), 300, "the worker to write its shard")
         os.killpg(proc.pid, signal.SIGINT)
@@ -161,14 +175,22 @@ def test_sigint_to_the_submit_alone_stops_its_job_too(tmp_path: Path) -> None:
     command cancels its stage's job and returns only when no worker of it is left running."""
     manifest = tmp_path / "interrupted.yaml"
     prompts = ", ".join(f'"Prompt number {k} is"' for k in range(12))  # minutes of work if left running
-    manifest.write_text(INTERRUPT_MANIFEST.format(output=tmp_path / "campaigns").replace(
-        'prompts: ["The capital of France is", "Numbers: 1, 2, 3,"]', f"prompts: [{prompts}]"))
+    manifest.write_text(
+        INTERRUPT_MANIFEST.format(output=tmp_path / "campaigns").replace(
+            'prompts: ["The capital of France is", "Numbers: 1, 2, 3,"]', f"prompts: [{prompts}]"
+        )
+    )
     shards = tmp_path / "campaigns" / "interrupted" / "shards"
     err = tmp_path / "stderr"
     with err.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", "local",
-                                 "--no-plot"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
-                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", "local", "--no-plot"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         _wait_for(lambda: shards.is_dir() and list(shards.glob(".*.h5~*.tmp")), 300, "the worker to write its shard")
         os.kill(proc.pid, signal.SIGINT)  # the submit process only

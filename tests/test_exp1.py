@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from conftest import REPO, run_cli
+
 from toolkit.store.reader import Store
 
 MANIFEST = """\

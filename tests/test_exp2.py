@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
+
 from toolkit.store.reader import Store
 
 MANIFEST = """\
@@ -45,8 +45,9 @@ def test_lipschitz_campaign_stores_sigma_and_gains(tmp_path):
         for key in ("000", "001"):  # both ways of computing J·v give the same triplets in true fp64
             a, b = other[f"prompts/{key}/sigma"], runs["float64"][f"prompts/{key}/sigma"]
             assert np.allclose(a, b, rtol=1e-12)
-            assert np.allclose(other[f"prompts/{key}/right_vectors"], runs["float64"][f"prompts/{key}/right_vectors"],
-                               atol=1e-8)
+            assert np.allclose(
+                other[f"prompts/{key}/right_vectors"], runs["float64"][f"prompts/{key}/right_vectors"], atol=1e-8
+            )
         for dtype, run in runs.items():
             assert run.attrs["method"].startswith("subspace iteration")
             assert run.attrs["iterations"] == 25 and run.attrs["dtype"] == dtype
@@ -75,8 +76,9 @@ def test_lipschitz_campaign_stores_sigma_and_gains(tmp_path):
         assert fp32["prompts/000/changed_singular"][0, 0] < 64  # ε = 1e-9 is below ulp32 of most entries
         assert run_cli("plot", str(folder)).code == 0
     figures = sorted(p.name for p in (folder / "figures").iterdir())
-    assert [f for f in figures if f.startswith("lipschitz_")] == sorted(f"lipschitz_{r.task_id}.png"
-                                                                      for r in [*runs.values(), other])
+    assert [f for f in figures if f.startswith("lipschitz_")] == sorted(
+        f"lipschitz_{r.task_id}.png" for r in [*runs.values(), other]
+    )
 
 
 def test_params_are_validated_and_the_manifest_is_valid(write_manifest):
@@ -91,13 +93,21 @@ def test_params_are_validated_and_the_manifest_is_valid(write_manifest):
     assert result.code == 2
     for fragment in ("params.top_k: must be between 1 and 256", "params.eps_max: must be >= eps_min"):
         assert fragment in result.err, result.err
-    mode = run_cli("validate", str(write_manifest("""\
+    mode = run_cli(
+        "validate",
+        str(
+            write_manifest(
+                """\
         campaign: bad
         model: {source: tiny-random-llama}
         experiments:
           - name: exp2.lipschitz
             params: {perturb_mode: fp32}
-        """, name="mode.yaml")))
+        """,
+                name="mode.yaml",
+            )
+        ),
+    )
     assert mode.code == 2 and "params.perturb_mode: must be 'fp64_then_round' | 'model_dtype'" in mode.err
     shipped = run_cli("validate", str(REPO / "manifests" / "lipschitz.yaml"))
     assert shipped.code == 0, shipped.err
@@ -111,7 +121,8 @@ def test_sdpa_fails_at_run_time_with_a_clear_message():
 
     numerics = Numerics(dtype="float32", attn_implementation="sdpa")
     model, tokenizer, device = load(ModelSpec("tiny-random-llama", device="cpu"), numerics)
-    ctx = SimpleNamespace(model=model, tokenizer=tokenizer, device=device, numerics=numerics,
-                          prompts=("x",), out=None, progress=None)
+    ctx = SimpleNamespace(
+        model=model, tokenizer=tokenizer, device=device, numerics=numerics, prompts=("x",), out=None, progress=None
+    )
     with pytest.raises(ValueError, match="need attn_implementation 'eager'"):
         lipschitz.run(ctx, lipschitz.Params())

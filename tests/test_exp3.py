@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
+
 from toolkit.store.reader import Store
 
 MANIFEST = """\
@@ -88,7 +88,8 @@ def test_precision_campaign_finds_the_regimes(tmp_path):
         assert np.all(relative[2][compare[f"{g}/regime"][2] == SIGNAL] <= 0.1)
     figures = {p.name for p in (folder / "figures").iterdir()}
     assert {f"precision_{r.task_id}_p000.png" for r in runs.values()} | {
-        f"precision_compare_{compare.task_id}_p000.png"} <= figures
+        f"precision_compare_{compare.task_id}_p000.png"
+    } <= figures
 
 
 def test_overflow_and_bad_params_are_clear_errors(write_manifest):
@@ -108,12 +109,20 @@ def test_overflow_and_bad_params_are_clear_errors(write_manifest):
     result = run_cli("validate", str(bad))
     assert result.code == 2
     assert "params.signal_tol: must be between 0 and 1 (exclusive), got 1.5" in result.err, result.err
-    lonely = run_cli("validate", str(write_manifest("""\
+    lonely = run_cli(
+        "validate",
+        str(
+            write_manifest(
+                """\
         campaign: bad
         model: {source: tiny-random-llama}
         experiments:
           - name: exp3.compare
-        """, name="lonely.yaml")))
+        """,
+                name="lonely.yaml",
+            )
+        ),
+    )
     assert lonely.code == 2
     assert "exp3.compare reads exp3.precision runs: add the id of an exp3.precision entry to needs" in lonely.err
     assert run_cli("validate", str(REPO / "manifests" / "precision.yaml")).code == 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from toolkit.experiments.exp4 import divergence
 from toolkit.store.reader import Store
 
@@ -34,6 +34,7 @@ experiments:
     params: {{steps_before: 0}}
     needs: [generate]
 """
+
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
@@ -88,14 +89,16 @@ def test_divergence_finds_the_step_and_margins_of_a_real_flip(packaged, tmp_path
         for side, run in enumerate((a, b)):  # tie distance: margin in ULPs of the top-1 logit in the run's dtype
             top1 = run["prompts/000/topk_logits"][d][0]
             bf16 = run.numerics["dtype"] == "bfloat16"
-            spacing = np.spacing(np.float32(abs(top1))) * (2.0 ** 16 if bf16 else 1.0)
+            spacing = np.spacing(np.float32(abs(top1))) * (2.0**16 if bf16 else 1.0)
             assert table["tie_ulps"][q, 0, side] == pytest.approx(run["prompts/000/margin"][d] / spacing, rel=1e-12)
             if bf16:  # bf16 logits: the margin is a whole number of bf16 ULPs (same binade at this size)
                 assert float(table["tie_ulps"][q, 0, side]).is_integer()
         assert "1/1 prompts diverged" in table.attrs["summary"]
         paths = divergence.plot(table, tmp_path)  # from the store only (in-process: no second CLI start-up)
-        assert [p.name for p in paths] == [f"divergence_scatter_{table.task_id}.png",
-                                           f"divergence_margins_{table.task_id}.png"]
+        assert [p.name for p in paths] == [
+            f"divergence_scatter_{table.task_id}.png",
+            f"divergence_margins_{table.task_id}.png",
+        ]
         assert all(p.stat().st_size > 10_000 for p in paths)
 
 
@@ -174,8 +177,10 @@ def test_a_single_generate_run_is_refused_with_what_to_add(tmp_path):
     result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
     assert result.code == 2 and "Traceback" not in result.err, result.err
     assert not (tmp_path / "campaigns").exists()
-    runs = ("sweep the upstream entry over numerics (e.g. sweep: {dtype: [float32, bfloat16]}), give it repeats "
-            ">= 2 or more targets")
+    runs = (
+        "sweep the upstream entry over numerics (e.g. sweep: {dtype: [float32, bfloat16]}), give it repeats "
+        ">= 2 or more targets"
+    )
     assert result.err.splitlines() == [
         f"error: {manifest}:11:12: experiments[1].needs: exp4.compare needs at least 2 exp4.generate runs; its "
         f"needs (generate) give 1: {runs}",
@@ -183,4 +188,5 @@ def test_a_single_generate_run_is_refused_with_what_to_add(tmp_path):
         f"needs (generate) give 1: {runs}",
         f"error: {manifest}:17:12: experiments[3].needs: exp4.internals needs exp4.generate runs with at least 2 "
         "different dtype / attn_implementation; its needs (generate) give 1: sweep the upstream entry over "
-        "numerics (e.g. sweep: {dtype: [float32, bfloat16]})"]
+        "numerics (e.g. sweep: {dtype: [float32, bfloat16]})",
+    ]

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from toolkit.experiments.exp4 import embedding_similarity, perturb_until_divergence
 from toolkit.store.reader import Store
 
@@ -54,9 +54,22 @@ def test_threshold_brackets_the_flip_when_regenerated(campaign):
 
     with Store(campaign / "store.h5") as store:
         (run,) = store.runs("exp4.perturb_until_divergence")
-        data = {name: run[f"prompts/000/{name}"] for name in
-                ("prompt_ids", "reference_ids", "direction_vectors", "eps_lower", "eps_upper", "realised_lower",
-                 "realised_upper", "divergence_step", "tokens_upper", "evaluations", "changed_upper")}
+        data = {
+            name: run[f"prompts/000/{name}"]
+            for name in (
+                "prompt_ids",
+                "reference_ids",
+                "direction_vectors",
+                "eps_lower",
+                "eps_upper",
+                "realised_lower",
+                "realised_upper",
+                "divergence_step",
+                "tokens_upper",
+                "evaluations",
+                "changed_upper",
+            )
+        }
         names = [x.decode() for x in run["prompts/000/directions"]]
         params = Params(**{k: tuple(v) if isinstance(v, list) else v for k, v in run.params.items()})
         assert run.attrs["path"] == "kv_cache" and run.attrs["scope"] == "last"
@@ -80,7 +93,7 @@ def test_threshold_brackets_the_flip_when_regenerated(campaign):
         bracketed += 1
         assert lower < upper
         # bracket by ×10, then `iterations` log-bisections: upper/lower = 10 ** (1/2**iterations)
-        assert upper / lower == pytest.approx(10 ** (1 / 2 ** params.iterations), rel=1e-9), name
+        assert upper / lower == pytest.approx(10 ** (1 / 2**params.iterations), rel=1e-9), name
         v = torch.from_numpy(data["direction_vectors"][r])
         below, p_low = generate_at(model, embeds, x, v, lower, params)
         above, p_up = generate_at(model, embeds, x, v, upper, params)
@@ -113,8 +126,10 @@ def test_embedding_similarity_row0_is_the_realised_perturbation(campaign, tmp_pa
                     above = np.nonzero(rel[r, e, 1:] > 10 * rel[r, e, 0])[0]
                     assert group["separation"][r, e] == (above[0] + 1 if above.size else -1)
         paths = perturb_until_divergence.plot(perturb, tmp_path) + embedding_similarity.plot(sim, tmp_path)
-        assert [p.name for p in paths] == [f"perturb_until_divergence_{perturb.task_id}.png",
-                                           f"embedding_similarity_{sim.task_id}.png"]
+        assert [p.name for p in paths] == [
+            f"perturb_until_divergence_{perturb.task_id}.png",
+            f"embedding_similarity_{sim.task_id}.png",
+        ]
         assert all(p.stat().st_size > 10_000 for p in paths)
 
 
@@ -133,13 +148,17 @@ def test_bad_params_and_missing_needs_are_refused_with_exit_2(write_manifest):
         """)
     result = run_cli("validate", str(path))
     assert result.code == 2
-    assert "experiments[0].params.directions: unknown direction 'sideways'; choose from random, singular, " \
-           "gradient" in result.err
+    assert (
+        "experiments[0].params.directions: unknown direction 'sideways'; choose from random, singular, "
+        "gradient" in result.err
+    )
     assert "experiments[0].params.eps_min: need 0 < eps_min < eps_max, got 1.0 and 0.5" in result.err
     assert "experiments[0].params.growth: must be > 1, got 1.0" in result.err
     fixed = path.read_text().replace("[random, sideways], eps_min: 1.0, eps_max: 0.5, growth: 1.0", "[random]")
     path.write_text(fixed)
     result = run_cli("validate", str(path))
     assert result.code == 2
-    assert ("experiments[1].needs: exp4.embedding_similarity reads exp4.perturb_until_divergence runs: add the id "
-            "of an exp4.perturb_until_divergence entry to needs") in result.err
+    assert (
+        "experiments[1].needs: exp4.embedding_similarity reads exp4.perturb_until_divergence runs: add the id "
+        "of an exp4.perturb_until_divergence entry to needs"
+    ) in result.err

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from toolkit.store.reader import Store
 
 MANIFEST = """\
@@ -70,9 +70,12 @@ def test_unknown_module_and_layer_names_are_clear_errors(one_torch_thread, write
     from toolkit.numerics.modules import layer_module_names
 
     model, _, _ = _load("tiny-random-llama")
-    with pytest.raises(ValueError, match=r"no module named model\.layers\.0\.attn \(2 missing\); the children of "
-                                         r"model\.layers\.0 are: input_layernorm, mlp, post_attention_layernorm, "
-                                         r"self_attn"):
+    with pytest.raises(
+        ValueError,
+        match=r"no module named model\.layers\.0\.attn \(2 missing\); the children of "
+        r"model\.layers\.0 are: input_layernorm, mlp, post_attention_layernorm, "
+        r"self_attn",
+    ):
         layer_module_names(model, ["attn"])
     bad = write_manifest("""\
         campaign: bad
@@ -83,8 +86,11 @@ def test_unknown_module_and_layer_names_are_clear_errors(one_torch_thread, write
         """)
     result = run_cli("validate", str(bad))
     assert result.code == 2
-    for fragment in ("params.modules: must name at least one module", "params.layers: must be distinct indices",
-                     "params.eps: must be a non-empty list of values > 0"):
+    for fragment in (
+        "params.modules: must name at least one module",
+        "params.layers: must be distinct indices",
+        "params.eps: must be a non-empty list of values > 0",
+    ):
         assert fragment in result.err, result.err
     assert run_cli("validate", str(REPO / "manifests" / "module_lipschitz.yaml")).code == 0
 
@@ -99,8 +105,11 @@ def test_hooks_catch_exactly_the_named_modules_on_the_packaged_model(one_torch_t
     names = layer_module_names(model, MODULES)
     assert len(names) == 30 and names[1] == [f"model.layers.1.{m}" for m in MODULES]
     seen: list[str] = []
-    hooks = [module.register_forward_hook(lambda *_, n=n: seen.append(n))
-             for n, module in model.named_modules() if n in set(names[1])]
+    hooks = [
+        module.register_forward_hook(lambda *_, n=n: seen.append(n))
+        for n, module in model.named_modules()
+        if n in set(names[1])
+    ]
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     try:
         with torch.no_grad(), capture_calls(model, names[1]) as calls:

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
+
 from toolkit.store.reader import Store
 
 PACKAGED = """\
@@ -49,7 +49,7 @@ experiments:
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(source: str):
     from toolkit.manifest import ModelSpec, Numerics
     from toolkit.models.loading import load
@@ -68,11 +68,11 @@ def _check_certificate(run, key: str, model, tokenizer) -> None:
     x0, ids = run[f"{g}/x0"], torch.from_numpy(run[f"{g}/prompt_ids"])[None]
     assert np.array_equal(x0.astype(np.float32).astype(np.float64), x0)  # exactly representable in fp32
     x = torch.from_numpy(x0).to(torch.float32)
-    assert np.array_equal(x.double().numpy(), x0)                       # round trip is bit-exact
+    assert np.array_equal(x.double().numpy(), x0)  # round trip is bit-exact
     embeds = run[f"{g}/embeds"]
     assert np.array_equal(embeds[-1], x0)
     assert np.array_equal(embeds[:-1], prompt_embeddings(model, ids)[0, :-1].double().numpy())
-    assert not np.array_equal(x0, run[f"{g}/x_init"])                   # the search moved x
+    assert not np.array_equal(x0, run[f"{g}/x_init"])  # the search moved x
     logits = forward_states(model, ids, x).logits
     pair = run[f"{g}/pair"]
     assert np.array_equal(logits[torch.from_numpy(pair)].double().numpy(), run[f"{g}/logits_ab"])
@@ -184,26 +184,45 @@ def test_params_are_validated_and_the_shipped_manifest_is_valid(write_manifest):
         """)
     result = run_cli("validate", str(bad))
     assert result.code == 2
-    for fragment in ("params.n_directions: must be between 1 and 256, got 0", "params.lr: must be > 0, got -1.0",
-                     "params.tol_ulps: must be >= 0 (0 asks for an exact tie), got -1.0",
-                     "params.eps_max: must be > 0, got 0.0",
-                     "params.directions: are 1-based indices of stored directions (>= 1), got [0]",
-                     "params.directions: must be distinct"):
+    for fragment in (
+        "params.n_directions: must be between 1 and 256, got 0",
+        "params.lr: must be > 0, got -1.0",
+        "params.tol_ulps: must be >= 0 (0 asks for an exact tie), got -1.0",
+        "params.eps_max: must be > 0, got 0.0",
+        "params.directions: are 1-based indices of stored directions (>= 1), got [0]",
+        "params.directions: must be distinct",
+    ):
         assert fragment in result.err, result.err
-    literal = run_cli("validate", str(write_manifest("""\
+    literal = run_cli(
+        "validate",
+        str(
+            write_manifest(
+                """\
         campaign: bad
         model: {source: tiny-random-llama}
         experiments:
           - name: exp6.equal_logits
             params: {method: newton}
-        """, name="literal.yaml")))
+        """,
+                name="literal.yaml",
+            )
+        ),
+    )
     assert literal.code == 2 and "params.method: must be 'direct' | 'geometric', got 'newton'" in literal.err
-    orphan = run_cli("validate", str(write_manifest("""\
+    orphan = run_cli(
+        "validate",
+        str(
+            write_manifest(
+                """\
         campaign: bad
         model: {source: tiny-random-llama}
         experiments:
           - name: exp6.token_flip
-        """, name="orphan.yaml")))
+        """,
+                name="orphan.yaml",
+            )
+        ),
+    )
     assert orphan.code == 2 and "exp6.token_flip reads exp6.equal_logits runs: add the id" in orphan.err
     shipped = run_cli("validate", str(REPO / "manifests" / "equal_logits.yaml"))
     assert shipped.code == 0, shipped.err
@@ -219,8 +238,9 @@ def test_token_flip_refuses_upstream_runs_of_other_numerics():
     inputs = Inputs(store, ("abc",), "exp6.token_flip", token_flip.READS)  # type: ignore[arg-type]
     ctx = SimpleNamespace(inputs=inputs, task=SimpleNamespace(target="cpu"), numerics=Numerics(dtype="bfloat16"))
     assert token_flip.matching_runs(ctx) == []
-    with pytest.raises(ValueError, match="no exp6.equal_logits run with this task's target 'cpu' and numerics "
-                                         "bfloat16/eager/kv"):
+    with pytest.raises(
+        ValueError, match="no exp6.equal_logits run with this task's target 'cpu' and numerics bfloat16/eager/kv"
+    ):
         token_flip.run(ctx, token_flip.Params())
     ctx.numerics = Numerics(dtype="float32")
     assert token_flip.matching_runs(ctx) == [upstream]
@@ -231,8 +251,8 @@ def test_tie_primitives():
 
     from toolkit.numerics.tie import certify, side, top_two, ulp
 
-    assert ulp(16.0, torch.float32) == 2.0 ** -19 and ulp(-17.5, torch.float32) == 2.0 ** -19
-    assert ulp(1.0, torch.bfloat16) == 2.0 ** -7 and ulp(0.0, torch.float32) == 2.0 ** -149
+    assert ulp(16.0, torch.float32) == 2.0**-19 and ulp(-17.5, torch.float32) == 2.0**-19
+    assert ulp(1.0, torch.bfloat16) == 2.0**-7 and ulp(0.0, torch.float32) == 2.0**-149
     logits = torch.tensor([0.5, 3.0, 1.0, 3.0])
     assert top_two(logits) == (1, 3) and side(logits, 3, 1) == -1  # torch.argmax: lowest index wins a tie
     cert = certify(logits, 3, 1)

@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from toolkit.numerics import grid
 from toolkit.store.reader import Store
 
@@ -149,8 +149,9 @@ def test_fast_mode_reports_agreement_consistent_with_its_sample(campaign, tiny64
 def tiny_plane(model, seed: int = 1):
     """Prefix, x0 (the prompt's own last embedding) and two seeded orthonormal float64 directions."""
     embeds = model.get_input_embeddings()(torch.tensor([[1, 422, 3575, 282, 4649]])).detach()
-    directions = torch.linalg.qr(torch.randn(64, 2, generator=torch.Generator().manual_seed(seed),
-                                             dtype=torch.float64))[0].T
+    directions = torch.linalg.qr(
+        torch.randn(64, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )[0].T
     return embeds[:, :-1], embeds[0, -1], directions[0].contiguous(), directions[1].contiguous()
 
 
@@ -215,8 +216,10 @@ def test_batched_path_that_is_not_bitwise_falls_back_to_one(tiny, monkeypatch):
     monkeypatch.setattr(grid, "faithful_logits", batched_head)
     result = grid.run_grid(tiny, prefix, points, (5, 7), "faithful", batch_size=8)
     assert result.check is not None and not result.check.equal and result.batch_size == 1
-    reference = [float(grid.point_logits(tiny, prefix, x)[5].double() - grid.point_logits(tiny, prefix, x)[7].double())
-                 for x in points]
+    reference = [
+        float(grid.point_logits(tiny, prefix, x)[5].double() - grid.point_logits(tiny, prefix, x)[7].double())
+        for x in points
+    ]
     assert np.array_equal(result.gap, np.array(reference))
 
 
@@ -236,9 +239,13 @@ def test_params_are_validated(write_manifest):
         """)
     result = run_cli("validate", str(bad))
     assert result.code == 2
-    for fragment in ("params.planes: entry 0 must be two different non-zero 1-based indices",
-                     "params.step: step 3e-09 does not divide the range", "params.e1_max: must be >= e1_min",
-                     "params.recompute_steps: must be between 0 and 4001", "params.window: must be between 1 and 101"):
+    for fragment in (
+        "params.planes: entry 0 must be two different non-zero 1-based indices",
+        "params.step: step 3e-09 does not divide the range",
+        "params.e1_max: must be >= e1_min",
+        "params.recompute_steps: must be between 0 and 4001",
+        "params.window: must be between 1 and 101",
+    ):
         assert fragment in result.err, result.err
     shipped = run_cli("validate", str(REPO / "manifests" / "tipping_point.yaml"))
     assert shipped.code == 0, shipped.err
@@ -250,8 +257,11 @@ def test_zoom_window_outside_the_grid_is_an_error():
     values = grid.axis(-1e-8, 1e-8, 2e-9)
     assert window_indices(values, -4e-9, 4e-9, "e1") == (3, 7)
     assert window_indices(values, 1e-8, 1e-8, "e1") == (10, 10)  # a bound on the last value is inside
-    with pytest.raises(ValueError, match=r"window e2 = \[2e-08, 3e-08\] holds no stored grid value; the grid "
-                                         r"spans \[-1e-08, 1e-08\] in steps of 2e-09"):
+    with pytest.raises(
+        ValueError,
+        match=r"window e2 = \[2e-08, 3e-08\] holds no stored grid value; the grid "
+        r"spans \[-1e-08, 1e-08\] in steps of 2e-09",
+    ):
         window_indices(values, 2e-8, 3e-8, "e2")
 
 

@@ -165,7 +165,8 @@ def test_a_tiny_run_stores_only_what_stores_declares(store_path: Path, name: str
                 found = [p for p in patterns if p.regex.match(path)]
                 assert found, f"{name} run {run.task_id} stores {path!r}, not in its STORES"
                 assert any(not p.ranks or len(shape) in p.ranks for p in found), (
-                    f"{name} {path!r} has shape {shape}, STORES states rank {sorted(found[0].ranks)}")
+                    f"{name} {path!r} has shape {shape}, STORES states rank {sorted(found[0].ranks)}"
+                )
 
 
 def test_every_stated_rank_is_seen_in_the_campaign(store_path: Path):
@@ -187,8 +188,14 @@ def test_writer_refuses_an_undeclared_dataset_and_a_wrong_rank(tmp_path: Path):
     from toolkit.errors import ContractError
     from toolkit.store.writer import CheckedGroup
 
-    stores = {"prompts/<k>/sigma / right_vectors": "[K], [K,D] float64", "pairs/<q>/l2 | cosine": "[S,L] float64",
-              "trace_*": "[I] per step", "views/<m> attrs": "source", "summary": "attr: one line", "run_ids": "scalar"}
+    stores = {
+        "prompts/<k>/sigma / right_vectors": "[K], [K,D] float64",
+        "pairs/<q>/l2 | cosine": "[S,L] float64",
+        "trace_*": "[I] per step",
+        "views/<m> attrs": "source",
+        "summary": "attr: one line",
+        "run_ids": "scalar",
+    }
     with h5py.File(tmp_path / "shard.h5", "w") as handle:
         out = CheckedGroup.for_experiment(handle, "exp0.demo", stores)
         group = out.create_group("prompts/000")
@@ -207,13 +214,17 @@ def test_writer_refuses_an_undeclared_dataset_and_a_wrong_rank(tmp_path: Path):
             out.create_group("prompts/001").create_dataset("right_vectors", data=np.zeros(3))
         with pytest.raises(ContractError) as views:
             out.create_dataset("views/000/extra", data=np.zeros(1))
-    assert str(undeclared.value) == ("exp0.demo wrote dataset 'prompts/000/residual', which its STORES does not "
-                                     "declare; add it to the module's STORES (name → shape and meaning) or do not "
-                                     "write it")
+    assert str(undeclared.value) == (
+        "exp0.demo wrote dataset 'prompts/000/residual', which its STORES does not "
+        "declare; add it to the module's STORES (name → shape and meaning) or do not "
+        "write it"
+    )
     assert "'prompts/000/x_sigma', which its STORES does not declare" in str(prefixed.value)
     assert "'views/000/extra', which its STORES does not declare" in str(views.value)
-    assert str(wrong_rank.value) == ("exp0.demo wrote dataset 'prompts/001/right_vectors' with rank 1, its STORES "
-                                     "states rank 2 (prompts/<k>/right_vectors); fix the data or the declaration")
+    assert str(wrong_rank.value) == (
+        "exp0.demo wrote dataset 'prompts/001/right_vectors' with rank 1, its STORES "
+        "states rank 2 (prompts/<k>/right_vectors); fix the data or the declaration"
+    )
 
 
 def test_writer_states_the_rank_it_expected(tmp_path: Path):
@@ -227,8 +238,10 @@ def test_writer_states_the_rank_it_expected(tmp_path: Path):
         out = CheckedGroup.for_experiment(handle, "exp0.demo", {"prompts/<k>/eps": "[E] float64 grid"})
         with pytest.raises(ContractError) as err:
             out.create_dataset("prompts/000/eps", data=np.zeros((2, 3)))
-    assert str(err.value) == ("exp0.demo wrote dataset 'prompts/000/eps' with rank 2, its STORES states rank 1 "
-                              "(prompts/<k>/eps); fix the data or the declaration")
+    assert str(err.value) == (
+        "exp0.demo wrote dataset 'prompts/000/eps' with rank 2, its STORES states rank 1 "
+        "(prompts/<k>/eps); fix the data or the declaration"
+    )
 
 
 def test_matching_refuses_an_undeclared_read_and_too_few_runs(store_path: Path):
@@ -240,9 +253,12 @@ def test_matching_refuses_an_undeclared_read_and_too_few_runs(store_path: Path):
         ids = tuple(store.task_ids())
         inputs = Inputs(store, ids, "exp4.compare", ("exp4.generate",))
         assert sorted(r.numerics["dtype"] for r in inputs.matching("exp4.generate", min_runs=2)) == [
-            "bfloat16", "float32"]
+            "bfloat16",
+            "float32",
+        ]
         assert [r.task_id for r in inputs.matching("exp4.generate", dtype="bfloat16")] == [
-            r.task_id for r in store.runs("exp4.generate", ids) if r.numerics["dtype"] == "bfloat16"]
+            r.task_id for r in store.runs("exp4.generate", ids) if r.numerics["dtype"] == "bfloat16"
+        ]
         with pytest.raises(ContractError) as undeclared:
             inputs.matching("exp6.equal_logits")
         with pytest.raises(UpstreamError) as few:
@@ -251,21 +267,29 @@ def test_matching_refuses_an_undeclared_read_and_too_few_runs(store_path: Path):
             inputs.matching("exp4.generate", target="cpu", numerics=Numerics(dtype="float16"))
         with pytest.raises(UpstreamError) as distinct:
             inputs.matching("exp4.generate", dtype="float32", min_distinct=2)
-    assert str(undeclared.value) == ("exp4.compare reads exp6.equal_logits runs, which its READS does not declare; "
-                                     "add them to the module's READS (or READS_OPTIONAL)")
-    assert str(few.value) == ("exp4.compare needs at least 3 exp4.generate runs, found 2 (its inputs hold 2 "
-                              "exp4.generate runs); list the id of an exp4.generate entry under this entry's "
-                              "`needs`, swept over numerics (e.g. sweep: {dtype: [float32, bfloat16]}) or with "
-                              "repeats >= 2")
-    assert str(none.value) == ("exp4.compare found no exp4.generate run with this task's target 'cpu' and numerics "
-                               "float16/eager/kv (its inputs hold 2 exp4.generate runs); list the id of an "
-                               "exp4.generate entry under this entry's `needs` with the same targets and numerics "
-                               "(or sweep them together)")
-    assert str(distinct.value) == ("exp4.compare needs exp4.generate runs with this task's dtype float32 with at "
-                                   "least 2 different dtype / attn_implementation, found 1 among 1; list the id of "
-                                   "an exp4.generate entry under this entry's `needs` with the same targets and "
-                                   "numerics (or sweep them together), swept over numerics (e.g. sweep: {dtype: "
-                                   "[float32, bfloat16]}) or with repeats >= 2")
+    assert str(undeclared.value) == (
+        "exp4.compare reads exp6.equal_logits runs, which its READS does not declare; "
+        "add them to the module's READS (or READS_OPTIONAL)"
+    )
+    assert str(few.value) == (
+        "exp4.compare needs at least 3 exp4.generate runs, found 2 (its inputs hold 2 "
+        "exp4.generate runs); list the id of an exp4.generate entry under this entry's "
+        "`needs`, swept over numerics (e.g. sweep: {dtype: [float32, bfloat16]}) or with "
+        "repeats >= 2"
+    )
+    assert str(none.value) == (
+        "exp4.compare found no exp4.generate run with this task's target 'cpu' and numerics "
+        "float16/eager/kv (its inputs hold 2 exp4.generate runs); list the id of an "
+        "exp4.generate entry under this entry's `needs` with the same targets and numerics "
+        "(or sweep them together)"
+    )
+    assert str(distinct.value) == (
+        "exp4.compare needs exp4.generate runs with this task's dtype float32 with at "
+        "least 2 different dtype / attn_implementation, found 1 among 1; list the id of "
+        "an exp4.generate entry under this entry's `needs` with the same targets and "
+        "numerics (or sweep them together), swept over numerics (e.g. sweep: {dtype: "
+        "[float32, bfloat16]}) or with repeats >= 2"
+    )
     assert isinstance(few.value, ValueError) and few.value.exit_code == 2
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from conftest import run_cli
+
 from toolkit.store.reader import Store
 
 
@@ -27,8 +27,9 @@ def _generate_data(store_path: Path) -> dict[str, dict[str, bytes]]:
 def test_worker_killed_mid_shard_loses_nothing(tiny_manifest, tmp_path):
     manifest = tiny_manifest(campaign="killed", tokens=4)
     folder = tmp_path / "campaigns" / "killed"
-    crashed = run_cli("submit", str(manifest), "--executor", "local", "--no-plot",
-                      env={"TOOLKIT_FAULT": "shard-publish:2"})
+    crashed = run_cli(
+        "submit", str(manifest), "--executor", "local", "--no-plot", env={"TOOLKIT_FAULT": "shard-publish:2"}
+    )
     assert crashed.code == 1
     err_lines = crashed.err.strip().splitlines()
     assert err_lines[-1].startswith("error: stage 1/2 (generate): 3 task(s) did not complete")
@@ -55,8 +56,9 @@ def test_gather_killed_mid_write_keeps_old_store_and_shards(tiny_manifest, tmp_p
     assert run_cli("submit", str(manifest), "--executor", "local", "--no-plot").code == 0
     before = _tasks(folder / "store.h5")
 
-    crashed = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", "--force",
-                      env={"TOOLKIT_FAULT": "gather-merge:2"})
+    crashed = run_cli(
+        "submit", str(manifest), "--executor", "local", "--no-plot", "--force", env={"TOOLKIT_FAULT": "gather-merge:2"}
+    )
     assert crashed.code == -9  # the submitting process itself was killed inside gather
     assert _tasks(folder / "store.h5") == before  # the old store is intact and readable
     assert len(list(folder.glob(".store.h5~*.tmp"))) == 1

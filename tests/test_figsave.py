@@ -16,11 +16,14 @@ from toolkit.experiments import figsave
 from toolkit.store.reader import RunView
 
 
-@pytest.mark.parametrize(("name", "task_id", "part", "expected"), [
-    ("lipschitz", "0123abcd", "", "lipschitz_0123abcd.png"),
-    ("layer_svd", "0123abcd", "p000", "layer_svd_0123abcd_p000.png"),
-    ("exp7_zoom", "0123abcd", "001_stored", "exp7_zoom_0123abcd_001_stored.png"),
-])
+@pytest.mark.parametrize(
+    ("name", "task_id", "part", "expected"),
+    [
+        ("lipschitz", "0123abcd", "", "lipschitz_0123abcd.png"),
+        ("layer_svd", "0123abcd", "p000", "layer_svd_0123abcd_p000.png"),
+        ("exp7_zoom", "0123abcd", "001_stored", "exp7_zoom_0123abcd_001_stored.png"),
+    ],
+)
 def test_figure_path_follows_the_naming_rule(tmp_path, name, task_id, part, expected):
     assert figsave.figure_path(tmp_path, name, task_id, part) == tmp_path / expected
 

@@ -53,8 +53,9 @@ def nextafter_spacing(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         up = np.nextafter(mag, np.array(np.inf, x.dtype))
     down = np.nextafter(mag, np.array(0, x.dtype))
-    return np.where(mag == top, mag.astype(np.float64) - down.astype(np.float64),
-                    up.astype(np.float64) - mag.astype(np.float64))
+    return np.where(
+        mag == top, mag.astype(np.float64) - down.astype(np.float64), up.astype(np.float64) - mag.astype(np.float64)
+    )
 
 
 def walk(start: float, steps: int, dtype: type) -> np.ndarray:
@@ -81,6 +82,7 @@ def sampled(dtype: type, n: int = 20000) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- spacing
+
 
 def test_spacing_float16_every_value_against_nextafter():
     x = all_fp16()
@@ -122,9 +124,9 @@ def test_spacing_edge_values(name):
     assert fmt.smallest_subnormal == tiny_sub
     assert spacing(np.array([0.0, -0.0, tiny_sub, -tiny_sub]), name).tolist() == [tiny_sub] * 4
     # a power of two gets the spacing above it (twice the one just below)
-    assert ulp(1.0, name) == 2.0 ** (1 - fmt.precision) and ulp(-0.5, name) == 2.0 ** -fmt.precision
-    assert ulp(2.0 ** fmt.emin, name) == tiny_sub  # smallest normal: the subnormal spacing
-    top = (2 - 2.0 ** (1 - fmt.precision)) * 2.0 ** fmt.emax  # largest finite
+    assert ulp(1.0, name) == 2.0 ** (1 - fmt.precision) and ulp(-0.5, name) == 2.0**-fmt.precision
+    assert ulp(2.0**fmt.emin, name) == tiny_sub  # smallest normal: the subnormal spacing
+    top = (2 - 2.0 ** (1 - fmt.precision)) * 2.0**fmt.emax  # largest finite
     assert ulp(top, name) == 2.0 ** (fmt.emax - fmt.precision + 1)
     for missing in (np.inf, -np.inf, np.nan):
         assert np.isnan(ulp(missing, name))
@@ -143,8 +145,8 @@ def test_spacing_of_values_between_representable_ones_is_their_binade():
 
 
 def test_ulp_takes_torch_and_numpy_dtypes_and_refuses_others():
-    assert ulp(16.0, torch.float32) == ulp(16.0, np.float32) == ulp(16.0, "float32") == 2.0 ** -19
-    assert ulp(1.0, torch.bfloat16) == 2.0 ** -7
+    assert ulp(16.0, torch.float32) == ulp(16.0, np.float32) == ulp(16.0, "float32") == 2.0**-19
+    assert ulp(1.0, torch.bfloat16) == 2.0**-7
     assert float_format(torch.bfloat16) is fpunits.FORMATS["bfloat16"]
     for bad in ("fp8", np.int32, torch.int64):
         with pytest.raises(TypeError, match="known formats"):
@@ -152,6 +154,7 @@ def test_ulp_takes_torch_and_numpy_dtypes_and_refuses_others():
 
 
 # ------------------------------------------------------------------------------------------ ULP distance
+
 
 def rank_distance(a: np.ndarray, b: np.ndarray, ladder: np.ndarray) -> np.ndarray:
     """|position(a) − position(b)| on the sorted list of distinct values (brute-force count)."""
@@ -191,11 +194,11 @@ def test_ulp_distance_counts_nextafter_steps_across_zero_powers_of_two_and_subno
     info = np.finfo(dtype)
     tiny = 2.0 ** (info.minexp - info.nmant)  # smallest subnormal
     starts = [  # each walk of 400 consecutive values crosses the named point
-        dtype(-200 * tiny),                                   # zero (−0 and +0 are one value)
-        dtype(2.0 ** info.minexp - 200 * tiny),               # last subnormals → first normals
-        dtype(1 - 200 * 2.0 ** -(info.nmant + 1)),            # 1 (the spacing doubles there)
-        dtype(-(2 + 200 * 2.0 ** (1 - info.nmant))),          # −2 from below (negative side, binade change)
-        np.nextafter(info.max, dtype(0)),                     # max finite → +inf (one step)
+        dtype(-200 * tiny),  # zero (−0 and +0 are one value)
+        dtype(2.0**info.minexp - 200 * tiny),  # last subnormals → first normals
+        dtype(1 - 200 * 2.0 ** -(info.nmant + 1)),  # 1 (the spacing doubles there)
+        dtype(-(2 + 200 * 2.0 ** (1 - info.nmant))),  # −2 from below (negative side, binade change)
+        np.nextafter(info.max, dtype(0)),  # max finite → +inf (one step)
     ]
     for start in starts:
         steps = walk(start, 400, dtype)
@@ -222,7 +225,7 @@ def test_ulp_distance_zeros_nan_and_types():
 def test_ulp_distance_float64_beyond_int64_saturates():
     bits_of_one = struct.unpack("<q", struct.pack("<d", 1.0))[0]
     assert ulp_distance(np.array([-1.0]), np.array([1.0])).tolist() == [2 * bits_of_one]  # fits in int64
-    assert ulp_distance(np.array([-2.0]), np.array([2.0])).tolist() == [2 ** 63 - 1]      # 2**63: saturated
+    assert ulp_distance(np.array([-2.0]), np.array([2.0])).tolist() == [2**63 - 1]  # 2**63: saturated
 
 
 def test_ulp_distance_tensor_and_array_agree():
@@ -233,6 +236,7 @@ def test_ulp_distance_tensor_and_array_agree():
 
 
 # ------------------------------------------------------------------------------------------- exact bits
+
 
 @pytest.mark.parametrize("name", ["bfloat16", "float16", "float32", "float64"])
 def test_exact_bits_round_trip(name):
@@ -258,6 +262,7 @@ def test_exact_bits_known_patterns():
 
 
 # -------------------------------------------------------------------------------------- row replacement
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_with_row_equals_a_plain_construction(dtype):

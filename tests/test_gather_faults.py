@@ -13,8 +13,8 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from conftest import run_cli
+
 from toolkit.plan import Task
 from toolkit.store import schema
 from toolkit.store.gather import SPACE_MARGIN, gather
@@ -45,8 +45,9 @@ def _shards_only(tmp_path: Path, campaign: str) -> Path:
     """A 4-task campaign whose gather was SIGKILLed: 4 published shards, no store yet."""
     manifest = tmp_path / f"{campaign}.yaml"
     manifest.write_text(GENERATE_ONLY.format(campaign=campaign, output=tmp_path / "campaigns"))
-    killed = run_cli("submit", str(manifest), "--executor", "local", "--no-plot",
-                     env={"TOOLKIT_FAULT": "gather-merge:1"})
+    killed = run_cli(
+        "submit", str(manifest), "--executor", "local", "--no-plot", env={"TOOLKIT_FAULT": "gather-merge:1"}
+    )
     assert killed.code == -9, killed.err
     folder = tmp_path / "campaigns" / campaign
     assert len(list(schema.shards_dir(folder).glob("*.h5"))) == 4 and not schema.store_path(folder).exists()
@@ -83,10 +84,14 @@ def test_shard_that_no_longer_matches_its_checksums_is_refused_and_rerun(tmp_pat
     store = schema.store_path(folder)
     why = f"the shard's data no longer matches the checksums its worker recorded (dataset(s) {DATASET})"
     assert gathered.code == 1
-    assert gathered.out == (f"gathered 3 new and 0 rerun task(s), 0 already in {store}; refused 1 shard(s): {bad} "
-                            "(toolkit status says why; toolkit submit reruns them)\n")
-    assert gathered.err == (f"error: refused 1 shard(s), the other tasks are in {store} — task {bad}: {why}; "
-                            "rerun toolkit submit to rerun just those\n")
+    assert gathered.out == (
+        f"gathered 3 new and 0 rerun task(s), 0 already in {store}; refused 1 shard(s): {bad} "
+        "(toolkit status says why; toolkit submit reruns them)\n"
+    )
+    assert gathered.err == (
+        f"error: refused 1 shard(s), the other tasks are in {store} — task {bad}: {why}; "
+        "rerun toolkit submit to rerun just those\n"
+    )
     with Store(store) as opened:  # readable, with the three good tasks
         assert opened.task_ids() == sorted(set(labels) - {bad})
     aside = schema.corrupt_path(folder, bad)
@@ -96,8 +101,10 @@ def test_shard_that_no_longer_matches_its_checksums_is_refused_and_rerun(tmp_pat
     assert status.code == 0
     assert status.out.splitlines()[0] == "4 task(s): 1 failed, 3 stored"
     [line] = [x for x in status.out.splitlines() if x.startswith(f"  {bad}")]
-    assert line == (f"  {bad}  stage 1  failed   {labels[bad]}  ShardCorrupt: needs a rerun: {why}; gather refused "
-                    f"it and kept it as {aside}; rerun toolkit submit")
+    assert line == (
+        f"  {bad}  stage 1  failed   {labels[bad]}  ShardCorrupt: needs a rerun: {why}; gather refused "
+        f"it and kept it as {aside}; rerun toolkit submit"
+    )
 
     with Store(store) as opened:
         before = {t: opened.run(t).attrs["run_uid"] for t in opened.task_ids()}
@@ -152,10 +159,12 @@ def test_full_disk_during_gather_keeps_store_and_shards_and_a_later_gather_succe
     full = run_cli("gather", str(folder))
     free_while_locked = shutil.disk_usage(tmpfs).free - 4096  # gather.lock took one page of tmpfs
     assert full.code == 1 and full.out == ""
-    pattern = (rf"error: {re.escape(str(folder))}/\.store\.h5~[^~]+~\d+\.tmp: no space to write the new store: it "
-               rf"needs {need} bytes \({need / 1024:.1f} KiB\), {free_while_locked} bytes "
-               rf"\({free_while_locked / 1024:.1f} KiB\) are free; store\.h5 and the shards are unchanged — free "
-               r"space there or move the campaign folder, then rerun toolkit gather\n")
+    pattern = (
+        rf"error: {re.escape(str(folder))}/\.store\.h5~[^~]+~\d+\.tmp: no space to write the new store: it "
+        rf"needs {need} bytes \({need / 1024:.1f} KiB\), {free_while_locked} bytes "
+        rf"\({free_while_locked / 1024:.1f} KiB\) are free; store\.h5 and the shards are unchanged — free "
+        r"space there or move the campaign folder, then rerun toolkit gather\n"
+    )
     assert re.fullmatch(pattern, full.err), full.err
     assert _sha256s(folder) == before
     assert not list(folder.glob(".store.h5~*")) and not (folder / "gather.lock").exists()

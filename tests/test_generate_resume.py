@@ -50,8 +50,15 @@ def _run(store_path: Path) -> tuple[str, dict[str, tuple[str, tuple[int, ...], b
 def _killed_then_resumed(tmp_path: Path, campaign: str, executor: str, extra: str = "") -> Path:
     manifest = _manifest(tmp_path, campaign, extra)
     folder = tmp_path / "campaigns" / campaign
-    crashed = run_cli("submit", str(manifest), "--executor", executor, "--no-plot",
-                      env={"TOOLKIT_FAULT": "generate-prompt:2"}, timeout=300)
+    crashed = run_cli(
+        "submit",
+        str(manifest),
+        "--executor",
+        executor,
+        "--no-plot",
+        env={"TOOLKIT_FAULT": "generate-prompt:2"},
+        timeout=300,
+    )
     assert crashed.code == 1, crashed.err
     [ckpt] = (folder / "shards").glob("*.ckpt")
     assert sorted(p.name for p in ckpt.iterdir()) == ["prompt000.h5", "prompt001.h5"]
@@ -83,8 +90,9 @@ def test_killed_generate_resumes_from_checkpoint_bitwise(tmp_path: Path) -> None
 
 @pytest.mark.slurm
 def test_killed_generate_resumes_on_slurm_bitwise(tmp_path: Path, slurm_cluster: str) -> None:
-    folder = _killed_then_resumed(tmp_path, "killed-slurm", "slurm",
-                                  extra="site: testcluster\nresources: {time_min: 10, cpus: 2, mem_gb: 2}\n")
+    folder = _killed_then_resumed(
+        tmp_path, "killed-slurm", "slurm", extra="site: testcluster\nresources: {time_min: 10, cpus: 2, mem_gb: 2}\n"
+    )
     task_id, data, resumed = _run(folder / "store.h5")
     assert resumed == 2
     clean_id, clean_data, _ = _run(_clean_run(tmp_path) / "store.h5")

@@ -19,14 +19,24 @@ PACKAGE = REPO / "toolkit"
 # The unit of a module is its first name under `toolkit` (`toolkit.store.gather` -> `store`).
 RANK: dict[str, int] = {
     "cli": 9,
-    "submit": 8, "report": 8,
+    "submit": 8,
+    "report": 8,
     "launch": 7,
-    "worker": 6, "figures": 6,
-    "context": 5, "plan": 5, "campaign": 5,
+    "worker": 6,
+    "figures": 6,
+    "context": 5,
+    "plan": 5,
+    "campaign": 5,
     "experiments": 4,
-    "manifest": 3, "models": 3, "store": 3,
-    "numerics": 1, "pdftext": 1,
-    "errors": 0, "faults": 0, "progress": 0, "__init__": 0,
+    "manifest": 3,
+    "models": 3,
+    "store": 3,
+    "numerics": 1,
+    "pdftext": 1,
+    "errors": 0,
+    "faults": 0,
+    "progress": 0,
+    "__init__": 0,
 }
 
 # Units that may import less than their rank allows: the only `toolkit` units each may use.
@@ -70,8 +80,9 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "toolkit":
-                found.update(f"toolkit.{alias.name}" if _is_submodule(alias.name) else "toolkit"
-                             for alias in node.names)
+                found.update(
+                    f"toolkit.{alias.name}" if _is_submodule(alias.name) else "toolkit" for alias in node.names
+                )
             elif node.module.startswith("toolkit."):
                 found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -107,7 +118,8 @@ def test_every_unit_has_a_rank():
 def test_no_import_breaks_the_layers():
     new = violations() - set(KNOWN)
     assert new == set(), "imports that break docs/architecture.md's layers:\n" + "\n".join(
-        f"  {src} imports {dst}" for src, dst in sorted(new))
+        f"  {src} imports {dst}" for src, dst in sorted(new)
+    )
 
 
 def test_known_violations_are_still_real():

@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from toolkit.errors import ManifestError
 from toolkit.manifest import load_manifest
 from toolkit.plan import ANY_TARGET, build_plan
@@ -48,8 +48,9 @@ def test_shipped_manifest_expands_to_nine_tasks_in_two_stages():
     generate, compare = plan.tasks_of("generate"), plan.tasks_of("compare")
     assert len(generate) == 8 and len(compare) == 1
     combos = {(t.target, t.repeat, t.numerics.dtype) for t in generate}
-    assert combos == {(target, repeat, dtype) for target in ("a100", "h100") for repeat in (0, 1)
-                      for dtype in ("float32", "bfloat16")}
+    assert combos == {
+        (target, repeat, dtype) for target in ("a100", "h100") for repeat in (0, 1) for dtype in ("float32", "bfloat16")
+    }
     assert all(t.stage == 1 and t.inputs == () for t in generate)
     assert all(t.params["max_new_tokens"] == 48 and t.params["top_k"] == 20 for t in generate)
     assert compare[0].stage == 2 and compare[0].target == ANY_TARGET
@@ -63,8 +64,9 @@ def test_task_ids_are_stable_and_follow_params_not_formatting(tmp_path: Path):
     assert first == second
 
     # Comments, blank lines, indentation of flow mappings and key spacing: same ids.
-    reformatted = ("# a new leading comment\n\n" + text.replace("top_k: 20}", "top_k:   20 }   # tokens")
-                   .replace("repeats: 2 ", "repeats:    2 ").replace("\nresources:", "\n\n# the end\nresources:"))
+    reformatted = "# a new leading comment\n\n" + text.replace("top_k: 20}", "top_k:   20 }   # tokens").replace(
+        "repeats: 2 ", "repeats:    2 "
+    ).replace("\nresources:", "\n\n# the end\nresources:")
     assert reformatted != text
     assert _ids(_write(tmp_path / "fmt", reformatted)) == first
 
@@ -87,8 +89,12 @@ def test_prompts_file_is_relative_to_the_manifest_one_per_nonempty_line(tmp_path
     monkeypatch.chdir(tmp_path)  # not the manifest's folder
     manifest = load_manifest(path)
     assert manifest.prompts == ("First prompt", "Second prompt, with: yaml-ish text", "\tThird")
-    inline = _write(tmp_path / "inline", SMALL.replace(
-        'prompts: ["one", "two"]', 'prompts: ["First prompt", "Second prompt, with: yaml-ish text", "\\tThird"]'))
+    inline = _write(
+        tmp_path / "inline",
+        SMALL.replace(
+            'prompts: ["one", "two"]', 'prompts: ["First prompt", "Second prompt, with: yaml-ish text", "\\tThird"]'
+        ),
+    )
     assert _ids(inline) == _ids(path)  # same prompts, same ids, wherever they were written
 
 
@@ -180,7 +186,9 @@ def test_a_site_profile_given_as_a_path_next_to_the_manifest(tmp_path: Path):
 
 
 def test_an_alias_reused_legitimately_is_accepted(tmp_path: Path):
-    path = _write(tmp_path, textwrap.dedent("""\
+    path = _write(
+        tmp_path,
+        textwrap.dedent("""\
         campaign: aliases
         model: {source: tiny-random-llama}
         targets: [a100]
@@ -197,7 +205,8 @@ def test_an_alias_reused_legitimately_is_accepted(tmp_path: Path):
             id: fp16
             params: *short
             numerics: {dtype: float16}
-        """))
+        """),
+    )
     manifest = load_manifest(path)
     params = [e.params for e in manifest.experiments]
     assert params[0] == params[1] == params[2]
@@ -207,8 +216,11 @@ def test_an_alias_reused_legitimately_is_accepted(tmp_path: Path):
 
 
 def test_defaults_of_a_minimal_manifest(tmp_path: Path):
-    path = _write(tmp_path, "campaign: minimal\nmodel: {source: tiny-random-llama}\nprompts: [hello]\n"
-                            "experiments: [{name: exp4.generate}]\n")
+    path = _write(
+        tmp_path,
+        "campaign: minimal\nmodel: {source: tiny-random-llama}\nprompts: [hello]\n"
+        "experiments: [{name: exp4.generate}]\n",
+    )
     manifest = load_manifest(path)
     assert manifest.targets == ("cpu",) and manifest.output == Path("campaigns")
     assert manifest.prompts == ("hello",) and manifest.container.runtime == "none"
@@ -243,35 +255,45 @@ def _required(name: str) -> dict:
 
 
 def test_perturb_under_sdpa_is_valid_without_the_singular_direction(tmp_path: Path):
-    path = _write(tmp_path, SMALL.replace("{source: tiny-random-llama}",
-                                          "{source: tiny-random-llama, attn_implementation: sdpa}")
-                  + "  - {name: exp4.perturb_until_divergence, params: {directions: [random, gradient]}}\n"
-                  + "  - {name: exp6.token_flip, numerics: {attn_implementation: eager}, needs: [eq]}\n"
-                  + "  - {name: exp6.equal_logits, id: eq, numerics: {attn_implementation: eager}}\n")
+    path = _write(
+        tmp_path,
+        SMALL.replace("{source: tiny-random-llama}", "{source: tiny-random-llama, attn_implementation: sdpa}")
+        + "  - {name: exp4.perturb_until_divergence, params: {directions: [random, gradient]}}\n"
+        + "  - {name: exp6.token_flip, numerics: {attn_implementation: eager}, needs: [eq]}\n"
+        + "  - {name: exp6.equal_logits, id: eq, numerics: {attn_implementation: eager}}\n",
+    )
     manifest = load_manifest(path)
     assert [e.numerics.attn_implementation for e in manifest.experiments] == ["sdpa", "sdpa", "eager", "eager"]
 
 
 def test_jvp_experiment_swept_over_eager_only_and_a_sweep_without_sdpa_are_valid(tmp_path: Path):
-    path = _write(tmp_path, SMALL + "  - {name: exp2.lipschitz, sweep: {attn_implementation: [eager], "
-                                    "dtype: [float32, bfloat16]}}\n")
+    path = _write(
+        tmp_path,
+        SMALL + "  - {name: exp2.lipschitz, sweep: {attn_implementation: [eager], dtype: [float32, bfloat16]}}\n",
+    )
     assert len(build_plan(load_manifest(path)).tasks) == 2 + 4
 
 
 def test_prompts_may_be_empty_when_no_experiment_reads_them(tmp_path: Path):
     pdf = REPO / "manifests" / "data" / "sample.pdf"
-    path = _write(tmp_path, f"campaign: words\nmodel: {{source: tiny-random-llama}}\nprompts: []\n"
-                            f"experiments: [{{name: pdf.word_prediction, params: {{pdf_path: {pdf}}}}}]\n")
+    path = _write(
+        tmp_path,
+        f"campaign: words\nmodel: {{source: tiny-random-llama}}\nprompts: []\n"
+        f"experiments: [{{name: pdf.word_prediction, params: {{pdf_path: {pdf}}}}}]\n",
+    )
     assert load_manifest(path).prompts == ()
 
 
 def test_upstream_runs_that_match_each_task_are_valid(tmp_path: Path):
     """token_flip and heatmap find runs of their target and numerics when both entries share them."""
-    path = _write(tmp_path, SMALL.replace("    id: generate\n", "    id: generate\n    repeats: 2\n")
-                  + "  - {name: exp4.compare, needs: [generate]}\n"
-                  + "  - {name: exp6.equal_logits, id: eq, sweep: {dtype: [float32, bfloat16]}}\n"
-                  + "  - {name: exp6.token_flip, needs: [eq], sweep: {dtype: [float32, bfloat16]}}\n"
-                  + "  - {name: exp7.heatmap, needs: [eq], numerics: {dtype: bfloat16}, targets: [h100]}\n")
+    path = _write(
+        tmp_path,
+        SMALL.replace("    id: generate\n", "    id: generate\n    repeats: 2\n")
+        + "  - {name: exp4.compare, needs: [generate]}\n"
+        + "  - {name: exp6.equal_logits, id: eq, sweep: {dtype: [float32, bfloat16]}}\n"
+        + "  - {name: exp6.token_flip, needs: [eq], sweep: {dtype: [float32, bfloat16]}}\n"
+        + "  - {name: exp7.heatmap, needs: [eq], numerics: {dtype: bfloat16}, targets: [h100]}\n",
+    )
     plan = build_plan(load_manifest(path))
     assert len(plan.tasks_of("exp6.token_flip")) == 4 and len(plan.tasks_of("exp7.heatmap")) == 1
 
@@ -283,5 +305,7 @@ def test_site_profile_target_names_must_be_lower_case(tmp_path: Path):
     profile = tmp_path / "site.yaml"
     profile.write_text("name: s\ntargets:\n  H100: {gres: 'gpu:h100:1'}\n  a100: {}\n")
     loaded, problems = load_site(profile)
-    assert loaded is None and problems == [f"{profile}:3:3: target name 'H100' must match [a-z0-9][a-z0-9_-]{{0,31}} "
-                                           "(lower case, as manifests name targets)"]
+    assert loaded is None and problems == [
+        f"{profile}:3:3: target name 'H100' must match [a-z0-9][a-z0-9_-]{{0,31}} "
+        "(lower case, as manifests name targets)"
+    ]

@@ -14,8 +14,9 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tokenizer, _ = load(ModelSpec("tiny-random-llama", device="cpu"),
-                               Numerics(dtype="float32", attn_implementation="eager"))
+    model, tokenizer, _ = load(
+        ModelSpec("tiny-random-llama", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
+    )
     return model, tokenizer(PROMPT, return_tensors="pt").input_ids
 
 

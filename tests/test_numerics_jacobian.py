@@ -63,9 +63,10 @@ def test_top_singular_is_deterministic_and_stops_at_tol(tiny64):
         top_singular(tiny64, 65)
 
 
-@pytest.mark.parametrize("dtype, exact64, low, high", [("float64", True, 0.0, 1e-14),
-                                                       ("float64", False, 1e-13, 1e-6),
-                                                       ("float32", False, 0.0, 1e-6)])
+@pytest.mark.parametrize(
+    "dtype, exact64, low, high",
+    [("float64", True, 0.0, 1e-14), ("float64", False, 1e-13, 1e-6), ("float32", False, 0.0, 1e-6)],
+)
 def test_jvp_vjp_adjoint_consistency(dtype, exact64, low, high):
     """<u, J v> = <Jᵀ u, v>: |difference| / (‖u‖‖J‖₂‖v‖) within [low, high].
 
@@ -81,8 +82,10 @@ def test_jvp_vjp_adjoint_consistency(dtype, exact64, low, high):
         v, u = v.to(op.x.dtype).double(), u.to(op.x.dtype).double()  # exactly representable in the model dtype
         jv, jtu = op.jvp(v), op.vjp(u)
         norm = float(torch.linalg.matrix_norm(full_jacobian(op.f, op.x).double(), ord=2))
-        worst = max(abs(float(u[i] @ jv[i]) - float(jtu[i] @ v[i])) / (float(u[i].norm() * v[i].norm()) * norm)
-                    for i in range(4))
+        worst = max(
+            abs(float(u[i] @ jv[i]) - float(jtu[i] @ v[i])) / (float(u[i].norm() * v[i].norm()) * norm)
+            for i in range(4)
+        )
         assert low <= worst <= high
         single = JacobianOperator(op.f, op.x, batched=False)  # vmapped and one-by-one products agree
         assert torch.allclose(single.jvp(v[:2]), jv[:2], rtol=1e-5, atol=1e-5 * norm)

@@ -27,8 +27,9 @@ def test_realised_perturbation_is_exactly_x_tilde_minus_x(mode, eps):
     for a, b, delta in zip(x.tolist(), p.x_tilde.tolist(), p.delta.tolist()):
         assert Fraction(b) - Fraction(a) == Fraction(delta)  # exact rational arithmetic
     assert p.n_changed == int((p.x_tilde != x).sum())
-    assert p.delta_norm == pytest.approx(float(np.linalg.norm(p.x_tilde.double().numpy() - x.double().numpy())),
-                                         rel=1e-15)
+    assert p.delta_norm == pytest.approx(
+        float(np.linalg.norm(p.x_tilde.double().numpy() - x.double().numpy())), rel=1e-15
+    )
     assert p.intended_norm == pytest.approx(eps, rel=1e-12)
 
 

@@ -29,8 +29,9 @@ def _one_torch_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def tiny64():
-    model, tokenizer, _ = load(ModelSpec("tiny-random-llama", device="cpu"),
-                               Numerics(dtype="float64", attn_implementation="eager"))
+    model, tokenizer, _ = load(
+        ModelSpec("tiny-random-llama", device="cpu"), Numerics(dtype="float64", attn_implementation="eager")
+    )
     return model, tokenizer(PROMPT, return_tensors="pt").input_ids
 
 
@@ -70,7 +71,7 @@ def test_patches_every_rmsnorm_rope_and_attention_then_restores(tiny64):
     assert len(norms) == 2 * model.config.num_hidden_layers + 1
     before = forward_states(model, ids)
     with true_fp64(model) as patched:
-        assert [p.split(" ")[0] for p in patched[:len(norms)]] == norms
+        assert [p.split(" ")[0] for p in patched[: len(norms)]] == norms
         assert any(p.startswith("model.rotary_emb") and "float64" in p for p in patched)
         assert model.config._attn_implementation == TRUE_FP64_ATTENTION
         inside = forward_states(model, ids)
@@ -86,8 +87,9 @@ def test_patches_every_rmsnorm_rope_and_attention_then_restores(tiny64):
 
 
 def test_refuses_a_model_that_is_not_float64():
-    model, _, _ = load(ModelSpec("tiny-random-llama", device="cpu"),
-                               Numerics(dtype="float32", attn_implementation="eager"))
+    model, _, _ = load(
+        ModelSpec("tiny-random-llama", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
+    )
     with pytest.raises(ValueError, match="float64"):
         with true_fp64(model):
             pass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from toolkit.store.reader import Store
 
 PAGES = [
@@ -65,8 +65,16 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
 
 def write_manifest(folder: Path, campaign: str, pdf: str) -> Path:
     path = folder / f"{campaign}.yaml"
-    path.write_text(MANIFEST.format(campaign=campaign, output=folder / "campaigns", pdf=pdf, window=WINDOW,
-                                    stride=STRIDE, min_context=MIN_CONTEXT))
+    path.write_text(
+        MANIFEST.format(
+            campaign=campaign,
+            output=folder / "campaigns",
+            pdf=pdf,
+            window=WINDOW,
+            stride=STRIDE,
+            min_context=MIN_CONTEXT,
+        )
+    )
     return path
 
 
@@ -92,8 +100,13 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pdf")
     (folder / "data").mkdir()
     make_pdf(folder / "data" / "doc.pdf", PAGES)
-    result = run_cli("submit", str(write_manifest(folder, "clean", "data/doc.pdf")), "--executor", "local",
-                     env={"OMP_NUM_THREADS": "1"})
+    result = run_cli(
+        "submit",
+        str(write_manifest(folder, "clean", "data/doc.pdf")),
+        "--executor",
+        "local",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.code == 0, result.err
     return folder
 
@@ -104,13 +117,29 @@ def test_teacher_forcing_equals_per_prefix_loop(clean: Path, one_torch_thread: N
     from toolkit.manifest import ModelSpec, Numerics
     from toolkit.models.loading import load
 
-    model, tokenizer, _ = load(ModelSpec(source="smollm2-135m", device="cpu"),
-                               Numerics(dtype="float32", attn_implementation="eager", kv_cache=False))
+    model, tokenizer, _ = load(
+        ModelSpec(source="smollm2-135m", device="cpu"),
+        Numerics(dtype="float32", attn_implementation="eager", kv_cache=False),
+    )
     with Store(clean / "campaigns" / "clean" / "store.h5") as store:
         (run,) = store.runs("pdf.word_prediction")
         ids, words = run["input_ids"], [w.decode() for w in run["words"]]
-        table = {name: run[name] for name in ("scored", "window_start", "token_start", "token_end", "prob", "logit",
-                                               "logprob_word", "top1_match", "topk_ids", "rank", "context_tokens")}
+        table = {
+            name: run[name]
+            for name in (
+                "scored",
+                "window_start",
+                "token_start",
+                "token_end",
+                "prob",
+                "logit",
+                "logprob_word",
+                "top1_match",
+                "topk_ids",
+                "rank",
+                "context_tokens",
+            )
+        }
         figures = sorted(p.name for p in (clean / "campaigns" / "clean" / "figures").iterdir())
     assert figures == [f"words_{run.task_id}.csv", f"words_{run.task_id}.png"]
     assert len(words) == sum(len(p.split()) for p in PAGES)
@@ -140,8 +169,10 @@ def test_teacher_forcing_equals_per_prefix_loop(clean: Path, one_torch_thread: N
                 row = model(input_ids=torch.as_tensor(ids[start:k])[None]).logits[0, -1]
                 joint += float(torch.log_softmax(row.double(), dim=0)[int(ids[k])])
             logprob_diff.append(abs(joint - table["logprob_word"][w]) / (end - first))
-    print(f"\nteacher forcing vs per-prefix on {len(prob_diff)} words: max |dlogit| = {max(logit_diff):.3g}, "
-          f"max |dp| = {max(prob_diff):.3g}, max |d logprob_word| / tokens = {max(logprob_diff):.3g}")
+    print(
+        f"\nteacher forcing vs per-prefix on {len(prob_diff)} words: max |dlogit| = {max(logit_diff):.3g}, "
+        f"max |dp| = {max(prob_diff):.3g}, max |d logprob_word| / tokens = {max(logprob_diff):.3g}"
+    )
     assert top1_agree == int(table["scored"].sum())  # the greedy top-1 agrees on every word
     assert max(logit_diff) <= LOGIT_TOL and max(prob_diff) <= PROB_TOL
     assert max(logprob_diff) <= LOGPROB_TOL_PER_TOKEN
@@ -151,8 +182,14 @@ def test_teacher_forcing_equals_per_prefix_loop(clean: Path, one_torch_thread: N
 def test_killed_run_resumes_without_duplicates(clean: Path) -> None:
     manifest = write_manifest(clean, "killed", "data/doc.pdf")
     folder = clean / "campaigns" / "killed"
-    crashed = run_cli("submit", str(manifest), "--executor", "local", "--no-plot",
-                      env={"OMP_NUM_THREADS": "1", "TOOLKIT_FAULT": "pdf-window:2"})
+    crashed = run_cli(
+        "submit",
+        str(manifest),
+        "--executor",
+        "local",
+        "--no-plot",
+        env={"OMP_NUM_THREADS": "1", "TOOLKIT_FAULT": "pdf-window:2"},
+    )
     assert crashed.code == 1
     saved = sorted(p.name for p in (folder / "shards").glob("*.ckpt/window_*.h5"))
     assert len(saved) == 2  # killed right after the second window's checkpoint
@@ -182,21 +219,32 @@ def _truncated(path: Path) -> None:
 
 REPAIR = "repair or re-export it (e.g. `mutool clean in.pdf out.pdf`) and point pdf_path at the new copy"
 BAD = {
-    "blank": (lambda p: make_pdf(p, ["", ""]),
-              "{pdf} has no extractable text on pages 1-2 (scanned images or blank pages?); run OCR first "
-              "(e.g. `ocrmypdf in.pdf out.pdf`) or choose pages with text (first_page, last_page)"),
-    "encrypted": (_encrypted,
-                  "{pdf} is encrypted with a password; save a decrypted copy (e.g. `qpdf --decrypt "
-                  "--password=PASSWORD in.pdf out.pdf`) and point pdf_path at it"),
-    "random-bytes": (lambda p: p.write_bytes(b"%PDF-1.7\n" + np.random.default_rng(0).bytes(4000)),
-                     "{pdf} is a damaged PDF that MuPDF cannot open (Failed to open file '{pdf}' as type pdf.); "
-                     + REPAIR),
-    "truncated": (_truncated, "{pdf} is a damaged PDF (MuPDF had to rebuild its structure, so text may be "
-                  "missing); " + REPAIR),
-    "not-a-pdf": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(4000).replace(b"%", b"#")),
-                  "{pdf} is not a PDF (no %PDF- header in its first 1024 bytes); pdf_path must name a PDF file"),
-    "missing": (lambda p: None,
-                "{pdf}: no such file; check pdf_path (a relative path is read from the manifest's folder)"),
+    "blank": (
+        lambda p: make_pdf(p, ["", ""]),
+        "{pdf} has no extractable text on pages 1-2 (scanned images or blank pages?); run OCR first "
+        "(e.g. `ocrmypdf in.pdf out.pdf`) or choose pages with text (first_page, last_page)",
+    ),
+    "encrypted": (
+        _encrypted,
+        "{pdf} is encrypted with a password; save a decrypted copy (e.g. `qpdf --decrypt "
+        "--password=PASSWORD in.pdf out.pdf`) and point pdf_path at it",
+    ),
+    "random-bytes": (
+        lambda p: p.write_bytes(b"%PDF-1.7\n" + np.random.default_rng(0).bytes(4000)),
+        "{pdf} is a damaged PDF that MuPDF cannot open (Failed to open file '{pdf}' as type pdf.); " + REPAIR,
+    ),
+    "truncated": (
+        _truncated,
+        "{pdf} is a damaged PDF (MuPDF had to rebuild its structure, so text may be missing); " + REPAIR,
+    ),
+    "not-a-pdf": (
+        lambda p: p.write_bytes(np.random.default_rng(1).bytes(4000).replace(b"%", b"#")),
+        "{pdf} is not a PDF (no %PDF- header in its first 1024 bytes); pdf_path must name a PDF file",
+    ),
+    "missing": (
+        lambda p: None,
+        "{pdf}: no such file; check pdf_path (a relative path is read from the manifest's folder)",
+    ),
 }
 
 
@@ -216,8 +264,8 @@ def test_bad_pdf_is_refused_at_validation(case: str, tmp_path: Path) -> None:
 
 
 def test_word_token_spans_on_handmade_offsets() -> None:
-    from toolkit.pdftext import split_words
     from toolkit.numerics.teacher_forcing import word_token_spans
+    from toolkit.pdftext import split_words
 
     text = "ab cd  ef"  # words [0,2) [3,5) [7,9)
     words, starts, ends = split_words(text)
@@ -237,7 +285,8 @@ def test_page_range_beyond_the_pdf_is_refused(tmp_path: Path) -> None:
     assert result.code == 2
     assert result.err.splitlines() == [
         f"error: {manifest}:8:{line.index('first_page: 3') + 13}: experiments[0].params.first_page: "
-        f"{tmp_path.resolve() / 'doc.pdf'} has 2 page(s); first_page must be <= 2, got 3"]
+        f"{tmp_path.resolve() / 'doc.pdf'} has 2 page(s); first_page must be <= 2, got 3"
+    ]
 
 
 def test_task_id_follows_the_pdf_content_not_only_its_path(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from conftest import REPO
+
 from toolkit.launch.sites import sbatch_lines, sbatch_options
 from toolkit.manifest import Resources, load_manifest
 from toolkit.manifest.site import load_site
@@ -75,31 +75,57 @@ def test_sbatch_lines_per_site_profile(site_name, target, gather):
 def test_sbatch_options_gpu_target_and_gather_dicts():
     site = _site("testcluster")
     assert sbatch_options(site, "a100", RESOURCES) == {
-        "partition": "batch", "constraint": "a100", "gres": "gpu:a100:1", "time": 30, "cpus-per-task": 4,
-        "mem": "7680M", "extra": []}
+        "partition": "batch",
+        "constraint": "a100",
+        "gres": "gpu:a100:1",
+        "time": 30,
+        "cpus-per-task": 4,
+        "mem": "7680M",
+        "extra": [],
+    }
     # the gather job never asks for a GPU, whatever the target options say
     assert sbatch_options(site, "a100", RESOURCES, gather=True) == {
-        "partition": "batch", "time": 30, "cpus-per-task": 1, "mem": "4G", "extra": []}
+        "partition": "batch",
+        "time": 30,
+        "cpus-per-task": 1,
+        "mem": "4G",
+        "extra": [],
+    }
 
 
 def test_site_extra_lines_and_gpus_override(tmp_path):
     path = tmp_path / "mysite.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         name: mysite
         defaults: {partition: gpu, account: proj, extra: ["--reservation=maint"]}
         gather: {partition: cpu, qos: short}
         targets:
           h100: {partition: hopper, gpus: 1, extra: ["--exclude=node13", "--exclusive"]}
-        """))
+        """)
+    )
     site, problems = load_site(path)
     assert not problems, problems
     assert sbatch_lines(sbatch_options(site, "h100", Resources(time_min=5, cpus=2, mem_gb=1))) == [
-        "#SBATCH --partition=hopper", "#SBATCH --account=proj", "#SBATCH --gpus=1", "#SBATCH --time=5",
-        "#SBATCH --cpus-per-task=2", "#SBATCH --mem=1024M", "#SBATCH --reservation=maint",
-        "#SBATCH --exclude=node13", "#SBATCH --exclusive"]
+        "#SBATCH --partition=hopper",
+        "#SBATCH --account=proj",
+        "#SBATCH --gpus=1",
+        "#SBATCH --time=5",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --mem=1024M",
+        "#SBATCH --reservation=maint",
+        "#SBATCH --exclude=node13",
+        "#SBATCH --exclusive",
+    ]
     assert sbatch_lines(sbatch_options(site, ANY_TARGET, Resources(), gather=True)) == [
-        "#SBATCH --partition=cpu", "#SBATCH --account=proj", "#SBATCH --qos=short", "#SBATCH --time=30",
-        "#SBATCH --cpus-per-task=1", "#SBATCH --mem=4G", "#SBATCH --reservation=maint"]
+        "#SBATCH --partition=cpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --qos=short",
+        "#SBATCH --time=30",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --mem=4G",
+        "#SBATCH --reservation=maint",
+    ]
 
 
 # ---- the script submitit writes (submitit 1.5.4: SlurmExecutor._make_submission_file_text)
@@ -132,14 +158,14 @@ def make_executor(tmp_path, monkeypatch):
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no srun needed
     folder = tmp_path / "jobs"
 
-    def make(site: str, resources: str, stage: int, target: str | None, gather: bool, after: list[str],
-             name: str):
+    def make(site: str, resources: str, stage: int, target: str | None, gather: bool, after: list[str], name: str):
         path = tmp_path / "m.yaml"
         path.write_text(MANIFEST.format(output=tmp_path / "out", site=site, resources=resources))
         plan = build_plan(load_manifest(path))
         group = next(g for g in plan.stages[stage - 1].groups if target is None or g.target == target)
-        executor = _executor(submitit, folder, plan, "any" if gather else group.target,
-                             None if gather else group.resources, name, after)
+        executor = _executor(
+            submitit, folder, plan, "any" if gather else group.target, None if gather else group.resources, name, after
+        )
         return executor, len(group.task_ids)
 
     return make, folder
@@ -151,8 +177,15 @@ def _sbatch(text: str) -> list[str]:
 
 def test_submitit_array_script_testcluster(make_executor):
     make, folder = make_executor
-    executor, n = make("testcluster", "{time_min: 15, cpus: 2, mem_gb: 1.5, array_parallelism: 1}", 1, "a100",
-                       False, ["1", "2"], "probe-s1-a100")
+    executor, n = make(
+        "testcluster",
+        "{time_min: 15, cpus: 2, mem_gb: 1.5, array_parallelism: 1}",
+        1,
+        "a100",
+        False,
+        ["1", "2"],
+        "probe-s1-a100",
+    )
     assert n == 3
     executor.parameters["map_count"] = n  # what submitit's map_array sets for an array of n
     text = executor._make_submission_file_text(command="python -m x", uid="u")
@@ -184,10 +217,19 @@ def test_submitit_array_without_parallelism_is_not_throttled(make_executor):
     assert "#SBATCH --array=0-299%300" in lines
     assert not any(line.startswith("#SBATCH --dependency") for line in lines)
     assert [line for line in lines if "log" not in line] == [
-        "#SBATCH --array=0-299%300", "#SBATCH --constraint=h100", "#SBATCH --cpus-per-task=3",
-        "#SBATCH --gres=gpu:h100:1", "#SBATCH --job-name=probe-s1-h100", "#SBATCH --mem=2048M",
-        "#SBATCH --nodes=1", "#SBATCH --open-mode=append", "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@30",
-        "#SBATCH --time=20", "#SBATCH --wckey=submitit"]
+        "#SBATCH --array=0-299%300",
+        "#SBATCH --constraint=h100",
+        "#SBATCH --cpus-per-task=3",
+        "#SBATCH --gres=gpu:h100:1",
+        "#SBATCH --job-name=probe-s1-h100",
+        "#SBATCH --mem=2048M",
+        "#SBATCH --nodes=1",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --signal=USR2@30",
+        "#SBATCH --time=20",
+        "#SBATCH --wckey=submitit",
+    ]
 
 
 def test_submitit_gather_and_any_target_scripts(make_executor):
@@ -218,9 +260,11 @@ def test_submitit_gather_and_any_target_scripts(make_executor):
 
 def test_submitit_script_extra_lines(make_executor, tmp_path):
     site = tmp_path / "extra.yaml"
-    site.write_text('name: extra\ndefaults: {partition: gpu}\ntargets:\n'
-                    '  a100: {gres: "gpu:a100:1", extra: ["--exclude=node13", "--exclusive"]}\n'
-                    '  h100: {gres: "gpu:h100:1"}\n')
+    site.write_text(
+        "name: extra\ndefaults: {partition: gpu}\ntargets:\n"
+        '  a100: {gres: "gpu:a100:1", extra: ["--exclude=node13", "--exclusive"]}\n'
+        '  h100: {gres: "gpu:h100:1"}\n'
+    )
     make, _ = make_executor
     executor, _ = make(str(site), "{time_min: 15}", 1, "a100", False, [], "x")
     lines = _sbatch(executor._make_submission_file_text(command="python -m x", uid="u"))
@@ -229,12 +273,12 @@ def test_submitit_script_extra_lines(make_executor, tmp_path):
 
 def test_short_option_extra_line_is_rejected_at_validation(tmp_path):
     site = tmp_path / "short.yaml"
-    site.write_text('name: short\ndefaults: {partition: gpu}\ntargets:\n'
-                    '  a100: {extra: ["-x node13"]}\n  h100: {}\n')
+    site.write_text('name: short\ndefaults: {partition: gpu}\ntargets:\n  a100: {extra: ["-x node13"]}\n  h100: {}\n')
     profile, problems = load_site(site)
     assert profile is None
-    assert problems == [f"{site}:4:17: extra line '-x node13' must be a long sbatch option like "
-                        "'--exclude=node13' or '--exclusive'"]
+    assert problems == [
+        f"{site}:4:17: extra line '-x node13' must be a long sbatch option like '--exclude=node13' or '--exclusive'"
+    ]
 
 
 def test_manifest_gpu_count_overrides_the_site_count_and_zero_drops_the_request():

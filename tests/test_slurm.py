@@ -9,8 +9,8 @@ for bit: task ids are identical by construction, whichever executor ran them.
 from __future__ import annotations
 
 import json
-import shutil
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -18,10 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from slurm_helpers import (  # noqa: F401  (slurm_cluster is a fixture)
-    datasets, manifest_text, queued, sacct, scontrol_job, slurm_cluster, state, submissions, timestamp, wait_until)
+    datasets,
+    manifest_text,
+    queued,
+    sacct,
+    scontrol_job,
+    slurm_cluster,
+    state,
+    submissions,
+    timestamp,
+    wait_until,
+)
+
 from toolkit.store.reader import Store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -40,14 +50,23 @@ def _job_ids(record: dict) -> list[str]:
 def _throttled(tmp_path: Path, campaign: str) -> tuple[Path, Path]:
     """3 a100 generate tasks in one array running one element at a time, then compare."""
     manifest = tmp_path / f"{campaign}.yaml"
-    manifest.write_text(manifest_text(campaign, tmp_path / "campaigns", targets="[a100]", repeats=3, tokens=4,
-                                      prompts='["The capital of France is"]',
-                                      resources="{time_min: 10, cpus: 2, mem_gb: 2, array_parallelism: 1}"))
+    manifest.write_text(
+        manifest_text(
+            campaign,
+            tmp_path / "campaigns",
+            targets="[a100]",
+            repeats=3,
+            tokens=4,
+            prompts='["The capital of France is"]',
+            resources="{time_min: 10, cpus: 2, mem_gb: 2, array_parallelism: 1}",
+        )
+    )
     return manifest, tmp_path / "campaigns" / campaign
 
 
 def _wait_for_job(job_id: str, timeout: float) -> None:
     """Until sacct says the job ended; fail at once if it did not complete."""
+
     def ended() -> bool:
         now = state(job_id)
         if now in ENDED - {"COMPLETED"}:
@@ -61,8 +80,17 @@ def test_campaign_through_slurm_matches_local_run(tmp_path):
     manifest = tmp_path / "main.yaml"
     manifest.write_text(manifest_text("slurm-main", tmp_path / "campaigns"))
     with ThreadPoolExecutor(1) as pool:  # the local reference runs meanwhile, on the same CPUs
-        local = pool.submit(run_cli, "submit", str(manifest), "--executor", "local", "--no-plot",
-                            "--root", str(tmp_path / "local"), timeout=300)
+        local = pool.submit(
+            run_cli,
+            "submit",
+            str(manifest),
+            "--executor",
+            "local",
+            "--no-plot",
+            "--root",
+            str(tmp_path / "local"),
+            timeout=300,
+        )
         result = run_cli("submit", str(manifest), "--executor", "slurm", timeout=300)
         local_result = local.result()
     assert result.code == 0, result.err
@@ -72,8 +100,10 @@ def test_campaign_through_slurm_matches_local_run(tmp_path):
     [record] = submissions(folder)
     stage1, stage2 = record["stages"]
     assert [a["target"] for a in stage1["arrays"]] == ["a100", "h100"]
-    assert f"stage 1: 4 task(s) in arrays {', '.join(a['job_id'] for a in stage1['arrays'])}; " \
-           f"gather job {stage1['gather']}" in result.out
+    assert (
+        f"stage 1: 4 task(s) in arrays {', '.join(a['job_id'] for a in stage1['arrays'])}; "
+        f"gather job {stage1['gather']}" in result.out
+    )
     [compare_array] = stage2["arrays"]
     assert compare_array["target"] == "any" and len(compare_array["task_ids"]) == 1
 
@@ -129,9 +159,18 @@ def test_campaign_through_slurm_matches_local_run(tmp_path):
 def test_preempted_task_is_requeued_and_matches_local_run(tmp_path):
     manifest = tmp_path / "preempt.yaml"
     # time_min 20: submitit counts a USR2 in the first 10 min as a preemption, not a timeout
-    manifest.write_text(manifest_text("preempt", tmp_path / "campaigns", targets="[h100]", repeats=1,
-                                      tokens=PREEMPT_TOKENS, prompts='["The capital of France is"]', compare=False,
-                                      resources="{time_min: 20, cpus: 2, mem_gb: 2}"))
+    manifest.write_text(
+        manifest_text(
+            "preempt",
+            tmp_path / "campaigns",
+            targets="[h100]",
+            repeats=1,
+            tokens=PREEMPT_TOKENS,
+            prompts='["The capital of France is"]',
+            compare=False,
+            resources="{time_min: 20, cpus: 2, mem_gb: 2}",
+        )
+    )
     folder = tmp_path / "campaigns" / "preempt"
     submitted = run_cli("submit", str(manifest), "--executor", "slurm", "--no-wait", timeout=120)
     assert submitted.code == 0, submitted.err
@@ -139,17 +178,48 @@ def test_preempted_task_is_requeued_and_matches_local_run(tmp_path):
     [array] = stage["arrays"]
     job, gather, [task_id] = array["job_id"], stage["gather"], array["task_ids"]
     pool = ThreadPoolExecutor(1)  # the reference runs meanwhile (mostly while the requeued job waits)
-    local = pool.submit(run_cli, "submit", str(manifest), "--executor", "local", "--no-plot",
-                        "--root", str(tmp_path / "local"), timeout=300)
+    local = pool.submit(
+        run_cli,
+        "submit",
+        str(manifest),
+        "--executor",
+        "local",
+        "--no-plot",
+        "--root",
+        str(tmp_path / "local"),
+        timeout=300,
+    )
     try:
-        wait_until(lambda: state(job) == "RUNNING" and list((folder / "shards").glob(f".{task_id}.h5~*.tmp")),
-                   120, f"job {job} running and writing its shard", poll=0.5)
+        wait_until(
+            lambda: state(job) == "RUNNING" and list((folder / "shards").glob(f".{task_id}.h5~*.tmp")),
+            120,
+            f"job {job} running and writing its shard",
+            poll=0.5,
+        )
         assert state(job) == "RUNNING", "the task finished before it could be preempted; raise PREEMPT_TOKENS"
-        high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "h100-node", "--exclusive",
-                               "-o", "/dev/null", "--wrap", "sleep 5"], cwd=tmp_path, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-        restarts = wait_until(lambda: int((re.findall(r"Restarts=(\d+)", scontrol_job(job)) or ["0"])[0]), 60,
-                              f"job {job} to be requeued")
+        high = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "high",
+                "-w",
+                "h100-node",
+                "--exclusive",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "sleep 5",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        restarts = wait_until(
+            lambda: int((re.findall(r"Restarts=(\d+)", scontrol_job(job)) or ["0"])[0]), 60, f"job {job} to be requeued"
+        )
         assert restarts >= 1
         _wait_for_job(gather, 240)
     finally:
@@ -273,9 +343,18 @@ def test_arrays_split_past_max_array_size(tmp_path, monkeypatch):
 
     monkeypatch.setattr(slurm_state, "max_array_size", lambda: 2)
     manifest = tmp_path / "split.yaml"
-    manifest.write_text(manifest_text("split", tmp_path / "campaigns", targets="[h100]", repeats=5, tokens=3,
-                                      prompts='["Numbers: 1, 2, 3,"]', compare=False,
-                                      resources="{time_min: 10, cpus: 1, mem_gb: 1}"))  # all 5 fit on the node
+    manifest.write_text(
+        manifest_text(
+            "split",
+            tmp_path / "campaigns",
+            targets="[h100]",
+            repeats=5,
+            tokens=3,
+            prompts='["Numbers: 1, 2, 3,"]',
+            compare=False,
+            resources="{time_min: 10, cpus: 1, mem_gb: 1}",
+        )
+    )  # all 5 fit on the node
 
     def too_long(*_):
         raise TimeoutError("the in-process campaign did not finish within 240 s")
@@ -284,8 +363,9 @@ def test_arrays_split_past_max_array_size(tmp_path, monkeypatch):
     signal.alarm(240)
     lines: list[str] = []
     try:
-        folder = submit_campaign(manifest, executor="slurm", root=None, site=None, force=False, wait=True,
-                                 plot=False, say=lines.append)
+        folder = submit_campaign(
+            manifest, executor="slurm", root=None, site=None, force=False, wait=True, plot=False, say=lines.append
+        )
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -294,17 +374,25 @@ def test_arrays_split_past_max_array_size(tmp_path, monkeypatch):
     arrays = stage["arrays"]
     assert [len(a["task_ids"]) for a in arrays] == [2, 2, 1]
     assert {a["target"] for a in arrays} == {"h100"} and len({a["job_id"] for a in arrays}) == 3
-    assert f"stage 1: 5 task(s) in arrays {', '.join(a['job_id'] for a in arrays)}; gather job {stage['gather']}" \
-        in lines
+    assert (
+        f"stage 1: 5 task(s) in arrays {', '.join(a['job_id'] for a in arrays)}; gather job {stage['gather']}" in lines
+    )
     elements = {r["JobID"]: r["State"] for r in sacct([a["job_id"] for a in arrays], ["JobID", "State"])}
     a, b, c = (x["job_id"] for x in arrays)
-    assert elements == {f"{a}_0": "COMPLETED", f"{a}_1": "COMPLETED", f"{b}_0": "COMPLETED",
-                        f"{b}_1": "COMPLETED", c: "COMPLETED"}  # a chunk of one is a plain job
+    assert elements == {
+        f"{a}_0": "COMPLETED",
+        f"{a}_1": "COMPLETED",
+        f"{b}_0": "COMPLETED",
+        f"{b}_1": "COMPLETED",
+        c: "COMPLETED",
+    }  # a chunk of one is a plain job
     with Store(folder / "store.h5") as store:
         runs = {r.task_id: r.attrs["provenance"]["slurm"] for r in store.runs()}
     assert sorted(runs) == sorted(t for x in arrays for t in x["task_ids"])
     for array in arrays[:2]:
         for index, task_id in enumerate(array["task_ids"]):
-            assert (runs[task_id]["slurm_array_job_id"], runs[task_id]["slurm_array_task_id"]) == \
-                (array["job_id"], str(index))
+            assert (runs[task_id]["slurm_array_job_id"], runs[task_id]["slurm_array_task_id"]) == (
+                array["job_id"],
+                str(index),
+            )
     assert runs[arrays[2]["task_ids"][0]]["slurm_job_id"] == c

@@ -41,7 +41,7 @@ def brute_regions(mask: np.ndarray) -> int:
     changed = True
     while changed:
         changed = False
-        for (a, b) in brute_neighbours(mask.shape):
+        for a, b in brute_neighbours(mask.shape):
             if a in label and b in label and label[a] != label[b]:
                 low = min(label[a], label[b])
                 label[a] = label[b] = low
@@ -54,7 +54,7 @@ def brute_entropy(b: np.ndarray, k: int) -> np.ndarray:
     out = np.zeros((max(rows, 0), max(cols, 0)))
     for i in range(rows):
         for j in range(cols):
-            p = b[i:i + k, j:j + k].mean()
+            p = b[i : i + k, j : j + k].mean()
             out[i, j] = 0.0 if p in (0.0, 1.0) else -p * math.log2(p) - (1 - p) * math.log2(1 - p)
     return out
 
@@ -88,7 +88,7 @@ def test_labels_are_consistent_components():
     b = random_grid((15, 17), seed=4, p=0.55).astype(bool)
     labels, count = spatial.label_regions(b)
     assert set(np.unique(labels[b])) == set(range(count)) and np.all(labels[~b] == -1)
-    for (a, c) in brute_neighbours(b.shape):  # neighbours inside the mask always share a label
+    for a, c in brute_neighbours(b.shape):  # neighbours inside the mask always share a label
         if b[a] and b[c]:
             assert labels[a] == labels[c]
 

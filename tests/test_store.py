@@ -17,8 +17,14 @@ from toolkit.store.gather import gather
 from toolkit.store.reader import Store
 from toolkit.store.shard import completed_shards, failed_tasks, open_shard
 
-ATTRS = {"experiment": "exp4.generate", "exp_id": "generate", "target": "a100", "repeat": 0,
-         "params": {"max_new_tokens": 3}, "numerics": {"dtype": "float32"}}
+ATTRS = {
+    "experiment": "exp4.generate",
+    "exp_id": "generate",
+    "target": "a100",
+    "repeat": 0,
+    "params": {"max_new_tokens": 3},
+    "numerics": {"dtype": "float32"},
+}
 
 
 def write_shard(folder: Path, task_id: str, value: float) -> None:
@@ -126,8 +132,9 @@ def test_variable_length_strings_are_checksummed_by_value(tmp_path):
     with Store(schema.store_path(tmp_path)) as store:
         assert [w.decode() for w in store.run("s")["words"]] == words
     with open_shard(tmp_path, "t", ATTRS) as out:
-        out.create_dataset("words", data=["other", "", "word with spaces", "ünïcödé"],
-                           dtype=h5py.string_dtype("utf-8"))
-    sums = {task: json.loads(h5py.File(schema.shard_path(tmp_path, task), "r").attrs["checksums"])["words"]
-            for task in ("s", "t")}
+        out.create_dataset("words", data=["other", "", "word with spaces", "ünïcödé"], dtype=h5py.string_dtype("utf-8"))
+    sums = {
+        task: json.loads(h5py.File(schema.shard_path(tmp_path, task), "r").attrs["checksums"])["words"]
+        for task in ("s", "t")
+    }
     assert sums["s"] != sums["t"]

@@ -12,18 +12,23 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from conftest import run_cli
+
 from toolkit import __version__
 from toolkit.store import schema
 from toolkit.store.reader import Store
 
-NEWER = ("{store}: written by toolkit 9.9.0 with store schema 2, newer than schema 1 that this toolkit "
-         f"{__version__} reads; upgrade toolkit to 9.9.0 or later to read or gather it (the store was not changed)")
-OLDER = ("{store}: written by toolkit 0.0.1 with store schema 0, older than schema 1 that this toolkit "
-         f"{__version__} reads, and there is no migration; read it with toolkit 0.0.1 (the store was not changed)")
-UNVERSIONED = ("{store}: no schema_version attribute, so not a store written by toolkit; give the store.h5 of a "
-               "campaign folder")
+NEWER = (
+    "{store}: written by toolkit 9.9.0 with store schema 2, newer than schema 1 that this toolkit "
+    f"{__version__} reads; upgrade toolkit to 9.9.0 or later to read or gather it (the store was not changed)"
+)
+OLDER = (
+    "{store}: written by toolkit 0.0.1 with store schema 0, older than schema 1 that this toolkit "
+    f"{__version__} reads, and there is no migration; read it with toolkit 0.0.1 (the store was not changed)"
+)
+UNVERSIONED = (
+    "{store}: no schema_version attribute, so not a store written by toolkit; give the store.h5 of a campaign folder"
+)
 
 
 def _sha256(path: Path) -> str:
@@ -69,9 +74,15 @@ def test_newer_schema_is_refused_by_every_reader_and_gather_and_left_unchanged(f
     store = _restamp(folder, 2, "9.9.0")
     before = _sha256(store)
     line = f"error: {NEWER.format(store=store)}\n"
-    commands = [("show", str(folder)), ("show", str(store), "--json"), ("status", str(folder)),
-                ("plot", str(folder)), ("gather", str(folder)), ("gather", str(folder), "--rebuild"),
-                ("submit", str(manifest), "--executor", "local", "--no-plot")]
+    commands = [
+        ("show", str(folder)),
+        ("show", str(store), "--json"),
+        ("status", str(folder)),
+        ("plot", str(folder)),
+        ("gather", str(folder)),
+        ("gather", str(folder), "--rebuild"),
+        ("submit", str(manifest), "--executor", "local", "--no-plot"),
+    ]
     for command in commands:
         result = run_cli(*command)
         assert (result.code, result.err) == (2, line), command

@@ -15,8 +15,7 @@ from toolkit.errors import StoreError, UsageError
 from toolkit.plan import Plan, Task, canonical_json, model_identity
 from toolkit.store.campaign_dir import CampaignDir, PlanFile
 
-__all__ = ["CampaignDir", "TaskState", "campaign_dir_for", "done_task_ids", "prepare", "stored_task_ids",
-           "task_states"]
+__all__ = ["CampaignDir", "TaskState", "campaign_dir_for", "done_task_ids", "prepare", "stored_task_ids", "task_states"]
 
 
 def campaign_dir_for(plan: Plan, root: Path | None) -> Path:
@@ -31,8 +30,11 @@ def prepare(plan: Plan, campaign_dir: Path) -> None:
     folder.shards_dir.mkdir(exist_ok=True)
     manifest = plan.manifest
     payload = {
-        "campaign": manifest.campaign, "model": manifest.model.to_dict(), "model_identity": model_identity(manifest),
-        "prompts": list(manifest.prompts), "tasks": {tid: t.to_json() for tid, t in plan.tasks.items()},
+        "campaign": manifest.campaign,
+        "model": manifest.model.to_dict(),
+        "model_identity": model_identity(manifest),
+        "prompts": list(manifest.prompts),
+        "tasks": {tid: t.to_json() for tid, t in plan.tasks.items()},
         "stages": [[g.task_ids for g in s.groups] for s in plan.stages],
     }
     folder.write_manifest(manifest.text)
@@ -88,4 +90,3 @@ def task_states(campaign_dir: Path) -> list[TaskState]:
             state, detail = "pending", ""
         rows.append(TaskState(task_id, label, data["stage"], state, detail))
     return sorted(rows, key=lambda r: (r.stage, r.label))
-

@@ -29,8 +29,9 @@ class CampaignDir(click.ParamType):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         path = Path(str(value))
         if not path.is_dir():
-            raise UsageError(f"{path}: no such campaign folder; give the folder toolkit submit made "
-                             "(<output>/<campaign>)")
+            raise UsageError(
+                f"{path}: no such campaign folder; give the folder toolkit submit made (<output>/<campaign>)"
+            )
         from toolkit.store.campaign_dir import CampaignDir as Layout
 
         if not Layout(path).has_plan():
@@ -46,8 +47,9 @@ def store_file(path: Path) -> Path:
 
     file = Layout(path).store_path if path.is_dir() else path
     if not file.is_file():
-        hint = "run toolkit submit or toolkit gather first" if path.is_dir() else \
-            "give a campaign folder or its store.h5"
+        hint = (
+            "run toolkit submit or toolkit gather first" if path.is_dir() else "give a campaign folder or its store.h5"
+        )
         raise UsageError(f"{file}: no such store; {hint}")
     if not is_hdf5(file):
         raise UsageError(f"{file}: not an HDF5 store; give a campaign folder or its store.h5")
@@ -64,7 +66,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Write a manifest (see README.md), check it with `toolkit validate`, look at the tasks with
     `toolkit plan`, run it with `toolkit submit`, and read results from <campaign>/store.h5.
     """
-    ctx.obj = {"debug": debug}
+    del debug  # read by main() before click parses, so the tracebacks cover parsing too
     if ctx.invoked_subcommand is None:  # bare `toolkit`: the help, on stdout, exit 0 (like git)
         click.echo(ctx.get_help())
 
@@ -78,8 +80,10 @@ def _site_path(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 SITE_HELP = "Site profile name, or a .yaml path from the working directory (overrides the manifest's site:)."
-CHECK_HELP = ("Also run the checks of this executor; slurm: every array's resources against the cluster's nodes "
-              "(auto = slurm when sbatch is on PATH, else local).")
+CHECK_HELP = (
+    "Also run the checks of this executor; slurm: every array's resources against the cluster's nodes "
+    "(auto = slurm when sbatch is on PATH, else local)."
+)
 
 
 @cli.command()
@@ -95,8 +99,10 @@ def validate(manifest: Path, site: str | None, executor: str | None) -> None:
 
     plan = build_plan(load_manifest(manifest, site=site))
     checked = preflight(plan, executor, campaign_dir_for(plan, None))
-    click.echo(f"{manifest}: valid — campaign {plan.manifest.campaign}, {len(plan.tasks)} task(s) "
-               f"in {len(plan.stages)} stage(s)")
+    click.echo(
+        f"{manifest}: valid — campaign {plan.manifest.campaign}, {len(plan.tasks)} task(s) "
+        f"in {len(plan.stages)} stage(s)"
+    )
     for note in checked.notes:
         click.echo(note)
 
@@ -124,22 +130,29 @@ def plan(manifest: Path, site: str | None, root: Path | None, executor: str | No
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
-              help="auto = slurm when sbatch is on PATH, else local; debug runs in this process.")
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="auto",
+    show_default=True,
+    help="auto = slurm when sbatch is on PATH, else local; debug runs in this process.",
+)
 @click.option("--root", type=click.Path(path_type=Path), help="Campaigns folder (default: the manifest's output).")
 @click.option("--site", callback=_site_path, help=SITE_HELP)
 @click.option("--force", is_flag=True, help="Rerun tasks that are already complete.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the campaign to its end.")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Make figures when the campaign ends.")
-def submit(manifest: Path, executor: str, root: Path | None, site: str | None, force: bool, wait: bool,
-           plot: bool) -> None:
+def submit(
+    manifest: Path, executor: str, root: Path | None, site: str | None, force: bool, wait: bool, plot: bool
+) -> None:
     """Run MANIFEST: tasks already complete in the store are skipped (unless --force)."""
     from toolkit.launch.preflight import resolve_executor
     from toolkit.submit import submit_campaign
 
     executor = resolve_executor(executor) or "local"
-    submit_campaign(manifest, executor=executor, root=root, site=site, force=force, wait=wait, plot=plot,
-                    say=click.echo)
+    submit_campaign(
+        manifest, executor=executor, root=root, site=site, force=force, wait=wait, plot=plot, say=click.echo
+    )
 
 
 @cli.command()

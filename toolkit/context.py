@@ -46,8 +46,9 @@ class Inputs:
     `READS_OPTIONAL`); `matching` refuses any other name, which is how the declaration is enforced.
     """
 
-    def __init__(self, store: Store | None, task_ids: tuple[str, ...], consumer: str = "",
-                 reads: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, store: Store | None, task_ids: tuple[str, ...], consumer: str = "", reads: tuple[str, ...] | None = None
+    ) -> None:
         self.store = store
         self.task_ids = task_ids
         self.consumer = consumer
@@ -65,12 +66,22 @@ class Inputs:
     def _check_declared(self, wanted: tuple[str, ...]) -> None:
         undeclared = [name for name in wanted if self.reads is not None and name not in self.reads]
         if undeclared:
-            raise ContractError(f"{self.consumer or 'this experiment'} reads {', '.join(undeclared)} runs, which its "
-                                "READS does not declare; add them to the module's READS (or READS_OPTIONAL)")
+            raise ContractError(
+                f"{self.consumer or 'this experiment'} reads {', '.join(undeclared)} runs, which its "
+                "READS does not declare; add them to the module's READS (or READS_OPTIONAL)"
+            )
 
-    def matching(self, experiment: str | tuple[str, ...], *, target: str | None = None, dtype: str | None = None,
-                 numerics: Numerics | None = None, min_runs: int = 1, min_distinct: int = 1,
-                 distinct: tuple[str, ...] = ("dtype", "attn_implementation")) -> list[RunView]:
+    def matching(
+        self,
+        experiment: str | tuple[str, ...],
+        *,
+        target: str | None = None,
+        dtype: str | None = None,
+        numerics: Numerics | None = None,
+        min_runs: int = 1,
+        min_distinct: int = 1,
+        distinct: tuple[str, ...] = ("dtype", "attn_implementation"),
+    ) -> list[RunView]:
         """The upstream runs of `experiment` (one name, or several read in the order given) that share
         `target`, `dtype` and/or all of `numerics` with this task, in a stable order.
 
@@ -86,17 +97,32 @@ class Inputs:
         kinds = {tuple(str(run.numerics.get(key)) for key in distinct) for run in found}
         if len(found) >= min_runs and (len(kinds) >= min_distinct or not found):
             return found
-        raise UpstreamError(self._refusal(wanted, target, dtype, numerics, min_runs, min_distinct, distinct,
-                                          len(found), len(kinds), len(every)))
+        raise UpstreamError(
+            self._refusal(
+                wanted, target, dtype, numerics, min_runs, min_distinct, distinct, len(found), len(kinds), len(every)
+            )
+        )
 
-    def _refusal(self, wanted: tuple[str, ...], target: str | None, dtype: str | None, numerics: Numerics | None,
-                 min_runs: int, min_distinct: int, distinct: tuple[str, ...], found: int, kinds: int,
-                 every: int) -> str:
+    def _refusal(
+        self,
+        wanted: tuple[str, ...],
+        target: str | None,
+        dtype: str | None,
+        numerics: Numerics | None,
+        min_runs: int,
+        min_distinct: int,
+        distinct: tuple[str, ...],
+        found: int,
+        kinds: int,
+        every: int,
+    ) -> str:
         """One message for every refusal: what was wanted, what was found, which `needs` to fix."""
         names = " or ".join(wanted)
-        shared = ([f"target {target!r}"] if target is not None else []) + \
-            ([f"dtype {dtype}"] if dtype is not None else []) + \
-            ([f"numerics {numerics.label()}"] if numerics is not None else [])
+        shared = (
+            ([f"target {target!r}"] if target is not None else [])
+            + ([f"dtype {dtype}"] if dtype is not None else [])
+            + ([f"numerics {numerics.label()}"] if numerics is not None else [])
+        )
         which = f" with this task's {' and '.join(shared)}" if shared else ""
         inputs = f"its inputs hold {every} {names} run{'s' if every != 1 else ''}"
         if found == 0:
@@ -104,8 +130,10 @@ class Inputs:
         elif found < min_runs:
             what = f"needs at least {min_runs} {names} runs{which}, found {found} ({inputs})"
         else:
-            what = (f"needs {names} runs{which} with at least {min_distinct} different {' / '.join(distinct)}, "
-                    f"found {kinds} among {found}")
+            what = (
+                f"needs {names} runs{which} with at least {min_distinct} different {' / '.join(distinct)}, "
+                f"found {kinds} among {found}"
+            )
         fix = f"list the id of an {names} entry under this entry's `needs`"
         if shared:
             fix += " with the same targets and numerics (or sweep them together)"

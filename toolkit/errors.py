@@ -26,12 +26,6 @@ class UsageError(ToolkitError):
     exit_code = 2
 
 
-class PlanError(ToolkitError):
-    """The manifest is valid but cannot be expanded into a plan (e.g. a site lacks a target)."""
-
-    exit_code = 2
-
-
 class StoreError(ToolkitError):
     """A store or shard is missing, unreadable or inconsistent."""
 

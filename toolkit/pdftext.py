@@ -64,8 +64,9 @@ def _open(path: str) -> Any:
     except OSError as err:
         raise PdfError(f"{path}: cannot read: {err.strerror}; check the file's permissions") from None
     if b"%PDF-" not in head:
-        raise PdfError(f"{path} is not a PDF (no %PDF- header in its first {HEADER_BYTES} bytes); "
-                       "pdf_path must name a PDF file")
+        raise PdfError(
+            f"{path} is not a PDF (no %PDF- header in its first {HEADER_BYTES} bytes); pdf_path must name a PDF file"
+        )
     pymupdf.TOOLS.mupdf_display_errors(False)  # MuPDF would print repair messages on stderr
     pymupdf.TOOLS.mupdf_display_warnings(False)
     try:
@@ -74,12 +75,15 @@ def _open(path: str) -> Any:
         raise PdfError(f"{path} is a damaged PDF that MuPDF cannot open ({err}); {REPAIR}") from None
     if doc.needs_pass:
         doc.close()
-        raise PdfError(f"{path} is encrypted with a password; save a decrypted copy "
-                       "(e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`) and point pdf_path at it")
+        raise PdfError(
+            f"{path} is encrypted with a password; save a decrypted copy "
+            "(e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`) and point pdf_path at it"
+        )
     if doc.is_repaired:
         doc.close()
-        raise PdfError(f"{path} is a damaged PDF (MuPDF had to rebuild its structure, so text may be missing); "
-                       f"{REPAIR}")
+        raise PdfError(
+            f"{path} is a damaged PDF (MuPDF had to rebuild its structure, so text may be missing); {REPAIR}"
+        )
     return doc
 
 
@@ -95,11 +99,19 @@ def pdf_problems(path: str, first_page: int, last_page: int | None) -> list[tupl
         return [("pdf_path", str(err))]
     try:
         if first_page > doc.page_count:
-            return [("first_page", f"{path} has {doc.page_count} page(s); first_page must be <= "
-                     f"{doc.page_count}, got {first_page}")]
+            return [
+                (
+                    "first_page",
+                    f"{path} has {doc.page_count} page(s); first_page must be <= {doc.page_count}, got {first_page}",
+                )
+            ]
         if last_page is not None and last_page > doc.page_count:
-            return [("last_page", f"{path} has {doc.page_count} page(s); last_page must be <= "
-                     f"{doc.page_count}, got {last_page}")]
+            return [
+                (
+                    "last_page",
+                    f"{path} has {doc.page_count} page(s); last_page must be <= {doc.page_count}, got {last_page}",
+                )
+            ]
         for number in range(first_page, _last(doc, last_page) + 1):
             if doc[number - 1].get_text().strip():
                 return []
@@ -111,12 +123,13 @@ def pdf_problems(path: str, first_page: int, last_page: int | None) -> list[tupl
 
 
 def _no_text(path: str, first: int, last: int) -> str:
-    return (f"{path} has no extractable text on pages {first}-{last} (scanned images or blank pages?); "
-            "run OCR first (e.g. `ocrmypdf in.pdf out.pdf`) or choose pages with text (first_page, last_page)")
+    return (
+        f"{path} has no extractable text on pages {first}-{last} (scanned images or blank pages?); "
+        "run OCR first (e.g. `ocrmypdf in.pdf out.pdf`) or choose pages with text (first_page, last_page)"
+    )
 
 
-def extract(path: str, first_page: int = 1, last_page: int | None = None,
-            normalize_whitespace: bool = True) -> PdfText:
+def extract(path: str, first_page: int = 1, last_page: int | None = None, normalize_whitespace: bool = True) -> PdfText:
     """The text of the chosen pages; PdfError for every problem `pdf_problems()` reports."""
     doc = _open(path)
     try:
@@ -138,8 +151,9 @@ def extract(path: str, first_page: int = 1, last_page: int | None = None,
     if not text.strip():
         raise PdfError(_no_text(path, first_page, last))
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return PdfText(text=text, page_starts=tuple(starts), first_page=first_page, last_page=last,
-                   page_count=count, sha256=digest)
+    return PdfText(
+        text=text, page_starts=tuple(starts), first_page=first_page, last_page=last, page_count=count, sha256=digest
+    )
 
 
 def split_words(text: str) -> tuple[list[str], Any, Any]:

@@ -161,8 +161,17 @@ def build_plan(manifest: Manifest) -> Plan:
         inputs = tuple(sorted(t.task_id for n in spec.needs for t in by_exp[n]))
         by_exp[spec.id] = []
         for target, repeat, point in _expand(spec, module.PER_TARGET):
-            task = _make_task(spec, target, repeat, point, inputs, stage_of[spec.id], model, prompts_sha,
-                              getattr(module.Params, "PATH_FIELDS", ()))
+            task = _make_task(
+                spec,
+                target,
+                repeat,
+                point,
+                inputs,
+                stage_of[spec.id],
+                model,
+                prompts_sha,
+                getattr(module.Params, "PATH_FIELDS", ()),
+            )
             tasks[task.task_id] = task
             by_exp[spec.id].append(task)
     stages = _stages(manifest, tasks, stage_of)
@@ -176,22 +185,46 @@ def _expand(spec: ExperimentSpec, per_target: bool) -> list[tuple[str, int, dict
     return [(t, r, p) for p in points for t in targets for r in range(spec.repeats)]
 
 
-def _make_task(spec: ExperimentSpec, target: str, repeat: int, point: dict[str, Any], inputs: tuple[str, ...],
-               stage: int, model: dict[str, Any], prompts_sha: str, path_fields: tuple[str, ...] = ()) -> Task:
+def _make_task(
+    spec: ExperimentSpec,
+    target: str,
+    repeat: int,
+    point: dict[str, Any],
+    inputs: tuple[str, ...],
+    stage: int,
+    model: dict[str, Any],
+    prompts_sha: str,
+    path_fields: tuple[str, ...] = (),
+) -> Task:
     numerics_over = {k: v for k, v in point.items() if k in Numerics.__dataclass_fields__}
     params = dataclasses.asdict(spec.params)
     params.update({k: (list(v) if isinstance(v, list) else v) for k, v in point.items() if k not in numerics_over})
     numerics = dataclasses.replace(spec.numerics, **numerics_over)
     identity = {
-        "experiment": spec.name, "params": params, "target": target, "repeat": repeat,
-        "numerics": numerics.to_dict(), "model": model, "prompts_sha256": prompts_sha, "inputs": list(inputs),
+        "experiment": spec.name,
+        "params": params,
+        "target": target,
+        "repeat": repeat,
+        "numerics": numerics.to_dict(),
+        "model": model,
+        "prompts_sha256": prompts_sha,
+        "inputs": list(inputs),
     }
     if path_fields:  # a file read by the task is identified by its content, not only its path
         identity["files_sha256"] = {name: file_sha256(str(params[name])) for name in path_fields}
     task_id = hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
-    return Task(task_id=task_id, exp_id=spec.id, experiment=spec.name, target=target, repeat=repeat,
-                params=json.loads(canonical_json(params)), numerics=numerics, inputs=inputs, stage=stage,
-                sweep_point=point)
+    return Task(
+        task_id=task_id,
+        exp_id=spec.id,
+        experiment=spec.name,
+        target=target,
+        repeat=repeat,
+        params=json.loads(canonical_json(params)),
+        numerics=numerics,
+        inputs=inputs,
+        stage=stage,
+        sweep_point=point,
+    )
 
 
 def _stages(manifest: Manifest, tasks: dict[str, Task], stage_of: dict[str, int]) -> tuple[Stage, ...]:

@@ -41,6 +41,8 @@ class Progress:
             end = "\n" if final else ""
             self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {elapsed:5.0f}s{end}")
         else:
-            self.stream.write(f"{self.label}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
-                              f"elapsed {elapsed:.0f}s eta {eta:.0f}s\n")
+            self.stream.write(
+                f"{self.label}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
+                f"elapsed {elapsed:.0f}s eta {eta:.0f}s\n"
+            )
         self.stream.flush()

@@ -14,8 +14,10 @@ def plan_text(plan: Plan, done: set[str] | None = None) -> str:
     """Stages, array groups with their sbatch options, tasks, and dependencies."""
     done = done or set()
     m = plan.manifest
-    lines = [f"campaign {m.campaign}: {len(plan.tasks)} task(s) in {len(plan.stages)} stage(s); "
-             f"site {m.site.name}; model {m.model.source}; {len(m.prompts)} prompt(s)"]
+    lines = [
+        f"campaign {m.campaign}: {len(plan.tasks)} task(s) in {len(plan.stages)} stage(s); "
+        f"site {m.site.name}; model {m.model.source}; {len(m.prompts)} prompt(s)"
+    ]
     for stage in plan.stages:
         after = f"after gather {stage.index - 1}" if stage.index > 1 else "no dependencies"
         lines.append(f"stage {stage.index} ({', '.join(stage.exp_ids)}) — {after}")
@@ -24,27 +26,31 @@ def plan_text(plan: Plan, done: set[str] | None = None) -> str:
             flags = " ".join(f"--{k}={v}" for k, v in options.items() if k != "extra")
             flags += "".join(f" {x}" for x in options["extra"])
             parallel = group.resources.array_parallelism
-            lines.append(f"  array {group.name}: {len(group.task_ids)} task(s)"
-                         f"{f' %{parallel}' if parallel else ''}  {flags}")
+            lines.append(
+                f"  array {group.name}: {len(group.task_ids)} task(s){f' %{parallel}' if parallel else ''}  {flags}"
+            )
             for task_id in group.task_ids:
                 task = plan.tasks[task_id]
                 mark = "  (done)" if task_id in done else ""
                 lines.append(f"    {task_id}  {task.experiment:<20} {task.label()}  [{task.numerics.label()}]{mark}")
         gather = sbatch_options(m.site, ANY_TARGET, Resources(), gather=True)
-        lines.append(f"  gather {stage.index}: one CPU job after the arrays of stage {stage.index}  "
-                     + " ".join([f"--{k}={v}" for k, v in gather.items() if k != "extra"] + gather["extra"]))
+        lines.append(
+            f"  gather {stage.index}: one CPU job after the arrays of stage {stage.index}  "
+            + " ".join([f"--{k}={v}" for k, v in gather.items() if k != "extra"] + gather["extra"])
+        )
     return "\n".join(lines)
 
 
 def show_tree(store: Any) -> str:
     """Tasks of a store with experiment, target, status and dataset shapes."""
     attrs = store.attrs
-    lines = [f"{store.path}: campaign {attrs.get('campaign')}, schema {attrs.get('schema_version')}, "
-             f"{len(store.task_ids())} task(s), toolkit {attrs.get('toolkit_version')}"]
+    lines = [
+        f"{store.path}: campaign {attrs.get('campaign')}, schema {attrs.get('schema_version')}, "
+        f"{len(store.task_ids())} task(s), toolkit {attrs.get('toolkit_version')}"
+    ]
     for run in store.runs():
         device = run.attrs.get("provenance", {}).get("device_name")
-        lines.append(f"  {run.task_id}  {run.experiment:<20} {run.label()}  {run.attrs.get('status')}  "
-                     f"device={device}")
+        lines.append(f"  {run.task_id}  {run.experiment:<20} {run.label()}  {run.attrs.get('status')}  device={device}")
         for name, (shape, dtype) in run.datasets().items():
             lines.append(f"      {name:<36} {shape!s:<16} {dtype}")
     return "\n".join(lines)
@@ -52,10 +58,18 @@ def show_tree(store: Any) -> str:
 
 def show_json(store: Any) -> str:
     """The same as `show_tree`, as JSON (the schema is in README.md, "toolkit show --json")."""
-    payload = {"store": str(store.path), "attrs": {k: v for k, v in store.attrs.items() if k != "manifest"},
-               "tasks": [{"task_id": r.task_id, **{k: v for k, v in r.attrs.items() if k != "checksums"},
-                          "datasets": {n: {"shape": list(s), "dtype": d} for n, (s, d) in r.datasets().items()}}
-                         for r in store.runs()]}
+    payload = {
+        "store": str(store.path),
+        "attrs": {k: v for k, v in store.attrs.items() if k != "manifest"},
+        "tasks": [
+            {
+                "task_id": r.task_id,
+                **{k: v for k, v in r.attrs.items() if k != "checksums"},
+                "datasets": {n: {"shape": list(s), "dtype": d} for n, (s, d) in r.datasets().items()},
+            }
+            for r in store.runs()
+        ],
+    }
     return json.dumps(json_value(payload), indent=2, allow_nan=False)
 
 
@@ -106,8 +120,10 @@ def experiment_text(name: str, module: Any) -> str:
     rows = describe(module.Params) or [("(none)", "", "")]
     width = max(18, *(len(n) for n, _, _ in rows))
     lines += [f"  {n:<{width}} {t:<20} default {d}" if t else f"  {n}" for n, t, d in rows]
-    lines.append(f"runs: {'once per target and repeat' if module.PER_TARGET else 'once per campaign'}"
-                 f"{', loads the model' if module.NEEDS_MODEL else ', no model (reads the store)'}")
+    lines.append(
+        f"runs: {'once per target and repeat' if module.PER_TARGET else 'once per campaign'}"
+        f"{', loads the model' if module.NEEDS_MODEL else ', no model (reads the store)'}"
+    )
     lines.append(f"reads: {', '.join(module.READS) or 'nothing upstream'}")
     lines.append("stores:")
     width = max(34, *(len(k) for k in module.STORES))

@@ -15,8 +15,16 @@ if TYPE_CHECKING:
     from toolkit.store.campaign_dir import CampaignDir
 
 
-def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site: str | None, force: bool,
-                    wait: bool, plot: bool, say: Callable[[str], None]) -> Path:
+def submit_campaign(
+    manifest_path: Path,
+    executor: str,
+    root: Path | None,
+    site: str | None,
+    force: bool,
+    wait: bool,
+    plot: bool,
+    say: Callable[[str], None],
+) -> Path:
     """Run a manifest end to end with the chosen executor; returns the campaign folder."""
     from toolkit import campaign
     from toolkit.launch.preflight import preflight
@@ -38,8 +46,16 @@ def submit_campaign(manifest_path: Path, executor: str, root: Path | None, site:
         return _submit_locked(plan, folder, image, executor, force, wait, plot, say)
 
 
-def _submit_locked(plan: Plan, folder: Path, image: TaskImage | None, executor: str, force: bool, wait: bool,
-                   plot: bool, say: Callable[[str], None]) -> Path:
+def _submit_locked(
+    plan: Plan,
+    folder: Path,
+    image: TaskImage | None,
+    executor: str,
+    force: bool,
+    wait: bool,
+    plot: bool,
+    say: Callable[[str], None],
+) -> Path:
     """Prepare the folder and run what is missing, holding the campaign's submit lock."""
     from toolkit import campaign
 
@@ -48,8 +64,10 @@ def _submit_locked(plan: Plan, folder: Path, image: TaskImage | None, executor: 
     campaign.prepare(plan, folder)
     done = set() if force else layout.done_task_ids()
     todo = set(plan.tasks) - done
-    say(f"campaign {plan.manifest.campaign}: {len(plan.tasks)} task(s), {len(plan.tasks) - len(todo)} already "
-        f"complete, {len(todo)} to run ({executor} executor) in {folder}")
+    say(
+        f"campaign {plan.manifest.campaign}: {len(plan.tasks)} task(s), {len(plan.tasks) - len(todo)} already "
+        f"complete, {len(todo)} to run ({executor} executor) in {folder}"
+    )
     if image is not None:
         say(f"tasks run in the {image.runtime} image {image.image} ({image.digest[:19]}...)")
     if executor == "slurm":
@@ -89,9 +107,11 @@ def _refuse_live_jobs(layout: CampaignDir) -> None:
     folder = layout.root
     live = live_jobs(folder)
     if live:
-        raise LockBusy(f"{folder}: Slurm job(s) {', '.join(live)} of an earlier submit are still queued or running; "
-                       f"follow them with toolkit status {folder} (or stop them with toolkit cancel), then rerun "
-                       "toolkit submit if tasks are missing")
+        raise LockBusy(
+            f"{folder}: Slurm job(s) {', '.join(live)} of an earlier submit are still queued or running; "
+            f"follow them with toolkit status {folder} (or stop them with toolkit cancel), then rerun "
+            "toolkit submit if tasks are missing"
+        )
 
 
 def input_files(plan: Plan) -> set[str]:

@@ -86,8 +86,9 @@ def run_tasks(campaign_dir: str, task_ids: list[str], force: bool = False) -> li
     return ran
 
 
-def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, ...],
-            model_identity: dict[str, Any]) -> None:
+def run_one(
+    folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, ...], model_identity: dict[str, Any]
+) -> None:
     """Run one task and publish its shard."""
     from toolkit import experiments
     from toolkit.manifest.params import build_params
@@ -99,17 +100,34 @@ def run_one(folder: Path, task: Task, models: _ModelCache, prompts: tuple[str, .
     params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
     model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
     store = Store(CampaignDir(folder).store_path) if task.inputs else None
-    attrs = {"experiment": task.experiment, "exp_id": task.exp_id, "target": task.target, "repeat": task.repeat,
-             "params": task.params, "numerics": task.numerics.to_dict(), "model": model_identity,
-             "inputs": list(task.inputs), "provenance": provenance.collect(device, flags)}
+    attrs = {
+        "experiment": task.experiment,
+        "exp_id": task.exp_id,
+        "target": task.target,
+        "repeat": task.repeat,
+        "params": task.params,
+        "numerics": task.numerics.to_dict(),
+        "model": model_identity,
+        "inputs": list(task.inputs),
+        "provenance": provenance.collect(device, flags),
+    }
     checkpoint = Checkpoint(folder, task.task_id)
     reads = tuple(module.READS) + tuple(getattr(module, "READS_OPTIONAL", ()))
     try:
         with open_shard(folder, task.task_id, attrs) as shard:
             out = CheckedGroup.for_experiment(shard, task.experiment, module.STORES)
-            ctx = RunContext(task=task, model=model, tokenizer=tokenizer, device=device, numerics=task.numerics,
-                             prompts=prompts, inputs=Inputs(store, task.inputs, task.experiment, reads), out=out,
-                             checkpoint=checkpoint, models=_TaskModels(models, task.numerics, model))
+            ctx = RunContext(
+                task=task,
+                model=model,
+                tokenizer=tokenizer,
+                device=device,
+                numerics=task.numerics,
+                prompts=prompts,
+                inputs=Inputs(store, task.inputs, task.experiment, reads),
+                out=out,
+                checkpoint=checkpoint,
+                models=_TaskModels(models, task.numerics, model),
+            )
             module.run(ctx, params)
         checkpoint.clear()
     finally:

@@ -131,10 +131,12 @@ class UpstreamRule:
 
 def upstream_rule(module: ModuleType) -> UpstreamRule:
     """The module's `UPSTREAM_*` declarations (defaults: one run of any kind)."""
-    rule = UpstreamRule(min_runs=int(getattr(module, "UPSTREAM_MIN_RUNS", 1)),
-                        min_numerics=int(getattr(module, "UPSTREAM_MIN_NUMERICS", 1)),
-                        distinct=tuple(getattr(module, "UPSTREAM_DISTINCT", NUMERICS_KEYS)),
-                        match=tuple(getattr(module, "UPSTREAM_MATCH", ())))
+    rule = UpstreamRule(
+        min_runs=int(getattr(module, "UPSTREAM_MIN_RUNS", 1)),
+        min_numerics=int(getattr(module, "UPSTREAM_MIN_NUMERICS", 1)),
+        distinct=tuple(getattr(module, "UPSTREAM_DISTINCT", NUMERICS_KEYS)),
+        match=tuple(getattr(module, "UPSTREAM_MATCH", ())),
+    )
     unknown = [m for m in rule.match if m not in UPSTREAM_FIELDS] + [d for d in rule.distinct if d not in NUMERICS_KEYS]
     if unknown:
         raise TypeError(f"{module.__name__}: unknown field(s) {unknown} in its UPSTREAM_* declarations")

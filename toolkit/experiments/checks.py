@@ -33,8 +33,14 @@ def at_least(problems: Problems, name: str, value: float, bound: float = 0, note
         problems.append((name, f"must be >= {bound}{note}, got {value}"))
 
 
-def subspace(problems: Problems, top_k: int, iterations: int, oversample: int, k_max: int = 64,
-             names: tuple[str, str, str] = ("top_k", "iterations", "oversample")) -> None:
+def subspace(
+    problems: Problems,
+    top_k: int,
+    iterations: int,
+    oversample: int,
+    k_max: int = 64,
+    names: tuple[str, str, str] = ("top_k", "iterations", "oversample"),
+) -> None:
     """The settings of `toolkit.numerics.jacobian.top_singular`: number of singular triplets
     (1..k_max), subspace iterations (1..10000) and extra block columns (0..64)."""
     k_name, iterations_name, oversample_name = names

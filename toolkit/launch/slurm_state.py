@@ -8,8 +8,17 @@ from collections.abc import Iterable, Mapping
 
 from toolkit.errors import LaunchError
 
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-            "DEADLINE", "REVOKED"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+}
 FAILED = TERMINAL - {"COMPLETED"}
 DEFAULT_MAX_ARRAY_SIZE = 1001
 
@@ -34,8 +43,9 @@ def max_array_size() -> int:
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
 
 
-def job_states(job_ids: Iterable[str],
-               elements: Mapping[str, Iterable[int]] | None = None) -> dict[str, tuple[str, str]]:
+def job_states(
+    job_ids: Iterable[str], elements: Mapping[str, Iterable[int]] | None = None
+) -> dict[str, tuple[str, str]]:
     """`jobid[_index]` → (state, node list) for the given (array) job ids: sacct's records, updated
     with what slurmctld holds now (accounting lags by seconds: a just-started element can be
     missing from sacct).  An array element known to neither was cancelled before it started
@@ -65,8 +75,12 @@ def job_states(job_ids: Iterable[str],
 def _controller_states(ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """Every element slurmctld still holds (any state, pending ones one by one); None if no answer."""
     try:
-        proc = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if proc.returncode != 0:  # all ids already purged from slurmctld (MinJobAge), or it is down

@@ -27,8 +27,7 @@ def task_slurm_states(campaign_dir: Path) -> dict[str, tuple[str, str]]:
     return {task: slurm_state.element_state(states, array, index) for task, (array, index) in jobs.items()}
 
 
-def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str], None],
-               poll_s: float = 2.0) -> None:
+def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str], None], poll_s: float = 2.0) -> None:
     """Poll sacct until the last gather completes; raise TaskFailed naming failed tasks."""
     tasks = [t for stage in record["stages"] for a in stage["arrays"] for t in a["task_ids"]]
     gathers = [stage["gather"] for stage in record["stages"]]
@@ -82,8 +81,10 @@ def _stranded(record: SlurmSubmission, states: dict[str, tuple[str, str]], faile
 
 def _settled(states: dict[str, tuple[str, str]], stranded: set[str]) -> bool:
     """Nothing will change any more: every job is terminal or pending behind a failure."""
-    return all(state in slurm_state.TERMINAL or (state == "PENDING" and job.split("_")[0] in stranded)
-               for job, (state, _) in states.items())
+    return all(
+        state in slurm_state.TERMINAL or (state == "PENDING" and job.split("_")[0] in stranded)
+        for job, (state, _) in states.items()
+    )
 
 
 def _cancel_stranded(states: dict[str, tuple[str, str]], stranded: set[str]) -> None:
@@ -99,8 +100,10 @@ def _failure_message(failed: dict[str, str], gathers: list[str], campaign_dir: P
     parts = [f"{len(v)} task(s) {k.lower()}: {', '.join(v)}" for k, v in sorted(by_state.items())]
     if not parts:
         parts = [f"gather job(s) {', '.join(gathers)} failed"]
-    return (f"{'; '.join(parts)}; toolkit status {campaign_dir} shows each task; "
-            "rerun toolkit submit to run just the missing ones")
+    return (
+        f"{'; '.join(parts)}; toolkit status {campaign_dir} shows each task; "
+        "rerun toolkit submit to run just the missing ones"
+    )
 
 
 def cancel_campaign(campaign_dir: Path) -> list[str]:

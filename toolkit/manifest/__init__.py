@@ -61,7 +61,7 @@ def load_manifest(path: str | Path, site: str | None = None) -> Manifest:
     except UnicodeDecodeError as err:
         line_start = raw.rfind(b"\n", 0, err.start) + 1  # everything before err.start is valid UTF-8
         line = raw.count(b"\n", 0, err.start) + 1
-        where = f"{line}:{len(raw[line_start:err.start].decode('utf-8')) + 1}"
+        where = f"{line}:{len(raw[line_start : err.start].decode('utf-8')) + 1}"
         raise ManifestError([f"{shown}:{where}: not UTF-8 text ({err.reason} at byte {err.start})"]) from None
     try:
         located = load_located(text, shown)
@@ -73,8 +73,10 @@ def load_manifest(path: str | Path, site: str | None = None) -> Manifest:
     except (ImportError, SyntaxError):  # a broken installation, not a bad manifest: show the traceback
         raise
     except Exception as err:  # a check that broke on an input nobody foresaw: still one line, exit 2
-        checker.problems.append(f"{shown}:1:1: cannot validate this manifest (internal error {type(err).__name__}: "
-                                f"{' '.join(str(err).split())[:200]}); please report it with the manifest")
+        checker.problems.append(
+            f"{shown}:1:1: cannot validate this manifest (internal error {type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}); please report it with the manifest"
+        )
         manifest = None
     if checker.problems or manifest is None:
         raise ManifestError([_one_line(p) for p in checker.problems] or [f"{shown}:1:1: invalid manifest"])

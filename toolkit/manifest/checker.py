@@ -34,8 +34,7 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_PROMPTS_BYTES = 16 * 1024 * 1024
 MAX_EXPERIMENTS = 500
 # Resources: the largest value accepted (beyond any node: surely a typo, e.g. MB written as GB)
-RESOURCE_MAX = {"time_min": 366 * 24 * 60, "cpus": 4096, "gpus": 64, "array_parallelism": 1_000_000,
-                "mem_gb": 65536.0}
+RESOURCE_MAX = {"time_min": 366 * 24 * 60, "cpus": 4096, "gpus": 64, "array_parallelism": 1_000_000, "mem_gb": 65536.0}
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", "resources", "container", "site")
@@ -128,27 +127,51 @@ class Checker:
         resources = self._resources(data.get("resources"), ("resources",), Resources())
         container = self._container(data.get("container"))
         experiments = self._experiments(data.get("experiments"), targets, numerics, resources, site)
-        if self.problems or None in (campaign, model, site, experiments, resources, container):
+        if (
+            self.problems
+            or campaign is None
+            or model is None
+            or site is None
+            or experiments is None
+            or resources is None
+            or container is None
+        ):
             return None
         return Manifest(
-            path=path, text=text, sha256=sha256, campaign=campaign, output=output, model=model,
-            prompts=prompts, targets=targets, experiments=experiments, resources=resources,
-            container=container, site=site, numerics=numerics,
+            path=path,
+            text=text,
+            sha256=sha256,
+            campaign=campaign,
+            output=output,
+            model=model,
+            prompts=prompts,
+            targets=targets,
+            experiments=experiments,
+            resources=resources,
+            container=container,
+            site=site,
+            numerics=numerics,
         )
 
     def _campaign(self, value: Any) -> str | None:
         if value is None:
             return None
         if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
-            self.problem(("campaign",), f"must match [a-z0-9][a-z0-9._-]{{0,63}} (a folder name, no "
-                         f"'..', '/', spaces or shell characters), got {_short(value)}")
+            self.problem(
+                ("campaign",),
+                f"must match [a-z0-9][a-z0-9._-]{{0,63}} (a folder name, no "
+                f"'..', '/', spaces or shell characters), got {_short(value)}",
+            )
             return None
         return value
 
     def _output(self, value: Any) -> Path:
         if not isinstance(value, str) or not value.strip() or _bad_path(value):
-            self.problem(("output",), f"must be a folder path (one line, at most {MAX_PATH_CHARS} characters, "
-                         f"each part at most 255 bytes), got {_short(value)}")
+            self.problem(
+                ("output",),
+                f"must be a folder path (one line, at most {MAX_PATH_CHARS} characters, "
+                f"each part at most 255 bytes), got {_short(value)}",
+            )
             return Path("campaigns")
         return Path(value)
 
@@ -162,8 +185,9 @@ class Checker:
         numerics = self._numerics({k: v for k, v in data.items() if k in NUMERICS_FIELDS}, ("model",), Numerics())
         source = data.get("source")
         if not isinstance(source, str) or not source.strip():
-            self.problem(("model", "source"), "must name a packaged model, a local folder or a hub id, got "
-                         f"{_short(source)}")
+            self.problem(
+                ("model", "source"), f"must name a packaged model, a local folder or a hub id, got {_short(source)}"
+            )
             return None, numerics
         source = self._resolve_source(source)
         device = data.get("device", "auto")
@@ -180,8 +204,11 @@ class Checker:
         if source in PACKAGED:
             return source
         if _bad_path(source):
-            self.problem(("model", "source"), f"must be one line of at most {MAX_PATH_CHARS} characters (each "
-                         f"path part at most 255 bytes), got {_short(source)}")
+            self.problem(
+                ("model", "source"),
+                f"must be one line of at most {MAX_PATH_CHARS} characters (each "
+                f"path part at most 255 bytes), got {_short(source)}",
+            )
             return None
         try:
             candidate = (self.dir / source).expanduser()
@@ -190,8 +217,11 @@ class Checker:
         except (OSError, RuntimeError, ValueError):
             pass
         if source.startswith((".", "/", "~")) or not HUB_ID_RE.match(source):
-            self.problem(("model", "source"), f"{_short(source)} is not a packaged model "
-                         f"({', '.join(PACKAGED)}), an existing folder, or a hub id like org/name")
+            self.problem(
+                ("model", "source"),
+                f"{_short(source)} is not a packaged model "
+                f"({', '.join(PACKAGED)}), an existing folder, or a hub id like org/name",
+            )
             return None
         return source
 
@@ -210,8 +240,9 @@ class Checker:
             self._keys(value, ("file",), ("prompts",))
             name = value.get("file")
             if not isinstance(name, str) or not name.strip() or _bad_path(name):
-                self.problem(("prompts", "file"), f"must be a path to a text file, one prompt per line, got "
-                             f"{_short(name)}")
+                self.problem(
+                    ("prompts", "file"), f"must be a path to a text file, one prompt per line, got {_short(name)}"
+                )
                 return ()
             try:
                 full = self.dir / Path(name).expanduser()
@@ -226,8 +257,10 @@ class Checker:
                 lines = raw.decode("utf-8").splitlines()
             except UnicodeDecodeError as err:
                 line = raw.count(b"\n", 0, err.start) + 1
-                self.problem(("prompts", "file"), f"cannot read {name!r}: not UTF-8 text ({err.reason} at byte "
-                             f"{err.start}, line {line})")
+                self.problem(
+                    ("prompts", "file"),
+                    f"cannot read {name!r}: not UTF-8 text ({err.reason} at byte {err.start}, line {line})",
+                )
                 return ()
             except (OSError, RuntimeError, ValueError) as err:
                 self.problem(("prompts", "file"), f"cannot read {name!r}: {getattr(err, 'strerror', None) or err}")
@@ -237,8 +270,9 @@ class Checker:
                 return ()
             prompts = tuple(line for line in lines if line.strip())
             if not prompts:
-                self.problem(("prompts", "file"), f"{name!r} holds no prompts (only blank lines); write one "
-                             "prompt per line")
+                self.problem(
+                    ("prompts", "file"), f"{name!r} holds no prompts (only blank lines); write one prompt per line"
+                )
             return prompts
         if not isinstance(value, list):
             self.problem(("prompts",), f"must be a list of strings or {{file: path}}, got {_kind(value)}")
@@ -255,19 +289,29 @@ class Checker:
         from toolkit import experiments
 
         entries = data.get("experiments")
-        readers = [(i, e["name"]) for i, e in enumerate(entries if isinstance(entries, list) else [])
-                   if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"] in experiments.REGISTRY
-                   and experiments.reads_prompts(experiments.get(e["name"]))]
+        readers = [
+            (i, e["name"])
+            for i, e in enumerate(entries if isinstance(entries, list) else [])
+            if isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and e["name"] in experiments.REGISTRY
+            and experiments.reads_prompts(experiments.get(e["name"]))
+        ]
         if not readers:
             return
         unique = list(dict.fromkeys(name for _, name in readers))
         names = ", ".join(unique)
         if "prompts" in data:
-            self.problem(("prompts",), f"is empty, but {names} {'reads' if len(unique) == 1 else 'read'} "
-                         "prompts: give at least one prompt")
+            self.problem(
+                ("prompts",),
+                f"is empty, but {names} {'reads' if len(unique) == 1 else 'read'} prompts: give at least one prompt",
+            )
         else:
-            self.problem(("experiments", readers[0][0], "name"), f"{readers[0][1]} reads prompts, but the manifest "
-                         "has no `prompts:`; add a list of prompts (or {file: prompts.txt})")
+            self.problem(
+                ("experiments", readers[0][0], "name"),
+                f"{readers[0][1]} reads prompts, but the manifest "
+                "has no `prompts:`; add a list of prompts (or {file: prompts.txt})",
+            )
 
     def _site(self, value: Any) -> SiteProfile | None:
         name = self.site_override or value
@@ -279,8 +323,11 @@ class Checker:
         except (OSError, RuntimeError, ValueError):
             path = None
         if path is None:
-            self.problem(("site",), f"unknown site profile {_short(name)}; {_did_you_mean(name, available_sites())}"
-                         f"known: {', '.join(available_sites()) or '(none)'}; or give a path to a .yaml file")
+            self.problem(
+                ("site",),
+                f"unknown site profile {_short(name)}; {_did_you_mean(name, available_sites())}"
+                f"known: {', '.join(available_sites()) or '(none)'}; or give a path to a .yaml file",
+            )
             return None
         profile, problems = load_site(path)
         self.problems.extend(problems)
@@ -297,8 +344,11 @@ class Checker:
             elif target in seen:
                 self.problem(path + (i,), f"duplicate target {target!r}")
             elif site is not None and target not in site.targets:
-                self.problem(path + (i,), f"unknown target {target!r} for site {site.name!r}; "
-                             f"{_did_you_mean(target, list(site.targets))}known: {', '.join(site.targets)}")
+                self.problem(
+                    path + (i,),
+                    f"unknown target {target!r} for site {site.name!r}; "
+                    f"{_did_you_mean(target, list(site.targets))}known: {', '.join(site.targets)}",
+                )
             else:
                 seen.append(target)
         return tuple(seen)
@@ -314,13 +364,15 @@ class Checker:
             if key == "array_parallelism" and key in data and data[key] is None:
                 values[key] = None  # null: no throttle
             elif key in data:
-                values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1, RESOURCE_MAX[key])
+                values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1, int(RESOURCE_MAX[key]))
                 bad |= values[key] is None
         if "mem_gb" in data:
             ok, mem = coerce(float, data["mem_gb"])
             if not ok or not 0 < mem <= RESOURCE_MAX["mem_gb"]:
-                self.problem(path + ("mem_gb",), f"must be a number > 0 and <= {RESOURCE_MAX['mem_gb']:g}, got "
-                             f"{_short(data['mem_gb'])}")
+                self.problem(
+                    path + ("mem_gb",),
+                    f"must be a number > 0 and <= {RESOURCE_MAX['mem_gb']:g}, got {_short(data['mem_gb'])}",
+                )
                 bad = True
             values["mem_gb"] = mem
         if bad:
@@ -341,14 +393,28 @@ class Checker:
         image = data.get("image")
         if runtime == "none":
             if image is not None:
-                self.problem(("container", "image"), "is set but runtime is none: set runtime to podman, docker "
-                             "or apptainer to run the tasks in it, or remove image")
-        elif not isinstance(image, str) or not image.strip() or image.startswith("-") or \
-                any(c in image for c in "\n\r\0"):
+                self.problem(
+                    ("container", "image"),
+                    "is set but runtime is none: set runtime to podman, docker "
+                    "or apptainer to run the tasks in it, or remove image",
+                )
+        elif (
+            not isinstance(image, str)
+            or not image.strip()
+            or image.startswith("-")
+            or any(c in image for c in "\n\r\0")
+        ):
             where = ("container", "image") if "image" in data else ("container",)
-            self.problem(where, f"runtime {runtime} needs an image: " + (
-                "the path of a .sif file" if runtime == "apptainer" else "an image reference like "
-                "localhost/toolkit:0.1.0 (containers/build.sh builds it)") + f", got {_short(image)}")
+            self.problem(
+                where,
+                f"runtime {runtime} needs an image: "
+                + (
+                    "the path of a .sif file"
+                    if runtime == "apptainer"
+                    else "an image reference like localhost/toolkit:0.1.0 (containers/build.sh builds it)"
+                )
+                + f", got {_short(image)}",
+            )
         elif runtime == "apptainer":
             try:
                 image = str((self.dir / Path(image).expanduser()).resolve())
@@ -359,22 +425,36 @@ class Checker:
             self.problem(("container", "network"), f"must be true or false, got {network!r}")
         gpu = data.get("gpu", "auto")
         if not any(gpu is mode or (isinstance(gpu, str) and gpu == mode) for mode in GPU_MODES):
-            self.problem(("container", "gpu"), f"must be auto (GPU targets get the GPUs) or false (never), "
-                         f"got {_short(gpu)}")
+            self.problem(
+                ("container", "gpu"), f"must be auto (GPU targets get the GPUs) or false (never), got {_short(gpu)}"
+            )
         extra = data.get("extra_args", [])
-        if not isinstance(extra, list) or not all(isinstance(a, str) and a and not any(c in a for c in "\n\r\0")
-                                                 for a in extra):
-            self.problem(("container", "extra_args"), f"must be a list of non-empty single-line strings, "
-                         f"got {_short(extra)}")
+        if not isinstance(extra, list) or not all(
+            isinstance(a, str) and a and not any(c in a for c in "\n\r\0") for a in extra
+        ):
+            self.problem(
+                ("container", "extra_args"), f"must be a list of non-empty single-line strings, got {_short(extra)}"
+            )
         if len(self.problems) > before:
             return None
         # whether the runtime is installed and has the image is checked by the preflight
         # (toolkit.launch.preflight), not here: validation reads values only
-        return Container(runtime=runtime, image=image if runtime != "none" else None, network=network, gpu=gpu,
-                         extra_args=tuple(extra))
+        return Container(
+            runtime=runtime,
+            image=image if runtime != "none" else None,
+            network=network,
+            gpu=gpu,
+            extra_args=tuple(extra),
+        )
 
-    def _experiments(self, value: Any, targets: tuple[str, ...], numerics: Numerics,
-                     resources: Resources | None, site: SiteProfile | None) -> tuple[ExperimentSpec, ...] | None:
+    def _experiments(
+        self,
+        value: Any,
+        targets: tuple[str, ...],
+        numerics: Numerics,
+        resources: Resources | None,
+        site: SiteProfile | None,
+    ) -> tuple[ExperimentSpec, ...] | None:
         from toolkit.manifest.experiments import check_experiments
 
         if value is None:
@@ -383,8 +463,10 @@ class Checker:
             self.problem(("experiments",), f"must be a non-empty list of experiments, got {_kind(value)}")
             return None
         if len(value) > MAX_EXPERIMENTS:
-            self.problem(("experiments",), f"has {len(value)} entries, more than {MAX_EXPERIMENTS}: use sweeps, "
-                         "or split the campaign")
+            self.problem(
+                ("experiments",),
+                f"has {len(value)} entries, more than {MAX_EXPERIMENTS}: use sweeps, or split the campaign",
+            )
             return None
         return check_experiments(self, value, targets, numerics, resources or Resources(), site)
 

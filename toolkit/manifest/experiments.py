@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,19 +40,29 @@ class _Entry:
     raw: dict[str, Any]
 
 
-def check_experiments(checker: Checker, entries: list[Any], targets: tuple[str, ...], numerics: Numerics,
-                      resources: Resources, site: SiteProfile | None) -> tuple[ExperimentSpec, ...] | None:
+def check_experiments(
+    checker: Checker,
+    entries: list[Any],
+    targets: tuple[str, ...],
+    numerics: Numerics,
+    resources: Resources,
+    site: SiteProfile | None,
+) -> tuple[ExperimentSpec, ...] | None:
     """Validate every entry, then ids and the `needs` graph over all entries; None if anything is wrong."""
-    checked = [_check_one(checker, entry, ("experiments", index), targets, numerics, resources, site)
-               for index, entry in enumerate(entries)]
+    checked = [
+        _check_one(checker, entry, ("experiments", index), targets, numerics, resources, site)
+        for index, entry in enumerate(entries)
+    ]
     by_id: dict[str, _Entry] = {}
     for entry in checked:
         if entry.exp_id is None:
             continue
         if entry.exp_id in by_id:
-            checker.problem(("experiments", entry.index, "id") if "id" in entry.raw else ("experiments", entry.index),
-                            f"duplicate id {entry.exp_id!r} (also experiments[{by_id[entry.exp_id].index}]); "
-                            "give each entry a unique id")
+            checker.problem(
+                ("experiments", entry.index, "id") if "id" in entry.raw else ("experiments", entry.index),
+                f"duplicate id {entry.exp_id!r} (also experiments[{by_id[entry.exp_id].index}]); "
+                "give each entry a unique id",
+            )
             continue
         by_id[entry.exp_id] = entry
     all_ids_known = all(e.exp_id is not None for e in checked)
@@ -78,19 +89,32 @@ def _check_size(checker: Checker, entries: list[_Entry]) -> list[_Entry]:
         count = spec.repeats * len(spec.targets) * math.prod(len(v) for v in spec.sweep.values())
         total += count
         if count > MAX_TASKS:
-            checker.problem(("experiments", entry.index), f"expands to {count} tasks, more than {MAX_TASKS}; reduce "
-                            "repeats, targets or sweeps, or split the campaign")
+            checker.problem(
+                ("experiments", entry.index),
+                f"expands to {count} tasks, more than {MAX_TASKS}; reduce "
+                "repeats, targets or sweeps, or split the campaign",
+            )
             continue
         if total > MAX_TASKS:
-            checker.problem(("experiments", entry.index), f"the campaign expands to more than {MAX_TASKS} tasks (at "
-                            f"id {spec.id!r}); reduce repeats, targets or sweeps, or split the campaign")
-            total = -(10 ** 12)  # reported once
+            checker.problem(
+                ("experiments", entry.index),
+                f"the campaign expands to more than {MAX_TASKS} tasks (at "
+                f"id {spec.id!r}); reduce repeats, targets or sweeps, or split the campaign",
+            )
+            total = -(10**12)  # reported once
         fine.append(entry)
     return fine
 
 
-def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tuple[str, ...],
-               numerics: Numerics, resources: Resources, site: SiteProfile | None) -> _Entry:
+def _check_one(
+    checker: Checker,
+    entry: Any,
+    path: tuple[Any, ...],
+    targets: tuple[str, ...],
+    numerics: Numerics,
+    resources: Resources,
+    site: SiteProfile | None,
+) -> _Entry:
     from toolkit import experiments
     from toolkit.manifest.checker import NAME_RE
 
@@ -105,9 +129,12 @@ def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tup
     needs = _check_needs_list(checker, data.get("needs", []), path + ("needs",))
     if not isinstance(name, str):
         where = path + ("name",) if "name" in data else path
-        checker.problem(where, f"{'must be' if 'name' in data else 'missing'} an experiment name"
-                        f"{', got ' + repr(name) if 'name' in data else ''}; known experiments: "
-                        f"{', '.join(experiments.names())}")
+        checker.problem(
+            where,
+            f"{'must be' if 'name' in data else 'missing'} an experiment name"
+            f"{', got ' + repr(name) if 'name' in data else ''}; known experiments: "
+            f"{', '.join(experiments.names())}",
+        )
         return _Entry(index, None, known_id, needs, None, data)
     if name not in experiments.REGISTRY:
         checker.problem(path + ("name",), f"unknown experiment {name!r}; {experiments.suggestion(name)}")
@@ -116,8 +143,14 @@ def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tup
     if known_id is None:
         checker.problem(path + ("id",), f"must match [a-z0-9][a-z0-9._-]{{0,63}}, got {exp_id!r}")
     raw_params = data.get("params")
-    params = build_params(module.Params, {} if raw_params is None else raw_params, path + ("params",),
-                          checker.problem, lambda p, m: checker.problem(p, m, at_key=True), base_dir=checker.dir)
+    params = build_params(
+        module.Params,
+        {} if raw_params is None else raw_params,
+        path + ("params",),
+        checker.problem,
+        lambda p, m: checker.problem(p, m, at_key=True),
+        base_dir=checker.dir,
+    )
     sweep = _check_sweep(checker, data.get("sweep"), path + ("sweep",), module.Params, raw_params)
     repeats = checker._int(data.get("repeats", 1), path + ("repeats",), 1, MAX_REPEATS)
     exp_targets = checker._targets(data["targets"], path + ("targets",), site) if "targets" in data else targets
@@ -126,20 +159,39 @@ def _check_one(checker: Checker, entry: Any, path: tuple[Any, ...], targets: tup
         checker.problem(path + ("targets",), f"targets {extra} are not in the manifest's targets {list(targets)}")
     overrides = checker._mapping(data.get("numerics"), path + ("numerics",)) or {}
     checker._keys(overrides, NUMERICS_FIELDS, path + ("numerics",))
-    exp_numerics = checker._numerics({k: v for k, v in overrides.items() if k in NUMERICS_FIELDS},
-                                     path + ("numerics",), numerics)
+    exp_numerics = checker._numerics(
+        {k: v for k, v in overrides.items() if k in NUMERICS_FIELDS}, path + ("numerics",), numerics
+    )
     exp_resources = checker._resources(data.get("resources"), path + ("resources",), resources)
-    if (known_id is None or params is None or sweep is None or repeats is None or needs is None
-            or exp_resources is None or extra or not exp_targets):
+    if (
+        known_id is None
+        or params is None
+        or sweep is None
+        or repeats is None
+        or needs is None
+        or exp_resources is None
+        or extra
+        or not exp_targets
+    ):
         return _Entry(index, name, known_id, needs, None, data)
-    spec = ExperimentSpec(name=name, id=known_id, params=params, raw_params=dict(raw_params or {}), sweep=sweep,
-                          repeats=repeats, needs=needs, targets=tuple(exp_targets), numerics=exp_numerics,
-                          resources=exp_resources)
+    spec = ExperimentSpec(
+        name=name,
+        id=known_id,
+        params=params,
+        raw_params=dict(raw_params or {}),
+        sweep=sweep,
+        repeats=repeats,
+        needs=needs,
+        targets=tuple(exp_targets),
+        numerics=exp_numerics,
+        resources=exp_resources,
+    )
     return _Entry(index, name, known_id, needs, spec, data)
 
 
-def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls: type,
-                 raw_params: Any) -> dict[str, tuple[Any, ...]] | None:
+def _check_sweep(
+    checker: Checker, value: Any, path: tuple[Any, ...], params_cls: type, raw_params: Any
+) -> dict[str, tuple[Any, ...]] | None:
     from toolkit.manifest.checker import NUMERIC_CHOICES, _did_you_mean
 
     data = checker._mapping(value, path)
@@ -151,14 +203,18 @@ def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls
     for key, values in data.items():
         if key not in NUMERICS_FIELDS and key not in fields:
             hint = _did_you_mean(key, fields + list(NUMERICS_FIELDS))
-            checker.problem(path + (key,), f"unknown sweep key; {hint}sweep a parameter "
-                            f"({', '.join(fields) or 'none'}) or a numerics setting ({', '.join(NUMERICS_FIELDS)})",
-                            at_key=True)
+            checker.problem(
+                path + (key,),
+                f"unknown sweep key; {hint}sweep a parameter "
+                f"({', '.join(fields) or 'none'}) or a numerics setting ({', '.join(NUMERICS_FIELDS)})",
+                at_key=True,
+            )
             ok = False
             continue
         if not isinstance(values, list) or not values:
-            checker.problem(path + (key,), f"must be a non-empty list of values (an empty sweep runs no task), "
-                            f"got {values!r}")
+            checker.problem(
+                path + (key,), f"must be a non-empty list of values (an empty sweep runs no task), got {values!r}"
+            )
             ok = False
             continue
         if key in NUMERICS_FIELDS:
@@ -173,8 +229,7 @@ def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls
                 values = [resolve_path(v, checker.dir) if isinstance(v, str) else v for v in values]
             for i, v in enumerate(values):
                 messages: list[str] = []
-                build_params(params_cls, {**base, key: v}, (), lambda _p, m: messages.append(m),
-                             base_dir=checker.dir)
+                build_params(params_cls, {**base, key: v}, (), _collect(messages), base_dir=checker.dir)
                 for message in messages:
                     checker.problem(path + (key, i), message)
                 ok &= not messages
@@ -183,6 +238,11 @@ def _check_sweep(checker: Checker, value: Any, path: tuple[Any, ...], params_cls
             ok = False
         sweep[key] = tuple(values)
     return sweep if ok else None
+
+
+def _collect(messages: list[str]) -> Callable[[Any, str], None]:
+    """A problem callback for `build_params` that keeps the messages."""
+    return lambda _path, message: messages.append(message)
 
 
 def _check_needs_list(checker: Checker, value: Any, path: tuple[Any, ...]) -> tuple[str, ...] | None:
@@ -208,15 +268,19 @@ def _check_needs(checker: Checker, entries: list[_Entry], by_id: dict[str, _Entr
         if entry.needs is None:
             continue
         for j, need in enumerate(entry.needs):
-            where = ("experiments", entry.index, "needs", j) if isinstance(entry.raw.get("needs"), list) else \
-                ("experiments", entry.index, "needs")
+            where = (
+                ("experiments", entry.index, "needs", j)
+                if isinstance(entry.raw.get("needs"), list)
+                else ("experiments", entry.index, "needs")
+            )
             if need == entry.exp_id:
                 checker.problem(where, "an experiment cannot need itself")
             elif need in entry.needs[:j]:
                 checker.problem(where, f"duplicate id {need!r} in needs")
             elif need not in by_id and all_ids_known:
-                checker.problem(where, f"unknown id {need!r}; {_did_you_mean(need, list(by_id))}"
-                                f"ids: {', '.join(by_id) or '(none)'}")
+                checker.problem(
+                    where, f"unknown id {need!r}; {_did_you_mean(need, list(by_id))}ids: {', '.join(by_id) or '(none)'}"
+                )
         if entry.name is None:
             continue
         upstream = [by_id[n] for n in entry.needs if n in by_id]
@@ -225,10 +289,13 @@ def _check_needs(checker: Checker, entries: list[_Entry], by_id: dict[str, _Entr
         provided = {u.name for u in upstream}
         for wanted in experiments.get(entry.name).READS:
             if wanted not in provided:
-                checker.problem(("experiments", entry.index, "needs"), f"{entry.name} reads {wanted} runs: add the id "
-                                f"of an {wanted} entry to needs")
-    graph = {e.exp_id: [n for n in e.needs if n in by_id and n != e.exp_id]
-             for e in by_id.values() if e.needs is not None}
+                checker.problem(
+                    ("experiments", entry.index, "needs"),
+                    f"{entry.name} reads {wanted} runs: add the id of an {wanted} entry to needs",
+                )
+    graph = {
+        exp_id: [n for n in e.needs if n in by_id and n != exp_id] for exp_id, e in by_id.items() if e.needs is not None
+    }
     cycle = _find_cycle({node: [n for n in nxt if n in graph] for node, nxt in graph.items()})
     if cycle:
         checker.problem(("experiments", by_id[cycle[0]].index, "needs"), f"cyclic needs: {' -> '.join(cycle)}")
@@ -284,8 +351,10 @@ def _check_eager(checker: Checker, entry: _Entry) -> None:
     if swept:
         for i, value in enumerate(spec.sweep["attn_implementation"]):
             if value != "eager":
-                checker.problem(base + ("sweep", "attn_implementation", i),
-                                f"is {value!r}, but {why}: sweep only eager for this entry")
+                checker.problem(
+                    base + ("sweep", "attn_implementation", i),
+                    f"is {value!r}, but {why}: sweep only eager for this entry",
+                )
         return
     if spec.numerics.attn_implementation == "eager":
         return
@@ -295,8 +364,11 @@ def _check_eager(checker: Checker, entry: _Entry) -> None:
         checker.problem(base + ("numerics", "attn_implementation"), f"is {value!r}, but {why}: set it to eager")
     else:
         where = checker.located.where(("model", "attn_implementation"))
-        checker.problem(base, f"attn_implementation is {value!r} (model.attn_implementation, {where}), but {why}: "
-                        "set attn_implementation: eager under model: or in this entry's numerics:")
+        checker.problem(
+            base,
+            f"attn_implementation is {value!r} (model.attn_implementation, {where}), but {why}: "
+            "set attn_implementation: eager under model: or in this entry's numerics:",
+        )
 
 
 def _run_keys(spec: ExperimentSpec, per_target: bool) -> dict[tuple[str, Numerics], int]:
@@ -352,16 +424,28 @@ def _check_upstream(checker: Checker, entries: list[_Entry], by_id: dict[str, _E
             if count < min_runs:
                 kind = "run" if min_runs == 1 else "runs"
                 if match:
-                    shared = ", ".join(f"numerics {task[1].label()}" if f == "numerics" else
-                                       f"dtype {task[1].dtype}" if f == "dtype" else f"target {task[0]}" for f in match)
-                    text = (f"{spec.name} on {shared} needs at least {min_runs} {reads} {kind} of the same "
-                            f"{' and '.join(match)}; {given} {count or 'none'}: {_UPSTREAM_HINT['match']}")
+                    shared = ", ".join(
+                        f"numerics {task[1].label()}"
+                        if f == "numerics"
+                        else f"dtype {task[1].dtype}"
+                        if f == "dtype"
+                        else f"target {task[0]}"
+                        for f in match
+                    )
+                    text = (
+                        f"{spec.name} on {shared} needs at least {min_runs} {reads} {kind} of the same "
+                        f"{' and '.join(match)}; {given} {count or 'none'}: {_UPSTREAM_HINT['match']}"
+                    )
                 else:
-                    text = (f"{spec.name} needs at least {min_runs} {reads} {kind}; {given} {count}: "
-                            f"{_UPSTREAM_HINT['runs']}")
+                    text = (
+                        f"{spec.name} needs at least {min_runs} {reads} {kind}; {given} {count}: "
+                        f"{_UPSTREAM_HINT['runs']}"
+                    )
             else:
-                text = (f"{spec.name} needs {reads} runs with at least {min_numerics} different "
-                        f"{' / '.join(rule.distinct)}; {given} {distinct}: {_UPSTREAM_HINT['numerics']}")
+                text = (
+                    f"{spec.name} needs {reads} runs with at least {min_numerics} different "
+                    f"{' / '.join(rule.distinct)}; {given} {distinct}: {_UPSTREAM_HINT['numerics']}"
+                )
             checker.problem(("experiments", entry.index, "needs"), text)
             break
 
@@ -369,7 +453,7 @@ def _check_upstream(checker: Checker, entries: list[_Entry], by_id: dict[str, _E
 _UPSTREAM_HINT = {
     "match": "give both entries the same targets and numerics (or sweep them together)",
     "runs": "sweep the upstream entry over numerics (e.g. sweep: {dtype: [float32, bfloat16]}), give it "
-            "repeats >= 2 or more targets",
+    "repeats >= 2 or more targets",
     "numerics": "sweep the upstream entry over numerics (e.g. sweep: {dtype: [float32, bfloat16]})",
 }
 
@@ -389,7 +473,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
                 stack[-1] = (node, i + 1)
                 nxt = graph[node][i]
                 if state.get(nxt) == 1:
-                    return path[path.index(nxt):] + [nxt]
+                    return path[path.index(nxt) :] + [nxt]
                 if nxt not in state:
                     state[nxt] = 1
                     stack.append((nxt, 0))

@@ -70,8 +70,10 @@ def load_located(text: str, file: str) -> Located:
     except yaml.reader.ReaderError as err:  # a character YAML does not allow (NUL, other controls)
         line = text.count("\n", 0, err.position) + 1
         column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
-        raise YamlProblem(f"{file}:{line}:{column}: YAML: character {err.character!r} is not allowed in YAML "
-                          "text (control characters other than tab and newline)") from None
+        raise YamlProblem(
+            f"{file}:{line}:{column}: YAML: character {err.character!r} is not allowed in YAML "
+            "text (control characters other than tab and newline)"
+        ) from None
     except yaml.YAMLError as err:
         raise YamlProblem(f"{file}:1:1: YAML: {' '.join(str(err).split())}") from None
     except RecursionError:  # nesting deeper than the parser's recursion allows
@@ -101,8 +103,10 @@ class _Builder:
 
         self.visited += 1
         if depth > MAX_DEPTH:
-            raise YamlProblem(f"{self._where(node)}: the document nests more than {MAX_DEPTH} levels (a recursive "
-                              "alias?); write it flatter")
+            raise YamlProblem(
+                f"{self._where(node)}: the document nests more than {MAX_DEPTH} levels (a recursive "
+                "alias?); write it flatter"
+            )
         if self.visited > MAX_NODES:
             raise YamlProblem(
                 f"{self._where(node)}: the document expands to more than {MAX_NODES} nodes (alias bomb? or a list "
@@ -115,8 +119,10 @@ class _Builder:
             except yaml.constructor.ConstructorError as err:
                 raise YamlProblem(f"{self._where(node)}: {err.problem}") from None
             except Exception as err:  # e.g. `!!int abc`, `!!bool maybe`, `!!timestamp x`: a tag its value does not fit
-                raise YamlProblem(f"{self._where(node)}: the value {short(node.value)} does not fit its tag "
-                                  f"{node.tag!r} ({type(err).__name__})") from None
+                raise YamlProblem(
+                    f"{self._where(node)}: the value {short(node.value)} does not fit its tag "
+                    f"{node.tag!r} ({type(err).__name__})"
+                ) from None
         if isinstance(node, yaml.SequenceNode):
             self._check_tag(node, "tag:yaml.org,2002:seq")
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]

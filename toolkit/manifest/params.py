@@ -16,13 +16,14 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from toolkit.manifest.located import short
 
 Problem = Callable[[tuple[Any, ...], str], None]
-INT64 = 2 ** 63
+INT64 = 2**63
 MAX_PATH_CHARS = 4096
 
 
@@ -81,8 +82,11 @@ def coerce(tp: Any, value: Any) -> tuple[bool, Any]:
 
 def bad_path(value: str) -> bool:
     """A path no file system takes: a line break or NUL, too long, or a part over 255 bytes."""
-    return (len(value) > MAX_PATH_CHARS or any(c in value for c in "\n\r\0")
-            or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/")))
+    return (
+        len(value) > MAX_PATH_CHARS
+        or any(c in value for c in "\n\r\0")
+        or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in value.split("/"))
+    )
 
 
 def resolve_path(value: str, base_dir: Path) -> str:
@@ -95,8 +99,14 @@ def resolve_path(value: str, base_dir: Path) -> str:
         return value
 
 
-def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
-                 key_problem: Problem | None = None, base_dir: Path | None = None) -> Any | None:
+def build_params(
+    cls: type,
+    raw: Any,
+    path: tuple[Any, ...],
+    problem: Problem,
+    key_problem: Problem | None = None,
+    base_dir: Path | None = None,
+) -> Any | None:
     """Instantiate `cls` from the mapping `raw`, reporting every problem; None if any.
 
     `key_problem`, if given, reports unknown parameter names (located at the key, not the value).
@@ -120,8 +130,10 @@ def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
         ok, converted = coerce(hints[key], value)
         if not ok:
             huge = isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64
-            before(path + (key,), f"must be {_type_name(hints[key])}" + (" (a 64-bit integer)" if huge else "")
-                   + f", got {short(value)}")
+            before(
+                path + (key,),
+                f"must be {_type_name(hints[key])}" + (" (a 64-bit integer)" if huge else "") + f", got {short(value)}",
+            )
             continue
         kwargs[key] = converted
     for name, f in fields.items():
@@ -132,15 +144,18 @@ def build_params(cls: type, raw: Any, path: tuple[Any, ...], problem: Problem,
         return None
     for name in getattr(cls, "PATH_FIELDS", ()):
         if isinstance(kwargs.get(name), str) and bad_path(kwargs[name]):
-            before(path + (name,), f"must be a file path (one line, at most {MAX_PATH_CHARS} characters, each part "
-                   f"at most 255 bytes), got {short(kwargs[name])}")
+            before(
+                path + (name,),
+                f"must be a file path (one line, at most {MAX_PATH_CHARS} characters, each part "
+                f"at most 255 bytes), got {short(kwargs[name])}",
+            )
         elif base_dir is not None and isinstance(kwargs.get(name), str):
             kwargs[name] = resolve_path(kwargs[name], base_dir)
     if before.count:
         return None
     instance = cls(**kwargs)
     check = getattr(instance, "check", None)
-    for field_name, message in (check() if check else []):
+    for field_name, message in check() if check else []:
         before(path + (field_name,), message)
     return None if before.count else instance
 

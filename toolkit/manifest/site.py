@@ -73,8 +73,10 @@ def load_site(path: Path) -> tuple[SiteProfile | None, list[str]]:
         return None, [f"{located.where(())}: a site profile must be a mapping"]
     for key in data:
         if key not in SITE_KEYS:
-            problems.append(f"{located.where_key((key,))}: unknown key {key!r}; {_hint(key, SITE_KEYS)}"
-                            f"valid: {', '.join(SITE_KEYS)}")
+            problems.append(
+                f"{located.where_key((key,))}: unknown key {key!r}; {_hint(key, SITE_KEYS)}"
+                f"valid: {', '.join(SITE_KEYS)}"
+            )
     for key in ("name", "description"):
         if key in data and (not isinstance(data[key], str) or any(c in data[key] for c in "\n\r\0")):
             problems.append(f"{located.where((key,))}: {key} must be a single-line string")
@@ -87,8 +89,10 @@ def load_site(path: Path) -> tuple[SiteProfile | None, list[str]]:
     problems += _check_options(data.get("gather"), located, ("gather",), gpu=False, resources=True)
     for target, options in targets.items():
         if not isinstance(target, str) or not TARGET_RE.match(target):  # what a manifest's targets can name
-            problems.append(f"{located.where_key(('targets', target))}: target name {target!r} must match "
-                            "[a-z0-9][a-z0-9_-]{0,31} (lower case, as manifests name targets)")
+            problems.append(
+                f"{located.where_key(('targets', target))}: target name {target!r} must match "
+                "[a-z0-9][a-z0-9_-]{0,31} (lower case, as manifests name targets)"
+            )
         problems += _check_options(options, located, ("targets", target))
     if problems:
         return None, problems
@@ -109,8 +113,9 @@ def _hint(word: Any, choices: tuple[str, ...]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
-def _check_options(options: Any, located: Located, path: tuple[str, ...], gpu: bool = True,
-                   resources: bool = False) -> list[str]:
+def _check_options(
+    options: Any, located: Located, path: tuple[str, ...], gpu: bool = True, resources: bool = False
+) -> list[str]:
     """Problems of one section of sbatch options (`gpu`: gres/gpus allowed; `resources`: the
     gather job's time_min / cpus / mem_gb allowed)."""
     if options is None:
@@ -122,8 +127,10 @@ def _check_options(options: Any, located: Located, path: tuple[str, ...], gpu: b
     for key, value in options.items():
         where = located.where(path + (key,))
         if key not in allowed:
-            problems.append(f"{located.where_key(path + (key,))}: unknown sbatch option {key!r}; "
-                            f"{_hint(key, allowed)}valid: {', '.join(allowed)}")
+            problems.append(
+                f"{located.where_key(path + (key,))}: unknown sbatch option {key!r}; "
+                f"{_hint(key, allowed)}valid: {', '.join(allowed)}"
+            )
         elif key in GPU_KEYS and not gpu:
             problems.append(f"{where}: {path[0]} jobs get no GPU; remove {key} (GPUs are requested per target)")
         elif key in GATHER_RESOURCES:
@@ -132,8 +139,12 @@ def _check_options(options: Any, located: Located, path: tuple[str, ...], gpu: b
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 problems.append(f"{where}: extra must be a list of strings")
             else:
-                problems += [f"{where}: extra line {line!r} must be a long sbatch option like "
-                             "'--exclude=node13' or '--exclusive'" for line in value if not LONG_OPTION.match(line)]
+                problems += [
+                    f"{where}: extra line {line!r} must be a long sbatch option like "
+                    "'--exclude=node13' or '--exclusive'"
+                    for line in value
+                    if not LONG_OPTION.match(line)
+                ]
         elif key == "gpus":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{where}: gpus must be an integer >= 0")

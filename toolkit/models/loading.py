@@ -57,7 +57,7 @@ def prepare_packaged() -> Path:
         model.config.quantization_config = None
         if hasattr(model.config, "__dict__"):
             model.config.__dict__.pop("quantization_config", None)
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
@@ -98,7 +98,8 @@ def load(spec: ModelSpec, numerics: Numerics) -> tuple[Any, Any, Any]:
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch.float32, attn_implementation=numerics.attn_implementation, **kwargs)
+                folder, dtype=torch.float32, attn_implementation=numerics.attn_implementation, **kwargs
+            )
         except OSError as err:
             raise ModelError(f"cannot load model {spec.source!r} offline: {err}") from None
     model = model.to(device=device, dtype=dtype).eval()
@@ -119,10 +120,19 @@ def _tiny_random_llama(numerics: Numerics) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(str(prepare_packaged()))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, attn_implementation=numerics.attn_implementation,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(  # type: ignore[call-arg]
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attn_implementation=numerics.attn_implementation,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:

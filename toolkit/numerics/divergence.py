@@ -33,8 +33,9 @@ def row_divergence(a: Any, b: Any) -> dict[str, Any]:
     from toolkit.numerics.fpunits import ulp_distance
 
     if a.dtype != b.dtype or a.shape != b.shape:
-        raise ValueError(f"row_divergence needs equal dtypes and shapes, got {a.dtype}{tuple(a.shape)} "
-                         f"and {b.dtype}{tuple(b.shape)}")
+        raise ValueError(
+            f"row_divergence needs equal dtypes and shapes, got {a.dtype}{tuple(a.shape)} and {b.dtype}{tuple(b.shape)}"
+        )
     x, y = a.detach().double().cpu(), b.detach().double().cpu()
     diff = y - x
     l2 = torch.linalg.vector_norm(diff, dim=-1).numpy()
@@ -42,10 +43,14 @@ def row_divergence(a: Any, b: Any) -> dict[str, Any]:
     ulps = ulp_distance(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
     changed = (a != b).reshape(a.shape[0], -1).cpu().numpy()
     median = np.array([float(np.median(row[mask])) if mask.any() else 0.0 for row, mask in zip(ulps, changed)])
-    return {"l2": l2, "linf": diff.abs().amax(dim=-1).numpy(),
-            "rel_l2": np.divide(l2, norm, out=np.full_like(l2, np.nan), where=norm > 0),
-            "n_changed": changed.sum(axis=-1).astype(np.int64), "ulp_max": ulps.max(axis=-1).astype(np.int64),
-            "ulp_median": median}
+    return {
+        "l2": l2,
+        "linf": diff.abs().amax(dim=-1).numpy(),
+        "rel_l2": np.divide(l2, norm, out=np.full_like(l2, np.nan), where=norm > 0),
+        "n_changed": changed.sum(axis=-1).astype(np.int64),
+        "ulp_max": ulps.max(axis=-1).astype(np.int64),
+        "ulp_median": median,
+    }
 
 
 def change_scale(x: Any, direction: Any) -> tuple[float, float]:
@@ -59,8 +64,16 @@ def change_scale(x: Any, direction: Any) -> tuple[float, float]:
     return float(ratio.min()), float(ratio.median())
 
 
-def layer_sweep(model: Any, input_ids: Any, x: Any, directions: Any, eps: Any, mode: str,
-                tick: Callable[[], None] | None = None, keep_final: bool = False) -> dict[str, Any]:
+def layer_sweep(
+    model: Any,
+    input_ids: Any,
+    x: Any,
+    directions: Any,
+    eps: Any,
+    mode: str,
+    tick: Callable[[], None] | None = None,
+    keep_final: bool = False,
+) -> dict[str, Any]:
     """Divergence of every layer for x̃ = x + ε·d over directions [K, D] × eps [E].
 
     Returns numpy arrays: each of METRICS as [K, E, L+2] (row 0 = input, rows 1..L = decoder layer
@@ -75,8 +88,7 @@ def layer_sweep(model: Any, input_ids: Any, x: Any, directions: Any, eps: Any, m
 
     base = _stack(forward_states(model, input_ids, x))
     k, e, rows = directions.shape[0], len(eps), base.shape[0]
-    out: dict[str, Any] = {m: np.zeros((k, e, rows), dtype=np.float64) for m in ("l2", "linf", "rel_l2",
-                                                                                "ulp_median")}
+    out: dict[str, Any] = {m: np.zeros((k, e, rows), dtype=np.float64) for m in ("l2", "linf", "rel_l2", "ulp_median")}
     out.update({m: np.zeros((k, e, rows), dtype=np.int64) for m in ("n_changed", "ulp_max")})
     out["realised_norm"] = np.zeros((k, e))
     out["input_changed"] = np.zeros((k, e), dtype=np.int64)

@@ -2,8 +2,8 @@
 
 Everything here runs the model on `inputs_embeds` (never on token ids), so the embedding of one
 position — by default the last token, the one every upstream experiment perturbs — can be replaced
-by an arbitrary vector x̃ in the model's dtype (`toolkit.numerics.fpunits.with_row`).  All other rows are the model's own embeddings of
-the prompt, computed once and held fixed.
+by an arbitrary vector x̃ in the model's dtype (`toolkit.numerics.fpunits.with_row`).  All other
+rows are the model's own embeddings of the prompt, computed once and held fixed.
 
 Indexing of the per-layer states returned by `forward_states` (L = number of decoder layers):
 
@@ -96,11 +96,11 @@ def make_f(model: Any, input_ids: Any, position: int = -1) -> tuple[Callable[[An
 class EmbeddingStates:
     """Per-layer states at one position (see the module docstring for the indexing)."""
 
-    hidden: Any          # [L+1, D] model dtype: [0] input embedding, [1..L] decoder layer outputs
-    final_norm: Any      # [D] final-norm output (lm_head input) = f(x̃)
-    last_residual: Any   # [D] raw residual output of the last decoder layer (= hidden[L])
-    logits: Any          # [V] logits at the position, model dtype
-    position: int        # the non-negative position index
+    hidden: Any  # [L+1, D] model dtype: [0] input embedding, [1..L] decoder layer outputs
+    final_norm: Any  # [D] final-norm output (lm_head input) = f(x̃)
+    last_residual: Any  # [D] raw residual output of the last decoder layer (= hidden[L])
+    logits: Any  # [V] logits at the position, model dtype
+    position: int  # the non-negative position index
 
 
 def forward_states(model: Any, input_ids: Any, x: Any = None, position: int = -1) -> EmbeddingStates:
@@ -126,5 +126,6 @@ def forward_states(model: Any, input_ids: Any, x: Any = None, position: int = -1
         rows = [embeds[0, index]] + [captured[name][0, index] for name in layers]
         final = captured[norm][0, index]
     logits = out.logits[0, -1] if is_last else out.logits[0, index]
-    return EmbeddingStates(hidden=torch.stack(rows), final_norm=final, last_residual=rows[-1],
-                           logits=logits, position=index)
+    return EmbeddingStates(
+        hidden=torch.stack(rows), final_norm=final, last_residual=rows[-1], logits=logits, position=index
+    )

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import inspect
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.nn import Module
 
 
 @cache
-def cache_keyword(model_class: type) -> str:
+def cache_keyword(model_class: type[Module]) -> str:
     """The keyword `model_class.forward` takes its KV cache by (`cache` or `past_key_values`)."""
     params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def last_logits(model: Any, input_ids: Any = None, cache: Any = None, use_cache: bool = True,
-                inputs_embeds: Any = None) -> tuple[Any, Any]:
+def last_logits(
+    model: Any, input_ids: Any = None, cache: Any = None, use_cache: bool = True, inputs_embeds: Any = None
+) -> tuple[Any, Any]:
     """(logits of the last position [B, V] in the model's dtype, the updated cache or None).
 
     The model is fed `input_ids` or `inputs_embeds` (exactly one).  With `use_cache`, the input
@@ -27,7 +31,7 @@ def last_logits(model: Any, input_ids: Any = None, cache: Any = None, use_cache:
         raise ValueError("last_logits needs exactly one of input_ids and inputs_embeds")
     kwargs: dict[str, Any] = {"use_cache": use_cache, "logits_to_keep": 1}
     if use_cache and cache is not None:
-        kwargs[cache_keyword(type(model))] = cache
+        kwargs[cache_keyword(model.__class__)] = cache
     if input_ids is not None:
         out = model(input_ids=input_ids, **kwargs)
     else:

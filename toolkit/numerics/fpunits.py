@@ -61,11 +61,11 @@ _UNSIGNED: dict[int, type[np.unsignedinteger]] = {16: np.uint16, 32: np.uint32, 
 class FloatFormat:
     """One binary floating-point format: storage width, significand precision and exponent range."""
 
-    name: str        # "bfloat16", "float16", "float32" or "float64"
-    bits: int        # storage width
-    precision: int   # p: significand bits including the implicit leading bit
-    emin: int        # smallest normal = 2**emin
-    emax: int        # largest finite < 2**(emax+1)
+    name: str  # "bfloat16", "float16", "float32" or "float64"
+    bits: int  # storage width
+    precision: int  # p: significand bits including the implicit leading bit
+    emin: int  # smallest normal = 2**emin
+    emax: int  # largest finite < 2**(emax+1)
 
     @property
     def smallest_subnormal(self) -> float:
@@ -83,12 +83,15 @@ class FloatFormat:
         return _UNSIGNED[self.bits]
 
 
-FORMATS: dict[str, FloatFormat] = {f.name: f for f in (
-    FloatFormat("bfloat16", 16, 8, -126, 127),
-    FloatFormat("float16", 16, 11, -14, 15),
-    FloatFormat("float32", 32, 24, -126, 127),
-    FloatFormat("float64", 64, 53, -1022, 1023),
-)}
+FORMATS: dict[str, FloatFormat] = {
+    f.name: f
+    for f in (
+        FloatFormat("bfloat16", 16, 8, -126, 127),
+        FloatFormat("float16", 16, 11, -14, 15),
+        FloatFormat("float32", 32, 24, -126, 127),
+        FloatFormat("float64", 64, 53, -1022, 1023),
+    )
+}
 
 
 def float_format(dtype: DTypeLike) -> FloatFormat:
@@ -123,7 +126,7 @@ def spacing(values: Values, dtype: DTypeLike | None = None) -> npt.NDArray[np.fl
     """
     fmt = format_of(values) if dtype is None else float_format(dtype)
     mags = np.abs(_as_float64(values))
-    _, exponent = np.frexp(mags)            # mags = f·2**exponent, f in [0.5, 1): floor(log2) = exponent − 1
+    _, exponent = np.frexp(mags)  # mags = f·2**exponent, f in [0.5, 1): floor(log2) = exponent − 1
     binade = np.where(mags == 0, fmt.emin, np.maximum(exponent - 1, fmt.emin))
     out = np.ldexp(1.0, binade - (fmt.precision - 1))
     inside = np.isfinite(mags) & (binade <= fmt.emax)
@@ -214,8 +217,9 @@ def with_row(embeds: torch.Tensor, x: torch.Tensor, position: int = -1) -> torch
     index = length if position == length else normalise_position(position, length)
     rows = x.reshape(-1, 1, width).to(embeds.dtype)
     batch = rows.shape[0]
-    return torch.cat([embeds[:, :index].expand(batch, -1, -1), rows, embeds[:, index + 1:].expand(batch, -1, -1)],
-                     dim=1)
+    return torch.cat(
+        [embeds[:, :index].expand(batch, -1, -1), rows, embeds[:, index + 1 :].expand(batch, -1, -1)], dim=1
+    )
 
 
 def _is_tensor(values: object) -> bool:

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def finite_difference_gains(op: Any, base: Any, directions: Any, eps: Any, mode: str,
-                            tick: Callable[[], None] | None = None) -> dict[str, Any]:
+def finite_difference_gains(
+    op: Any, base: Any, directions: Any, eps: Any, mode: str, tick: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Gains along each of `directions` [N, D] at each ε of `eps` [E] for `op` (a
     `toolkit.numerics.jacobian.JacobianOperator`: op.x the point, op.f the function) with
     base = op.f(op.x) in float64.  Returns numpy `gain` [N,E] float64 (NaN: x̃ == x),

@@ -45,8 +45,9 @@ def ranked(logits: Any) -> tuple[Any, Any]:
     return torch.sort(logits.float(), dim=-1, descending=True, stable=True)
 
 
-def greedy_from_embeds(model: Any, embeds: Any, n_tokens: int, kv_cache: bool,
-                       stop_ids: frozenset[int] = frozenset()) -> Greedy:
+def greedy_from_embeds(
+    model: Any, embeds: Any, n_tokens: int, kv_cache: bool, stop_ids: frozenset[int] = frozenset()
+) -> Greedy:
     """Greedy continuation of `embeds` [1, T, D] (model dtype) for up to `n_tokens` steps."""
     import torch
 

@@ -32,16 +32,19 @@ from typing import Any
 
 ARITHMETIC = {
     "fp64_then_round": "x0, e1, e2, v1, v2 in float64: (x0 + e1*v1) + e2*v2 with float64 products and sums "
-                       "(left to right, no FMA), then ONE rounding to the model dtype (round to nearest even)",
+    "(left to right, no FMA), then ONE rounding to the model dtype (round to nearest even)",
     "dtype_sequential": "upstream exp7: e1, e2, v1, v2 rounded to the model dtype first, then "
-                        "fl(fl(x0 + fl(e1*v1)) + fl(e2*v2)) with separate elementwise ops in the model dtype",
+    "fl(fl(x0 + fl(e1*v1)) + fl(e2*v2)) with separate elementwise ops in the model dtype",
 }
-AXIS_FORMULA = "e_k = (e_min*(n-1-k) + e_max*k)/(n-1) in float64, k = 0..n-1 (endpoints exact; 0 exact " \
-               "at the centre of a symmetric range)"
+AXIS_FORMULA = (
+    "e_k = (e_min*(n-1-k) + e_max*k)/(n-1) in float64, k = 0..n-1 (endpoints exact; 0 exact "
+    "at the centre of a symmetric range)"
+)
 POINT_PATH = "full forward of [1,T,D] inputs_embeds, use_cache=False, logits_to_keep=1 (lm_head on the last row)"
 FAITHFUL_PATH = "decoder stack on [B,T,D] (full recompute, no cache), then lm_head on each point's row as [1,1,D]"
-FAST_PATH = "prefix K/V cache of rows 0..T-2 computed once; last row of B points as [B,1,D] against it; " \
-            "batched lm_head [B,1,D]"
+FAST_PATH = (
+    "prefix K/V cache of rows 0..T-2 computed once; last row of B points as [B,1,D] against it; batched lm_head [B,1,D]"
+)
 
 
 def axis(lo: float, hi: float, step: float) -> Any:
@@ -61,8 +64,10 @@ def axis(lo: float, hi: float, step: float) -> Any:
     ratio = (hi - lo) / step
     n = round(ratio) + 1
     if abs(ratio - (n - 1)) > 1e-6:
-        raise ValueError(f"step {step} does not divide the range [{lo}, {hi}] ({ratio:.6g} steps); "
-                         "choose a step that fits a whole number of times")
+        raise ValueError(
+            f"step {step} does not divide the range [{lo}, {hi}] ({ratio:.6g} steps); "
+            "choose a step that fits a whole number of times"
+        )
     return axis_n(lo, hi, n)
 
 
@@ -152,7 +157,7 @@ def faithful_logits(model: Any, prefix: Any, xs: Any) -> Any:
     head = model.get_output_embeddings()
     with torch.no_grad():
         hidden = base_model(model)(inputs_embeds=with_last_rows(prefix, xs), use_cache=False).last_hidden_state
-        return torch.cat([head(hidden[i:i + 1, -1:, :])[:, -1] for i in range(hidden.shape[0])], dim=0)
+        return torch.cat([head(hidden[i : i + 1, -1:, :])[:, -1] for i in range(hidden.shape[0])], dim=0)
 
 
 def gap_and_argmax(logits: Any, pair: tuple[int, int]) -> tuple[Any, Any]:
@@ -169,10 +174,10 @@ def gap_and_argmax(logits: Any, pair: tuple[int, int]) -> tuple[Any, Any]:
 class BatchCheck:
     """Outcome of comparing batched against one-at-a-time logits on a sample of inputs."""
 
-    requested: int     # batch size asked for
-    used: int          # batch size actually used (1 when the check failed)
-    equal: bool        # every sampled logits row bitwise equal
-    sample: int        # number of inputs compared
+    requested: int  # batch size asked for
+    used: int  # batch size actually used (1 when the check failed)
+    equal: bool  # every sampled logits row bitwise equal
+    sample: int  # number of inputs compared
     max_abs_diff: float
 
 
@@ -209,8 +214,13 @@ def pad_rows(xs: Any, size: int) -> Any:
     return torch.cat([xs, xs[-1:].expand(size - xs.shape[0], -1)], dim=0)
 
 
-def evaluate(fn: Callable[[Any], Any], xs: Any, batch_size: int, pair: tuple[int, int],
-             progress: Callable[[int], None] | None = None) -> tuple[Any, Any, Any]:
+def evaluate(
+    fn: Callable[[Any], Any],
+    xs: Any,
+    batch_size: int,
+    pair: tuple[int, int],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Any, Any, Any]:
     """(gap float64 [U], argmax int64 [U], logits of the pair [U, 2] float64) of every row of xs.
 
     `fn` maps a [batch_size, D] block to logits [batch_size, V]; the last block is padded.
@@ -220,11 +230,11 @@ def evaluate(fn: Callable[[Any], Any], xs: Any, batch_size: int, pair: tuple[int
     n = xs.shape[0]
     gaps, tops, pairs = np.empty(n), np.empty(n, dtype=np.int64), np.empty((n, 2))
     for start in range(0, n, batch_size):
-        block = xs[start:start + batch_size]
+        block = xs[start : start + batch_size]
         real = block.shape[0]
         logits = fn(pad_rows(block, batch_size))[:real]
-        gaps[start:start + real], tops[start:start + real] = gap_and_argmax(logits, pair)
-        pairs[start:start + real] = logits[:, list(pair)].double().cpu().numpy()
+        gaps[start : start + real], tops[start : start + real] = gap_and_argmax(logits, pair)
+        pairs[start : start + real] = logits[:, list(pair)].double().cpu().numpy()
         if progress is not None:
             progress(real)
     return gaps, tops, pairs
@@ -270,19 +280,29 @@ class PrefixCache:
 class GridResult:
     """Values per grid point (row-major over e1 then e2) and how they were computed."""
 
-    gap: Any              # [N] float64 logit[a] − logit[b] from native logits
-    argmax: Any           # [N] int64
-    logits_ab: Any        # [N, 2] float64 the two logits
-    distinct: Any         # [N] int64 index of the point's distinct rounded input
+    gap: Any  # [N] float64 logit[a] − logit[b] from native logits
+    argmax: Any  # [N] int64
+    logits_ab: Any  # [N, 2] float64 the two logits
+    distinct: Any  # [N] int64 index of the point's distinct rounded input
     n_distinct: int
     check: BatchCheck | None
     batch_size: int
     agreement: dict[str, Any] | None  # fast mode: sample indices, faithful and fast gaps, rates
 
 
-def run_grid(model: Any, prefix: Any, points: Any, pair: tuple[int, int], mode: str, batch_size: int,
-             check_sample: int = 8, dedup: bool = True, agreement_sample: int = 64, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> GridResult:
+def run_grid(
+    model: Any,
+    prefix: Any,
+    points: Any,
+    pair: tuple[int, int],
+    mode: str,
+    batch_size: int,
+    check_sample: int = 8,
+    dedup: bool = True,
+    agreement_sample: int = 64,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> GridResult:
     """Evaluate every point of a grid (see the module docstring for `mode` faithful | fast)."""
     import numpy as np
 
@@ -299,8 +319,11 @@ def run_grid(model: Any, prefix: Any, points: Any, pair: tuple[int, int], mode: 
     if mode == "faithful":
         check = batch_check(model, prefix, xs, batch_size, check_sample)
         used = check.used
-        fn = (lambda block: point_logits(model, prefix, block[0]).unsqueeze(0)) if used == 1 \
+        fn = (
+            (lambda block: point_logits(model, prefix, block[0]).unsqueeze(0))
+            if used == 1
             else (lambda block: faithful_logits(model, prefix, block))
+        )
     else:
         used = batch_size
         fn = PrefixCache(model, prefix, batch_size).logits
@@ -310,12 +333,28 @@ def run_grid(model: Any, prefix: Any, points: Any, pair: tuple[int, int], mode: 
         agreement = _agreement(model, prefix, xs, gap, pair, agreement_sample, seed, progress)
     if agreement is not None:  # sample indices refer to distinct inputs; report grid points too
         agreement["distinct_index"] = agreement.pop("index")
-    return GridResult(gap=gap[inverse], argmax=top[inverse], logits_ab=ab[inverse], distinct=inverse,
-                      n_distinct=int(xs.shape[0]), check=check, batch_size=used, agreement=agreement)
+    return GridResult(
+        gap=gap[inverse],
+        argmax=top[inverse],
+        logits_ab=ab[inverse],
+        distinct=inverse,
+        n_distinct=int(xs.shape[0]),
+        check=check,
+        batch_size=used,
+        agreement=agreement,
+    )
 
 
-def _agreement(model: Any, prefix: Any, xs: Any, fast_gap: Any, pair: tuple[int, int], sample: int, seed: int,
-               progress: Callable[[int], None] | None) -> dict[str, Any]:
+def _agreement(
+    model: Any,
+    prefix: Any,
+    xs: Any,
+    fast_gap: Any,
+    pair: tuple[int, int],
+    sample: int,
+    seed: int,
+    progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
     """Faithful (per-point) gaps on a seeded random sample of distinct inputs vs the fast gaps."""
     import numpy as np
 
@@ -329,7 +368,11 @@ def _agreement(model: Any, prefix: Any, xs: Any, fast_gap: Any, pair: tuple[int,
             progress(1)
     fast = fast_gap[index]
     same_sign = np.sign(faithful) == np.sign(fast)
-    return {"index": index.astype(np.int64), "faithful_gap": faithful, "fast_gap": fast,
-            "sign_agreement": float(same_sign.mean()) if count else float("nan"),
-            "max_abs_gap_diff": float(np.abs(faithful - fast).max()) if count else float("nan"),
-            "bitwise_equal": int((faithful == fast).sum())}
+    return {
+        "index": index.astype(np.int64),
+        "faithful_gap": faithful,
+        "fast_gap": fast,
+        "sign_agreement": float(same_sign.mean()) if count else float("nan"),
+        "max_abs_gap_diff": float(np.abs(faithful - fast).max()) if count else float("nan"),
+        "bitwise_equal": int((faithful == fast).sum()),
+    }

@@ -32,9 +32,11 @@ def capture(model: Any, names: list[str], last_position_only: bool = True) -> It
     captured: dict[str, Any] = {}
     handles = []
     for name in names:
+
         def hook(_module: Any, _inputs: Any, output: Any, name: str = name) -> None:
             value = output[0] if isinstance(output, tuple) else output
             captured[name] = (value[:, -1] if last_position_only else value).detach()
+
         handles.append(modules[name].register_forward_hook(hook))
     try:
         yield captured
@@ -65,10 +67,14 @@ def capture_calls(model: Any, names: list[str]) -> Iterator[dict[str, dict[str, 
     calls: dict[str, dict[str, Any]] = {}
     handles = []
     for name in names:
+
         def pre(_module: Any, args: Any, kwargs: Any, name: str = name) -> None:
-            calls[name] = {"args": tuple(detach(a) for a in args),
-                           "kwargs": {k: (tuple(detach(t) for t in v) if isinstance(v, tuple) else detach(v))
-                                      for k, v in kwargs.items()}}
+            calls[name] = {
+                "args": tuple(detach(a) for a in args),
+                "kwargs": {
+                    k: (tuple(detach(t) for t in v) if isinstance(v, tuple) else detach(v)) for k, v in kwargs.items()
+                },
+            }
 
         def post(_module: Any, _args: Any, _kwargs: Any, output: Any, name: str = name) -> None:
             value = output[0] if isinstance(output, tuple) else output

@@ -33,7 +33,8 @@ def require_eager(model: Any) -> str:
         raise ValueError(
             f"JVPs through the model need attn_implementation 'eager', but this model uses {name!r} "
             "(forward-mode AD is not implemented for fused SDPA kernels); set "
-            "`attn_implementation: eager` under `model:` (or in the experiment's `numerics:`)")
+            "`attn_implementation: eager` under `model:` (or in the experiment's `numerics:`)"
+        )
     return str(name)
 
 
@@ -66,7 +67,7 @@ class JacobianOperator:
         self.batched = batched
         self.jvp_mode = jvp_mode
         with torch.no_grad():  # torch.func ignores an outer no_grad for x, but no graph is kept for the weights
-            self.output, self._vjp_fn = torch.func.vjp(f, self.x)
+            self.output, self._vjp_fn = torch.func.vjp(f, self.x)  # type: ignore[misc]  # no aux: two values
         self.output = self.output.detach()
         self.in_dim = self.x.numel()
         self.out_dim = self.output.numel()
@@ -74,8 +75,9 @@ class JacobianOperator:
         self._transpose_vjp: Callable[[Any], Any] | None = None
 
     @classmethod
-    def for_model(cls, model: Any, input_ids: Any, position: int = -1, batched: bool = True,
-                  jvp_mode: str = "forward") -> JacobianOperator:
+    def for_model(
+        cls, model: Any, input_ids: Any, position: int = -1, batched: bool = True, jvp_mode: str = "forward"
+    ) -> JacobianOperator:
         """J of the final-norm hidden state at `position` w.r.t. that position's input embedding."""
         from toolkit.numerics.embedding_forward import make_f
 
@@ -93,7 +95,7 @@ class JacobianOperator:
 
         if self._transpose_vjp is None:
             anchor = torch.zeros_like(self.output)
-            _, self._transpose_vjp = torch.func.vjp(lambda u: self._vjp_fn(u)[0], anchor)
+            _, self._transpose_vjp = torch.func.vjp(lambda u: self._vjp_fn(u)[0], anchor)  # type: ignore[misc]
         return self._transpose_vjp
 
     def jvp(self, tangents: Any) -> Any:
@@ -139,18 +141,25 @@ class TopSingular:
     first such entry on ties), and the left vector follows.
     """
 
-    sigma: Any               # [k] float64, descending
-    right: Any               # [k, D] float64, orthonormal rows
-    left: Any                # [k, M] float64
-    residual: Any            # [k] float64
+    sigma: Any  # [k] float64, descending
+    right: Any  # [k, D] float64, orthonormal rows
+    left: Any  # [k, M] float64
+    residual: Any  # [k] float64
     residual_history: list[float] = field(default_factory=list)  # max Ritz residual per iteration
     iterations: int = 0
     block_size: int = 0
     products: dict[str, int] = field(default_factory=dict)
 
 
-def top_singular(op: JacobianOperator, k: int, iterations: int = 20, oversample: int = 2, seed: int = 0,
-                 tol: float | None = None, progress: Callable[[], None] | None = None) -> TopSingular:
+def top_singular(
+    op: JacobianOperator,
+    k: int,
+    iterations: int = 20,
+    oversample: int = 2,
+    seed: int = 0,
+    tol: float | None = None,
+    progress: Callable[[], None] | None = None,
+) -> TopSingular:
     """Top-k singular values/vectors of J by subspace iteration on JᵀJ with a block of k+oversample.
 
     Each iteration applies JᵀJ to the block (b JVPs + b VJPs), takes Ritz values of the projected
@@ -172,10 +181,10 @@ def top_singular(op: JacobianOperator, k: int, iterations: int = 20, oversample:
     history: list[float] = []
     done = 0
     for _ in range(iterations):
-        image = op.vjp(op.jvp(basis.T)).T                    # [D, b] = JᵀJ·V
+        image = op.vjp(op.jvp(basis.T)).T  # [D, b] = JᵀJ·V
         projected = basis.T @ image
         values, vectors = torch.linalg.eigh((projected + projected.T) / 2)
-        values, vectors = values.flip(0), vectors.flip(1)    # descending
+        values, vectors = values.flip(0), vectors.flip(1)  # descending
         ritz = image @ vectors - (basis @ vectors) * values
         scale = values[:k].abs().clamp_min(torch.finfo(torch.float64).tiny)
         history.append(float((torch.linalg.vector_norm(ritz[:, :k], dim=0) / scale).max()))
@@ -185,17 +194,26 @@ def top_singular(op: JacobianOperator, k: int, iterations: int = 20, oversample:
             progress()
         if tol is not None and history[-1] < tol:
             break
-    image = op.jvp(basis.T).T                                 # [M, b] = J·V
+    image = op.jvp(basis.T).T  # [M, b] = J·V
     left, sigma, vt = torch.linalg.svd(image, full_matrices=False)
-    right = (basis @ vt.T).T[:k]                              # [k, D]
+    right = (basis @ vt.T).T[:k]  # [k, D]
     left, sigma = left.T[:k], sigma[:k]
     signs = _sign_convention(right)
     right, left = right * signs[:, None], left * signs[:, None]
-    back = op.vjp(left)                                       # Jᵀ·u_i
+    back = op.vjp(left)  # Jᵀ·u_i
     residual = torch.linalg.vector_norm(back - sigma[:, None] * right, dim=1) / sigma.clamp_min(
-        torch.finfo(torch.float64).tiny)
-    return TopSingular(sigma=sigma, right=right, left=left, residual=residual, residual_history=history,
-                       iterations=done, block_size=block, products=dict(op.products))
+        torch.finfo(torch.float64).tiny
+    )
+    return TopSingular(
+        sigma=sigma,
+        right=right,
+        left=left,
+        residual=residual,
+        residual_history=history,
+        iterations=done,
+        block_size=block,
+        products=dict(op.products),
+    )
 
 
 def _sign_convention(rows: Any) -> Any:
@@ -226,5 +244,9 @@ def svd_reference(jacobian: Any, k: int) -> TopSingular:
     left, sigma, vt = torch.linalg.svd(jacobian.detach().double().cpu(), full_matrices=False)
     right, left, sigma = vt[:k], left.T[:k], sigma[:k]
     signs = _sign_convention(right)
-    return TopSingular(sigma=sigma, right=right * signs[:, None], left=left * signs[:, None],
-                       residual=torch.zeros(k, dtype=torch.float64))
+    return TopSingular(
+        sigma=sigma,
+        right=right * signs[:, None],
+        left=left * signs[:, None],
+        residual=torch.zeros(k, dtype=torch.float64),
+    )

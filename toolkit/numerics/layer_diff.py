@@ -28,10 +28,14 @@ def layer_metrics(a: Any, b: Any) -> dict[str, Any]:
     norm_x, norm_y = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)
     cosine = (x * y).sum(-1) / (norm_x * norm_y).clamp_min(torch.finfo(torch.float64).tiny)
     ulps = ulp_distance(a.detach().float().cpu().numpy(), b.detach().float().cpu().numpy())
-    return {"l2": diff.numpy(), "rel_l2": (diff / norm_x.clamp_min(torch.finfo(torch.float64).tiny)).numpy(),
-            "cosine": cosine.numpy(), "ulp_max": ulps.max(axis=-1).astype(np.int64),
-            "ulp_median": np.median(ulps, axis=-1).astype(np.float64),
-            "n_differ": (ulps != 0).sum(axis=-1).astype(np.int64)}
+    return {
+        "l2": diff.numpy(),
+        "rel_l2": (diff / norm_x.clamp_min(torch.finfo(torch.float64).tiny)).numpy(),
+        "cosine": cosine.numpy(),
+        "ulp_max": ulps.max(axis=-1).astype(np.int64),
+        "ulp_median": np.median(ulps, axis=-1).astype(np.float64),
+        "n_differ": (ulps != 0).sum(axis=-1).astype(np.int64),
+    }
 
 
 def separation_layer(rel_l2: Any, factor: float) -> int:

@@ -36,10 +36,11 @@ def layer_module_names(model: Any, relative: Sequence[str]) -> list[list[str]]:
     names = [[f"{layer}.{rel}" for rel in relative] for layer in layers]
     missing = [n for row in names for n in row if n not in known]
     if missing:
-        children = sorted({n[len(layers[0]) + 1:].split(".")[0] for n in known
-                           if n.startswith(layers[0] + ".")})
-        raise ValueError(f"no module named {missing[0]} ({len(missing)} missing); the children of "
-                         f"{layers[0]} are: {', '.join(children)}")
+        children = sorted({n[len(layers[0]) + 1 :].split(".")[0] for n in known if n.startswith(layers[0] + ".")})
+        raise ValueError(
+            f"no module named {missing[0]} ({len(missing)} missing); the children of "
+            f"{layers[0]} are: {', '.join(children)}"
+        )
     return names
 
 

@@ -35,14 +35,14 @@ MODES = ("model_dtype", "fp64_then_round")
 class Perturbation:
     """x̃ and the realised change; `delta` is float64 and exactly x̃ − x when `exact` is true."""
 
-    x_tilde: Any          # [D] model dtype
-    delta: Any            # [D] float64, x̃ − x
-    delta_norm: float     # ‖x̃ − x‖₂ (float64)
+    x_tilde: Any  # [D] model dtype
+    delta: Any  # [D] float64, x̃ − x
+    delta_norm: float  # ‖x̃ − x‖₂ (float64)
     intended_norm: float  # ‖eps·d‖₂ in float64
-    n_changed: int        # elements with x̃_i != x_i
-    ulp_max: int          # largest |x̃_i − x_i| in ULPs of the model dtype
-    ulp_mean: float       # mean over all D elements
-    exact: bool           # the float64 subtraction x̃ − x was exact for every element
+    n_changed: int  # elements with x̃_i != x_i
+    ulp_max: int  # largest |x̃_i − x_i| in ULPs of the model dtype
+    ulp_mean: float  # mean over all D elements
+    exact: bool  # the float64 subtraction x̃ − x was exact for every element
     eps: float
     mode: str
 
@@ -61,12 +61,18 @@ def perturb(x: Any, direction: Any, eps: float, mode: str = "fp64_then_round") -
         x_tilde = x + eps * direction.to(x.dtype)
     else:
         x_tilde = (x.double() + float(eps) * direction.double()).to(x.dtype)
-    return realised(x, x_tilde, eps=eps, mode=mode,
-                    intended_norm=abs(float(eps)) * float(torch.linalg.vector_norm(direction.double())))
+    return realised(
+        x,
+        x_tilde,
+        eps=eps,
+        mode=mode,
+        intended_norm=abs(float(eps)) * float(torch.linalg.vector_norm(direction.double())),
+    )
 
 
-def realised(x: Any, x_tilde: Any, eps: float = float("nan"), mode: str = "given",
-             intended_norm: float = float("nan")) -> Perturbation:
+def realised(
+    x: Any, x_tilde: Any, eps: float = float("nan"), mode: str = "given", intended_norm: float = float("nan")
+) -> Perturbation:
     """The realised change from x to x̃ (both in one dtype): δ, ‖δ‖, changed count, ULP stats."""
     import torch
 
@@ -80,8 +86,14 @@ def realised(x: Any, x_tilde: Any, eps: float = float("nan"), mode: str = "given
     exact = bool(torch.all((err == 0) | ~torch.isfinite(delta)))
     ulps = ulp_distance(x, x_tilde)
     return Perturbation(
-        x_tilde=x_tilde, delta=delta, delta_norm=float(torch.linalg.vector_norm(delta)),
-        intended_norm=intended_norm, n_changed=int((x_tilde != x).sum()),
-        ulp_max=int(ulps.max()) if ulps.size else 0, ulp_mean=float(ulps.mean()) if ulps.size else 0.0,
-        exact=exact, eps=float(eps), mode=mode)
-
+        x_tilde=x_tilde,
+        delta=delta,
+        delta_norm=float(torch.linalg.vector_norm(delta)),
+        intended_norm=intended_norm,
+        n_changed=int((x_tilde != x).sum()),
+        ulp_max=int(ulps.max()) if ulps.size else 0,
+        ulp_mean=float(ulps.mean()) if ulps.size else 0.0,
+        exact=exact,
+        eps=float(eps),
+        mode=mode,
+    )

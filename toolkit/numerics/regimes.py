@@ -47,13 +47,16 @@ def classify(input_changed: Any, output_changed: Any, deviation: Any, tol: float
     outputs = np.asarray(output_changed, dtype=bool) & inputs
     dev = np.asarray(deviation, dtype=np.float64)
     codes = np.full(dev.shape, 4, dtype=np.int8)
-    flat_codes, flat_dev, flat_out = codes.reshape(-1, dev.shape[-1]), dev.reshape(-1, dev.shape[-1]), \
-        outputs.reshape(-1, dev.shape[-1])
+    flat_codes, flat_dev, flat_out = (
+        codes.reshape(-1, dev.shape[-1]),
+        dev.reshape(-1, dev.shape[-1]),
+        outputs.reshape(-1, dev.shape[-1]),
+    )
     for row, values, live in zip(flat_codes, flat_dev, flat_out):
         usable = live & np.isfinite(values)
         if usable.any():
             best = int(np.nonzero(usable)[0][np.argmin(values[usable])])
-            row[best + 1:] = np.where(values[best + 1:] > tol, 3, row[best + 1:])
+            row[best + 1 :] = np.where(values[best + 1 :] > tol, 3, row[best + 1 :])
         row[values <= tol] = 2
     codes[~outputs] = 1
     codes[~inputs] = 0

@@ -77,12 +77,14 @@ def model_arithmetic(ctx: Session, use_true_fp64: bool, attention: str | None = 
     from toolkit.numerics.true_fp64 import true_fp64
 
     manager: contextlib.AbstractContextManager[list[str]] = (
-        true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([]))
+        true_fp64(ctx.model) if use_true_fp64 else contextlib.nullcontext([])
+    )
     with manager as patches:
         ctx.out.attrs["true_fp64_patches"] = json.dumps(patches)
         if attention is not None:
-            ctx.out.attrs["attention_during_run"] = (ctx.model.config._attn_implementation if use_true_fp64
-                                                     else attention)
+            ctx.out.attrs["attention_during_run"] = (
+                ctx.model.config._attn_implementation if use_true_fp64 else attention
+            )
         yield patches
 
 
@@ -96,6 +98,5 @@ def prompt_singular(ctx: Session, prompt: str, p: Any, tick: Callable[[], None])
     op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=p.jvp_mode)
     if p.top_k > op.in_dim:
         raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {op.in_dim}")
-    triplets = top_singular(op, p.top_k, iterations=p.iterations, oversample=p.oversample, seed=p.seed,
-                            progress=tick)
+    triplets = top_singular(op, p.top_k, iterations=p.iterations, oversample=p.oversample, seed=p.seed, progress=tick)
     return ids, op, triplets

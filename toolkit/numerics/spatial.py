@@ -32,8 +32,10 @@ import numpy as np
 
 def _pairs(values: Any) -> tuple[Any, Any]:
     """(sum over vertical-axis pairs, sum over horizontal-axis pairs) of products, last two axes."""
-    return ((values[..., 1:, :] * values[..., :-1, :]).sum(axis=(-2, -1)),
-            (values[..., :, 1:] * values[..., :, :-1]).sum(axis=(-2, -1)))
+    return (
+        (values[..., 1:, :] * values[..., :-1, :]).sum(axis=(-2, -1)),
+        (values[..., :, 1:] * values[..., :, :-1]).sum(axis=(-2, -1)),
+    )
 
 
 def n_pairs(shape: tuple[int, int]) -> int:
@@ -49,10 +51,15 @@ def flips(classes: Any) -> dict[str, float]:
     along_e2 = int(np.abs(np.diff(b, axis=1)).sum())
     pairs = n_pairs(b.shape)
     p = float(b.mean())
-    return {"flips_along_e1": along_e1, "flips_along_e2": along_e2,
-            "flip_ratio": (along_e1 + along_e2) / pairs if pairs else float("nan"),
-            "crossing_density": (along_e1 + along_e2) / (b.shape[0] + b.shape[1]),
-            "fraction_class1": p, "minority_fraction": min(p, 1 - p), "iid_flip_ratio": 2 * p * (1 - p)}
+    return {
+        "flips_along_e1": along_e1,
+        "flips_along_e2": along_e2,
+        "flip_ratio": (along_e1 + along_e2) / pairs if pairs else float("nan"),
+        "crossing_density": (along_e1 + along_e2) / (b.shape[0] + b.shape[1]),
+        "fraction_class1": p,
+        "minority_fraction": min(p, 1 - p),
+        "iid_flip_ratio": 2 * p * (1 - p),
+    }
 
 
 def morans_i(classes: Any) -> float:
@@ -148,8 +155,13 @@ def permutation_test(classes: Any, n_perm: int = 999, seed: int = 0, chunk: int 
     b = np.asarray(classes, dtype=np.float64)
     observed = morans_i(b)
     if np.isnan(observed) or n_perm < 1:
-        return {"observed": observed, "null": np.zeros(0), "p_two_sided": float("nan"),
-                "p_greater": float("nan"), "z_score": float("nan")}
+        return {
+            "observed": observed,
+            "null": np.zeros(0),
+            "p_two_sided": float("nan"),
+            "p_greater": float("nan"),
+            "z_score": float("nan"),
+        }
     rng = np.random.default_rng(seed)
     z = (b - b.mean()).ravel()
     scale = z.size / (2 * n_pairs(b.shape)) * 2 / float((z * z).sum())
@@ -158,10 +170,14 @@ def permutation_test(classes: Any, n_perm: int = 999, seed: int = 0, chunk: int 
         count = min(chunk, n_perm - start)
         shuffled = rng.permuted(np.broadcast_to(z, (count, z.size)), axis=1).reshape(count, *b.shape)
         vertical, horizontal = _pairs(shuffled)
-        null[start:start + count] = scale * (vertical + horizontal)
+        null[start : start + count] = scale * (vertical + horizontal)
     centre = float(null.mean())
     extreme = int((np.abs(null - centre) >= abs(observed - centre)).sum())
     spread = float(null.std())
-    return {"observed": observed, "null": null, "p_two_sided": (1 + extreme) / (n_perm + 1),
-            "p_greater": (1 + int((null >= observed).sum())) / (n_perm + 1),
-            "z_score": (observed - centre) / spread if spread > 0 else float("nan")}
+    return {
+        "observed": observed,
+        "null": null,
+        "p_two_sided": (1 + extreme) / (n_perm + 1),
+        "p_greater": (1 + int((null >= observed).sum())) / (n_perm + 1),
+        "z_score": (observed - centre) / spread if spread > 0 else float("nan"),
+    }

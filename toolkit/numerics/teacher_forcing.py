@@ -76,8 +76,9 @@ def forward_window(model: Any, ids: Any, norm_name: str) -> tuple[Any, Any]:
     return out.logits[0], captured[norm_name][0]
 
 
-def score_words(logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tuple[int, int]],
-                offset: int, top_k: int) -> dict[str, Any]:
+def score_words(
+    logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tuple[int, int]], offset: int, top_k: int
+) -> dict[str, Any]:
     """Per-word scores from one window's outputs; `offset` is the window start s in the text.
 
     `ids` [T_all] are the text's token ids; `spans` the words' [j, e) token spans (absolute).
@@ -92,7 +93,7 @@ def score_words(logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tu
     true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=logits.device)
     rows = logits[firsts]
     true_logit = rows.gather(1, true[:, None])[:, 0]
-    order = ranked(rows)[1][:, :max(top_k, 2)]
+    order = ranked(rows)[1][:, : max(top_k, 2)]
     top2 = rows.gather(1, order[:, :2]).double()
     logp_first = _log_softmax_rows(rows)
     h = hidden[firsts].double()
@@ -122,5 +123,5 @@ def _log_softmax_rows(rows: Any) -> Any:
     """float64 log-softmax of native-dtype logit rows, ROW_CHUNK rows at a time."""
     import torch
 
-    parts = [torch.log_softmax(rows[i:i + ROW_CHUNK].double(), dim=1) for i in range(0, rows.shape[0], ROW_CHUNK)]
+    parts = [torch.log_softmax(rows[i : i + ROW_CHUNK].double(), dim=1) for i in range(0, rows.shape[0], ROW_CHUNK)]
     return torch.cat(parts) if parts else torch.zeros((0, rows.shape[1]), dtype=torch.float64)

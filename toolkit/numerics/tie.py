@@ -59,11 +59,11 @@ class TieCertificate:
     """
 
     pair: tuple[int, int]
-    logits_ab: tuple[float, float]   # native values converted exactly to float64
-    gap: float                       # logits_ab[0] − logits_ab[1], float64
-    gap_ulps: float                  # gap / ulp(max |logit|) in the model dtype
-    argmax: int                      # torch.argmax of the native logits row
-    pair_is_top2: bool               # {a, b} == the two largest logits (argmax semantics)
+    logits_ab: tuple[float, float]  # native values converted exactly to float64
+    gap: float  # logits_ab[0] − logits_ab[1], float64
+    gap_ulps: float  # gap / ulp(max |logit|) in the model dtype
+    argmax: int  # torch.argmax of the native logits row
+    pair_is_top2: bool  # {a, b} == the two largest logits (argmax semantics)
     dtype: str
 
 
@@ -75,6 +75,12 @@ def certify(logits: Any, a: int, b: int) -> TieCertificate:
     la, lb = float(logits[first].double()), float(logits[second].double())
     spacing = ulp(max(abs(la), abs(lb)), logits.dtype)
     diff = la - lb
-    return TieCertificate(pair=(first, second), logits_ab=(la, lb), gap=diff, gap_ulps=diff / spacing,
-                          argmax=int(torch.argmax(logits)), pair_is_top2=set(top_two(logits)) == {a, b},
-                          dtype=str(logits.dtype).replace("torch.", ""))
+    return TieCertificate(
+        pair=(first, second),
+        logits_ab=(la, lb),
+        gap=diff,
+        gap_ulps=diff / spacing,
+        argmax=int(torch.argmax(logits)),
+        pair_is_top2=set(top_two(logits)) == {a, b},
+        dtype=str(logits.dtype).replace("torch.", ""),
+    )

@@ -37,9 +37,11 @@ from typing import Any
 
 METHODS = ("direct", "geometric")
 OPTIMIZERS = ("newton", "adam")
-ARITHMETIC = ("float64 master copy of x; rounded once per iteration to the model dtype with .to(dtype) "
-              "(round to nearest even); forward and autograd gradient in the model dtype; updates in float64; "
-              "lattice polish moves one coordinate to its adjacent model-dtype value (torch.nextafter)")
+ARITHMETIC = (
+    "float64 master copy of x; rounded once per iteration to the model dtype with .to(dtype) "
+    "(round to nearest even); forward and autograd gradient in the model dtype; updates in float64; "
+    "lattice polish moves one coordinate to its adjacent model-dtype value (torch.nextafter)"
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,13 @@ class TieObjective:
         if method == "geometric" and getattr(head, "bias", None) is not None:
             raise ValueError("the geometric tie needs an lm_head without bias (logit = h·W[i]); this one has a bias")
         self.model, self.embeds, self.method = model, embeds, method
-        self.w = (head.weight[pair0[0]].detach().double() - head.weight[pair0[1]].detach().double())
+        self.w = head.weight[pair0[0]].detach().double() - head.weight[pair0[1]].detach().double()
         self.dtype = embeds.dtype
         self._torch = torch
 
-    def evaluate(self, x: Any, grad: bool, pair: tuple[int, int] | None = None,
-                 objective: str | None = None) -> tuple[Any, float, Any, tuple[int, int]]:
+    def evaluate(
+        self, x: Any, grad: bool, pair: tuple[int, int] | None = None, objective: str | None = None
+    ) -> tuple[Any, float, Any, tuple[int, int]]:
         """(native logits row [V], g as float, ∇g float64 [D] or None, the pair (p, q) used).
 
         `pair` None selects the current top-2; `objective` overrides the method ("direct" =
@@ -99,8 +102,12 @@ class TieObjective:
         kind = objective or self.method
         leaf = x.detach().clone().requires_grad_(grad)
         with torch.set_grad_enabled(grad):
-            out = self.model(inputs_embeds=with_row(self.embeds, leaf, -1), use_cache=False, logits_to_keep=1,
-                             output_hidden_states=kind == "geometric")
+            out = self.model(
+                inputs_embeds=with_row(self.embeds, leaf, -1),
+                use_cache=False,
+                logits_to_keep=1,
+                output_hidden_states=kind == "geometric",
+            )
             logits = out.logits[0, -1]
             used = pair if pair is not None else top_two(logits)
             if kind == "direct":
@@ -111,20 +118,30 @@ class TieObjective:
         return logits.detach(), float(value.detach()), gradient, used
 
 
-def search_tie(objective: TieObjective, x_init: Any, settings: SearchSettings, pair0: tuple[int, int],
-               tick: Callable[[], None] = lambda: None) -> SearchResult:
+def search_tie(
+    objective: TieObjective,
+    x_init: Any,
+    settings: SearchSettings,
+    pair0: tuple[int, int],
+    tick: Callable[[], None] = lambda: None,
+) -> SearchResult:
     """Gradient phase then lattice polish; returns the best iterate and the full trace."""
     import torch
 
-    trace: dict[str, list[Any]] = {k: [] for k in ("gap", "gap_ulps", "objective", "step", "phase", "pair",
-                                                   "pair_is_top2")}
+    trace: dict[str, list[Any]] = {
+        k: [] for k in ("gap", "gap_ulps", "objective", "step", "phase", "pair", "pair_is_top2")
+    }
     master = x_init.detach().double().clone()
     adam = None
     if settings.optimizer == "adam":
         master.requires_grad_(True)
         adam = torch.optim.Adam([master], lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
-    best: dict[str, Any] = {"abs": float("inf"), "x": x_init.detach().clone(), "i": -1,
-                            "pair": pair0 if settings.method == "geometric" else None}
+    best: dict[str, Any] = {
+        "abs": float("inf"),
+        "x": x_init.detach().clone(),
+        "i": -1,
+        "pair": pair0 if settings.method == "geometric" else None,
+    }
     stale, done = 0, 0
     for i in range(settings.iterations):
         x = master.detach().to(x_init.dtype)
@@ -142,8 +159,9 @@ def search_tie(objective: TieObjective, x_init: Any, settings: SearchSettings, p
         trace["step"].append(_step(master, value, grad, settings, adam))
     if best["pair"] is None:  # the direct pair is always the top-2; geometric may never be
         best["pair"] = pair0
-    result = SearchResult(x_best=best["x"], pair=tuple(best["pair"]), best_iteration=best["i"],
-                          iterations_done=done, trace=trace)
+    result = SearchResult(
+        x_best=best["x"], pair=tuple(best["pair"]), best_iteration=best["i"], iterations_done=done, trace=trace
+    )
     if settings.polish_steps > 0 and best["i"] >= 0 and abs(trace["gap_ulps"][best["i"]]) > settings.tol_ulps:
         _polish(objective, result, settings, tick)
     return result
@@ -189,8 +207,7 @@ def _step(master: Any, value: float, grad: Any, settings: SearchSettings, adam: 
     return size
 
 
-def _polish(objective: TieObjective, result: SearchResult, settings: SearchSettings,
-            tick: Callable[[], None]) -> None:
+def _polish(objective: TieObjective, result: SearchResult, settings: SearchSettings, tick: Callable[[], None]) -> None:
     """Greedy one-coordinate lattice moves on the lm_head gap of the best pair (module docstring)."""
     import torch
 
@@ -198,8 +215,8 @@ def _polish(objective: TieObjective, result: SearchResult, settings: SearchSetti
     pair = result.pair
     _, gap_now, grad, _ = objective.evaluate(x, True, pair, objective="direct")
     inf = torch.full_like(x, float("inf"))
-    moves = torch.stack([torch.nextafter(x, inf), torch.nextafter(x, -inf)])          # [2, D]
-    predicted_change = (moves.double() - x.double()) * grad                          # [2, D]
+    moves = torch.stack([torch.nextafter(x, inf), torch.nextafter(x, -inf)])  # [2, D]
+    predicted_change = (moves.double() - x.double()) * grad  # [2, D]
     tried = torch.zeros_like(predicted_change, dtype=torch.bool)
     for _ in range(settings.polish_steps):
         if abs(gap_now) == 0.0:

@@ -48,8 +48,16 @@ def _rotary_forward_factory(inv_freq: Any, scaling: float) -> Any:
     return forward
 
 
-def eager_attention_fp64(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float,
-                         dropout: float = 0.0, **kwargs: Any) -> tuple[Any, Any]:
+def eager_attention_fp64(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
     """transformers' Llama eager attention with the softmax kept in the input dtype."""
     import torch
 
@@ -87,8 +95,10 @@ def _rope_inv_freq(name: str, module: Any) -> tuple[Any, str]:
 
     rope_type = getattr(module, "rope_type", "default")
     if rope_type in ("dynamic", "longrope"):
-        raise ValueError(f"true_fp64: {name} uses rope_type {rope_type!r}, which updates inv_freq while running; "
-                         "only static RoPE types are supported")
+        raise ValueError(
+            f"true_fp64: {name} uses rope_type {rope_type!r}, which updates inv_freq while running; "
+            "only static RoPE types are supported"
+        )
     stored = module.inv_freq.detach().to(torch.float64)
     if rope_type != "default":
         return stored, f"inv_freq kept as stored (rope_type {rope_type!r}, computed in float32 at construction)"
@@ -112,8 +122,9 @@ def true_fp64(model: Any, check: bool = True) -> Iterator[list[str]]:
 
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if dtypes != {torch.float64}:
-        raise ValueError("true_fp64 needs a float64 model (dtype: float64), "
-                         f"got parameters in {sorted(map(str, dtypes))}")
+        raise ValueError(
+            f"true_fp64 needs a float64 model (dtype: float64), got parameters in {sorted(map(str, dtypes))}"
+        )
     patched: list[str] = []
     undo: list[tuple[Any, bool, Any]] = []  # (module, had an instance forward, previous)
     generator = torch.Generator().manual_seed(0)
@@ -130,8 +141,9 @@ def true_fp64(model: Any, check: bool = True) -> Iterator[list[str]]:
             cls = type(module).__name__
             if "RMSNorm" in cls:
                 if not hasattr(module, "variance_epsilon") or not hasattr(module, "weight"):
-                    raise ValueError(f"true_fp64: {name} ({cls}) is not a Llama-style RMSNorm "
-                                     "(weight, variance_epsilon)")
+                    raise ValueError(
+                        f"true_fp64: {name} ({cls}) is not a Llama-style RMSNorm (weight, variance_epsilon)"
+                    )
                 probe = torch.randn(3, module.weight.shape[-1], generator=generator, dtype=torch.float64).to(device)
                 with torch.no_grad():
                     before = module(probe)

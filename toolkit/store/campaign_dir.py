@@ -281,16 +281,20 @@ class CampaignDir:
         from toolkit.store.lock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.submit_lock_path,
-                        "another toolkit submit of this campaign is running ({holder}); follow it with toolkit "
-                        f"status {self.root}, and rerun toolkit submit once it has ended if tasks are missing")
+        return FileLock(
+            self.submit_lock_path,
+            "another toolkit submit of this campaign is running ({holder}); follow it with toolkit "
+            f"status {self.root}, and rerun toolkit submit once it has ended if tasks are missing",
+        )
 
     def gather_lock(self) -> FileLock:
         """Held by the gather: a second gather is refused (LockBusy, exit 1) while the first is alive."""
         from toolkit.store.lock import FileLock
 
-        return FileLock(self.gather_lock_path,
-                        "another gather holds {path} ({holder}); wait for it to end, then rerun toolkit gather")
+        return FileLock(
+            self.gather_lock_path,
+            "another gather holds {path} ({holder}); wait for it to end, then rerun toolkit gather",
+        )
 
     def open_store(self) -> Store:
         """store.h5, read-only (StoreError if there is none yet or it is not this toolkit's)."""

@@ -48,17 +48,25 @@ class GatherReport:
 
     def summary(self) -> str:
         """One line: counts, and every refused shard by task id."""
-        bad = f"; refused {len(self.bad_shards)} shard(s): {', '.join(sorted(self.bad_shards))} (toolkit status " \
-              "says why; toolkit submit reruns them)" if self.bad_shards else ""
-        return (f"gathered {len(self.added)} new and {len(self.replaced)} rerun task(s), "
-                f"{self.unchanged} already in {self.store}{bad}")
+        bad = (
+            f"; refused {len(self.bad_shards)} shard(s): {', '.join(sorted(self.bad_shards))} (toolkit status "
+            "says why; toolkit submit reruns them)"
+            if self.bad_shards
+            else ""
+        )
+        return (
+            f"gathered {len(self.added)} new and {len(self.replaced)} rerun task(s), "
+            f"{self.unchanged} already in {self.store}{bad}"
+        )
 
     def raise_refused(self) -> None:
         """Raise ShardCorrupt (exit 1) naming every refused shard's task and why, if any."""
         if self.bad_shards:
             reasons = "; ".join(f"task {t}: {why}" for t, why in sorted(self.bad_shards.items()))
-            raise ShardCorrupt(f"refused {len(self.bad_shards)} shard(s), the other tasks are in {self.store} — "
-                               f"{reasons}; rerun toolkit submit to rerun just those")
+            raise ShardCorrupt(
+                f"refused {len(self.bad_shards)} shard(s), the other tasks are in {self.store} — "
+                f"{reasons}; rerun toolkit submit to rerun just those"
+            )
 
 
 def gather(campaign_dir: Path, manifest_text: str | None = None, rebuild: bool = False) -> GatherReport:
@@ -97,15 +105,22 @@ def _gather_locked(folder: CampaignDir, manifest_text: str | None, rebuild: bool
     return report
 
 
-def _write_store(folder: CampaignDir, store: Path, shards: dict[str, Path], copy: bool,
-                 manifest_text: str | None, report: GatherReport) -> None:
+def _write_store(
+    folder: CampaignDir,
+    store: Path,
+    shards: dict[str, Path],
+    copy: bool,
+    manifest_text: str | None,
+    report: GatherReport,
+) -> None:
     """Copy the store (if `copy`), add the verified shards and rename over store.h5."""
     import h5py
 
     campaign_dir = folder.root
     tmp = temp_name(store)
-    _check_space(campaign_dir, tmp, (store.stat().st_size if copy else 0) + sum(p.stat().st_size
-                                                                                for p in shards.values()))
+    _check_space(
+        campaign_dir, tmp, (store.stat().st_size if copy else 0) + sum(p.stat().st_size for p in shards.values())
+    )
     try:
         if copy:
             shutil.copyfile(store, tmp)
@@ -145,9 +160,11 @@ def _check_space(campaign_dir: Path, tmp: Path, size: int) -> None:
 
 
 def _space_message(tmp: Path, need: int, free: int) -> str:
-    return (f"{tmp}: no space to write the new store: it needs {need} bytes ({_kib(need)}), {free} bytes "
-            f"({_kib(free)}) are free; store.h5 and the shards are unchanged — free space there or move the "
-            "campaign folder, then rerun toolkit gather")
+    return (
+        f"{tmp}: no space to write the new store: it needs {need} bytes ({_kib(need)}), {free} bytes "
+        f"({_kib(free)}) are free; store.h5 and the shards are unchanged — free space there or move the "
+        "campaign folder, then rerun toolkit gather"
+    )
 
 
 def _kib(size: int) -> str:
@@ -201,8 +218,11 @@ def _quarantine(folder: CampaignDir, task_id: str, problem: str) -> None:
     aside = folder.corrupt_path(task_id)
     os.replace(folder.shard_path(task_id), aside)
     fsync_path(aside.parent)
-    record_failure(folder.root, task_id, ShardCorrupt(f"needs a rerun: {problem}; gather refused it and kept it "
-                                                       f"as {aside}; rerun toolkit submit"))
+    record_failure(
+        folder.root,
+        task_id,
+        ShardCorrupt(f"needs a rerun: {problem}; gather refused it and kept it as {aside}; rerun toolkit submit"),
+    )
 
 
 def _root_attrs(out: Any, folder: CampaignDir, manifest_text: str | None) -> None:
@@ -237,6 +257,8 @@ def _merge_shard(tasks: Any, task_id: str, path: Path, report: GatherReport) -> 
             shard.copy(shard[name], group, name=name)
         expected = json.loads(shard.attrs["checksums"])
     if dataset_checksums(group) != expected:
-        raise StoreError(f"verification failed for task {task_id}: the copy in the store differs from "
-                         f"{path}; the store was left unchanged — check the disk and rerun toolkit gather")
+        raise StoreError(
+            f"verification failed for task {task_id}: the copy in the store differs from "
+            f"{path}; the store was left unchanged — check the disk and rerun toolkit gather"
+        )
     (report.replaced if existing is not None else report.added).append(task_id)

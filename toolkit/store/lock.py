@@ -91,8 +91,13 @@ class FileLock:
     def _try_take(self) -> bool:
         from toolkit.store.schema import utc_now
 
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
-              "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "utc": utc_now()}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start": process_start(os.getpid()),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "utc": utc_now(),
+        }
         tmp = temp_name(self.path)
         try:
             tmp.write_text(json.dumps(me))
@@ -102,8 +107,10 @@ class FileLock:
         except FileExistsError:
             return False
         except OSError as err:
-            raise StoreError(f"{self.path}: cannot write the lock ({err.strerror}); free space on that "
-                             "filesystem or fix its permissions, then rerun the command") from None
+            raise StoreError(
+                f"{self.path}: cannot write the lock ({err.strerror}); free space on that "
+                "filesystem or fix its permissions, then rerun the command"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -181,13 +188,27 @@ def _inode(path: Path) -> int | None:
 def slurm_job_finished(job_id: str) -> bool | None:
     """Whether Slurm says this job is no longer pending or running; None if it cannot tell."""
     try:
-        proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                              timeout=30, check=False)
+        proc = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if proc.returncode != 0:
         return True if "Invalid job id" in proc.stderr else None
     states = proc.stdout.split()
-    return not states or all(s in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                                   "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"} for s in states)
-
+    return not states or all(
+        s
+        in {
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "PREEMPTED",
+            "REVOKED",
+        }
+        for s in states
+    )

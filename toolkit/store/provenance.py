@@ -13,8 +13,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME",
-              "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME", "CUDA_VISIBLE_DEVICES")
+SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURMD_NODENAME",
+    "SLURM_JOB_PARTITION",
+    "SLURM_RESTART_COUNT",
+    "SLURM_CLUSTER_NAME",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def collect(device: Any = None, flags: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,14 +60,24 @@ def _device(device: Any) -> dict[str, Any]:
         return {"device": None}
     import torch
 
-    info: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads(),
-                            "cuda_runtime": torch.version.cuda}
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_runtime": torch.version.cuda,
+    }
     if getattr(device, "type", str(device)) == "cuda":
         index = device.index or 0
         props = torch.cuda.get_device_properties(index)
-        info.update({"device_name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                     "sm_count": props.multi_processor_count, "memory_gb": round(props.total_memory / 2**30, 1),
-                     "driver": _nvidia_driver(), "cudnn": torch.backends.cudnn.version()})
+        info.update(
+            {
+                "device_name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "sm_count": props.multi_processor_count,
+                "memory_gb": round(props.total_memory / 2**30, 1),
+                "driver": _nvidia_driver(),
+                "cudnn": torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
+            }
+        )
     else:
         info["device_name"] = _cpu_name()
     return info
@@ -77,8 +95,12 @@ def _cpu_name() -> str:
 
 def _nvidia_driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -89,11 +111,14 @@ def _git_sha() -> str | None:
     if not (here / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -121,8 +146,13 @@ def _container() -> dict[str, Any]:
         engine = "podman"
     elif _fresh_marker(Path("/.dockerenv")):
         engine = "docker"
-    return {"inside": engine is not None, "engine": engine, "runtime": os.environ.get("TOOLKIT_CONTAINER_RUNTIME"),
-            "image": os.environ.get("TOOLKIT_IMAGE"), "image_digest": os.environ.get("TOOLKIT_IMAGE_DIGEST")}
+    return {
+        "inside": engine is not None,
+        "engine": engine,
+        "runtime": os.environ.get("TOOLKIT_CONTAINER_RUNTIME"),
+        "image": os.environ.get("TOOLKIT_IMAGE"),
+        "image_digest": os.environ.get("TOOLKIT_IMAGE_DIGEST"),
+    }
 
 
 def _fresh_marker(path: Path) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from toolkit.errors import StoreError
 from toolkit.store.schema import check_schema
@@ -67,10 +68,13 @@ class RunView:
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(self.params) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
         if unknown:
-            raise StoreError(f"run {self.task_id}: stored params {unknown} are not fields of {cls.__qualname__}; "
-                             "read it with the toolkit version that wrote it")
-        return cls(**{k: float(v) if hints[k] is float and isinstance(v, int) else _tuples(v)
-                      for k, v in self.params.items()})
+            raise StoreError(
+                f"run {self.task_id}: stored params {unknown} are not fields of {cls.__qualname__}; "
+                "read it with the toolkit version that wrote it"
+            )
+        return cls(
+            **{k: float(v) if hints[k] is float and isinstance(v, int) else _tuples(v) for k, v in self.params.items()}
+        )
 
     def label(self) -> str:
         """Human label used in tables and figures, e.g. `a100 r0 bfloat16/eager/kv`."""
@@ -95,8 +99,9 @@ class RunView:
         import h5py
 
         out: dict[str, tuple[tuple[int, ...], str]] = {}
-        self.group.visititems(lambda n, o: out.__setitem__(n, (o.shape, str(o.dtype)))
-                              if isinstance(o, h5py.Dataset) else None)
+        self.group.visititems(
+            lambda n, o: out.__setitem__(n, (o.shape, str(o.dtype))) if isinstance(o, h5py.Dataset) else None
+        )
         return out
 
 

@@ -5,21 +5,49 @@ shards, records, locks) is owned by `toolkit.store.campaign_dir`; the path helpe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from toolkit.errors import StoreError
 from toolkit.store.campaign_dir import STORE_NAME, CampaignDir
 
-__all__ = ["SCHEMA_VERSION", "STATUS_COMPLETE", "STORE_NAME", "TASK_ATTRS", "SchemaMismatch", "check_schema",
-           "corrupt_path", "failure_path", "shard_path", "shards_dir", "store_path", "task_lock_path", "utc_now"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUS_COMPLETE",
+    "STORE_NAME",
+    "TASK_ATTRS",
+    "SchemaMismatch",
+    "check_schema",
+    "corrupt_path",
+    "failure_path",
+    "shard_path",
+    "shards_dir",
+    "store_path",
+    "task_lock_path",
+    "utc_now",
+]
 
 #: The layout version of store.h5.  Version 1 is the first; no store of another version exists
 #: yet, so there is no migration: every reader and gather refuses a store of any other version
 #: (`check_schema`).  A change of layout bumps this and adds a tested migration or a refusal.
 SCHEMA_VERSION = 1
-TASK_ATTRS = ("experiment", "exp_id", "target", "repeat", "params", "numerics", "model", "status",
-              "started_utc", "finished_utc", "provenance", "inputs", "run_uid", "checksums")
+TASK_ATTRS = (
+    "experiment",
+    "exp_id",
+    "target",
+    "repeat",
+    "params",
+    "numerics",
+    "model",
+    "status",
+    "started_utc",
+    "finished_utc",
+    "provenance",
+    "inputs",
+    "run_uid",
+    "checksums",
+)
 STATUS_COMPLETE = "complete"
 
 
@@ -39,16 +67,22 @@ def check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
     wrote = attrs.get("toolkit_version", "an unknown version")
     wrote = wrote.decode() if isinstance(wrote, bytes) else wrote
     if version is None:
-        raise SchemaMismatch(f"{path}: no schema_version attribute, so not a store written by toolkit; "
-                             "give the store.h5 of a campaign folder")
+        raise SchemaMismatch(
+            f"{path}: no schema_version attribute, so not a store written by toolkit; "
+            "give the store.h5 of a campaign folder"
+        )
     if int(version) > SCHEMA_VERSION:
-        raise SchemaMismatch(f"{path}: written by toolkit {wrote} with store schema {int(version)}, newer than "
-                             f"schema {SCHEMA_VERSION} that this toolkit {__version__} reads; upgrade toolkit to "
-                             f"{wrote} or later to read or gather it (the store was not changed)")
+        raise SchemaMismatch(
+            f"{path}: written by toolkit {wrote} with store schema {int(version)}, newer than "
+            f"schema {SCHEMA_VERSION} that this toolkit {__version__} reads; upgrade toolkit to "
+            f"{wrote} or later to read or gather it (the store was not changed)"
+        )
     if int(version) < SCHEMA_VERSION:
-        raise SchemaMismatch(f"{path}: written by toolkit {wrote} with store schema {int(version)}, older than "
-                             f"schema {SCHEMA_VERSION} that this toolkit {__version__} reads, and there is no "
-                             f"migration; read it with toolkit {wrote} (the store was not changed)")
+        raise SchemaMismatch(
+            f"{path}: written by toolkit {wrote} with store schema {int(version)}, older than "
+            f"schema {SCHEMA_VERSION} that this toolkit {__version__} reads, and there is no "
+            f"migration; read it with toolkit {wrote} (the store was not changed)"
+        )
 
 
 def shards_dir(campaign_dir: Path) -> Path:

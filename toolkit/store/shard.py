@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from toolkit import faults
 from toolkit.store import schema
@@ -64,8 +65,9 @@ def open_shard(campaign_dir: Path, task_id: str, attrs: dict[str, Any]) -> Itera
     tmp = temp_name(final)
     handle = h5py.File(tmp, "w", locking=False)
     try:
-        _write_attrs(handle, {**attrs, "status": "running", "run_uid": uuid.uuid4().hex,
-                              "started_utc": schema.utc_now()})
+        _write_attrs(
+            handle, {**attrs, "status": "running", "run_uid": uuid.uuid4().hex, "started_utc": schema.utc_now()}
+        )
         yield handle
         handle.attrs["finished_utc"] = schema.utc_now()
         handle.attrs["checksums"] = json.dumps(dataset_checksums(handle))
@@ -89,8 +91,12 @@ def record_failure(campaign_dir: Path, task_id: str, err: BaseException) -> None
     """Write `<task_id>.failed.json` with the error and its traceback."""
     import traceback
 
-    report = {"task_id": task_id, "error": f"{type(err).__name__}: {err}", "utc": schema.utc_now(),
-              "traceback": "".join(traceback.format_exception(err))}
+    report = {
+        "task_id": task_id,
+        "error": f"{type(err).__name__}: {err}",
+        "utc": schema.utc_now(),
+        "traceback": "".join(traceback.format_exception(err)),
+    }
     atomic_write_text(CampaignDir(campaign_dir).failure_path(task_id), json.dumps(report, indent=2))
 
 

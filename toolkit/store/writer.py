@@ -112,12 +112,16 @@ class CheckedGroup:
         """`ContractError` unless dataset `path` (from the shard root) is declared with this rank."""
         found = [p for p in self._patterns if p.regex.match(path)]
         if not found:
-            raise ContractError(f"{self._experiment} wrote dataset {path!r}, which its STORES does not declare; "
-                                "add it to the module's STORES (name → shape and meaning) or do not write it")
+            raise ContractError(
+                f"{self._experiment} wrote dataset {path!r}, which its STORES does not declare; "
+                "add it to the module's STORES (name → shape and meaning) or do not write it"
+            )
         if rank is not None and not any(not p.ranks or rank in p.ranks for p in found):
             stated = sorted({r for p in found for r in p.ranks})
-            raise ContractError(f"{self._experiment} wrote dataset {path!r} with rank {rank}, its STORES states rank "
-                                f"{' or '.join(map(str, stated))} ({found[0].text}); fix the data or the declaration")
+            raise ContractError(
+                f"{self._experiment} wrote dataset {path!r} with rank {rank}, its STORES states rank "
+                f"{' or '.join(map(str, stated))} ({found[0].text}); fix the data or the declaration"
+            )
 
     def create_dataset(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """h5py's `create_dataset`, refused unless `STORES` declares the name and rank."""
@@ -129,13 +133,11 @@ class CheckedGroup:
 
     def create_group(self, name: str) -> CheckedGroup:
         """A new subgroup, checked the same way."""
-        return CheckedGroup(self._group.create_group(name), self._experiment, self._patterns,
-                            self._path(name) + "/")
+        return CheckedGroup(self._group.create_group(name), self._experiment, self._patterns, self._path(name) + "/")
 
     def require_group(self, name: str) -> CheckedGroup:
         """The subgroup `name`, created if absent, checked the same way."""
-        return CheckedGroup(self._group.require_group(name), self._experiment, self._patterns,
-                            self._path(name) + "/")
+        return CheckedGroup(self._group.require_group(name), self._experiment, self._patterns, self._path(name) + "/")
 
     def __getitem__(self, name: str) -> Any:
         import h5py

@@ -23,13 +23,19 @@ def plot_layer_svd(run: RunView, out_dir: Path) -> list[Path]:
         base = f"prompts/{key}"
         eps = run[f"{base}/eps"]
         fig, axes = plt.subplots(1, 3, figsize=(19, 5.2), gridspec_kw={"width_ratios": [1.15, 1, 1.15]})
-        heatmap_rows_eps(axes[0], eps, run[f"{base}/rel_l2"][0],
-                         run[f"{base}/eps_first_change"][0], run[f"{base}/eps_half_change"][0])
+        heatmap_rows_eps(
+            axes[0],
+            eps,
+            run[f"{base}/rel_l2"][0],
+            run[f"{base}/eps_first_change"][0],
+            run[f"{base}/eps_half_change"][0],
+        )
         curves_over_rows(axes[1], eps, run[f"{base}/rel_l2"][0])
         changed_fraction(axes[2], eps, run[f"{base}/n_changed"][0] / run[f"{base}/base_states"].shape[1])
         sigma = run[f"{base}/sigma"]
-        fig.suptitle(f"exp1.layer_svd — {run.label()} — prompt {int(key)}, direction v1 (σ1 = {sigma[0]:.4g})",
-                     fontsize=10)
+        fig.suptitle(
+            f"exp1.layer_svd — {run.label()} — prompt {int(key)}, direction v1 (σ1 = {sigma[0]:.4g})", fontsize=10
+        )
         fig.tight_layout()
         path = save_figure(fig, out_dir, "layer_svd", run.task_id, f"p{key}")
         paths.append(path)
@@ -80,8 +86,7 @@ def changed_fraction(ax: Any, eps: Any, fraction: Any) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    image = ax.imshow(fraction.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
-                      interpolation="nearest")
+    image = ax.imshow(fraction.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(np.arange(len(eps)), [f"{e:.0e}" for e in eps], rotation=60, fontsize=7)
     ax.set_yticks(*_ticks(row_labels(fraction.shape[1]), 12), fontsize=7)
     ax.set_xlabel("ε (intended step ‖εv‖)")
@@ -101,12 +106,14 @@ def curves_over_rows(ax: Any, eps: Any, rel: Any) -> None:
     floor = positive.min() / 10 if positive.size else 1e-20
     for j, e in enumerate(eps):
         values = rel[j]
-        ax.semilogy(rows, np.where(values > 0, values, np.nan), color=colors[j], lw=1.2, marker=".", ms=3,
-                    label=f"ε={e:.0e}")
+        ax.semilogy(
+            rows, np.where(values > 0, values, np.nan), color=colors[j], lw=1.2, marker=".", ms=3, label=f"ε={e:.0e}"
+        )
         zero = values == 0
         if zero.any():
-            ax.semilogy(rows[zero], np.full(zero.sum(), floor), ls="none", marker="o", mfc="none", ms=3,
-                        color=colors[j])
+            ax.semilogy(
+                rows[zero], np.full(zero.sum(), floor), ls="none", marker="o", mfc="none", ms=3, color=colors[j]
+            )
     labels = row_labels(rel.shape[1])
     ax.set_xticks(*_ticks(labels, 10), fontsize=7)
     ax.set_xlabel("row (input → decoder layers → final norm)")

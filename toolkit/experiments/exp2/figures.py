@@ -1,5 +1,4 @@
-"""Figures of exp2.lipschitz, drawn from the store only (no model): gain against ε per direction.
-"""
+"""Figures of exp2.lipschitz, drawn from the store only (no model): gain against ε per direction."""
 
 from __future__ import annotations
 
@@ -19,8 +18,9 @@ def plot_lipschitz(run: RunView, out_dir: Path) -> list[Path]:
     plt = pyplot()
 
     keys = sorted(run.group["prompts"])
-    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, axes = plt.subplots(
+        len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False, gridspec_kw={"width_ratios": [2.2, 1]}
+    )
     for row, key in zip(axes, keys):
         base = f"prompts/{key}"
         eps, sigma = run[f"{base}/eps"], run[f"{base}/sigma"]

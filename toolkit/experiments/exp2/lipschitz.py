@@ -107,8 +107,9 @@ def run(ctx: RunContext, params: Params) -> None:
     out.attrs["iterations"] = params.iterations
     out.attrs["block_size"] = params.top_k + params.oversample
     out.attrs["jvp_mode"] = params.jvp_mode
-    out.attrs["f"] = ("final-norm hidden state (lm_head input) at the last position, "
-                      "w.r.t. the last token's input embedding")
+    out.attrs["f"] = (
+        "final-norm hidden state (lm_head input) at the last position, w.r.t. the last token's input embedding"
+    )
     out.attrs["gain"] = "||f(x~) - f(x)||_2 / ||x~ - x||_2 with the realised perturbation (float64 differences)"
     out.attrs["noise"] = "r_i = noise_scale * eps * U(-1,1)^D (seed + 1); pairs f(x + eps v1 + r_i), f(x + r_i)"
     out.attrs["perturb_mode"] = params.perturb_mode
@@ -134,8 +135,9 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
 
     ids, op, triplets = prompt_singular(ctx, prompt, params, bar.update)
     random_dirs = random_directions(params.n_random, op.in_dim, params.seed)
-    jacobian_gain_random = (torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random
-                            else torch.zeros(0, dtype=torch.float64))
+    jacobian_gain_random = (
+        torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random else torch.zeros(0, dtype=torch.float64)
+    )
     bar.update()
     with torch.no_grad():
         base = op.f(op.x).double()
@@ -150,13 +152,17 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
     group.attrs["position"] = int(ids.shape[1] - 1)
     data = {
         "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
-        "sigma": triplets.sigma.numpy(), "right_vectors": triplets.right.numpy(),
+        "sigma": triplets.sigma.numpy(),
+        "right_vectors": triplets.right.numpy(),
         "residual": triplets.residual.numpy(),
         "residual_history": np.asarray(triplets.residual_history, dtype=np.float64),
         "eps": np.asarray(eps, dtype=np.float64),
-        "gain_singular": singular["gain"], "changed_singular": singular["changed"],
+        "gain_singular": singular["gain"],
+        "changed_singular": singular["changed"],
         "realised_singular": singular["realised"],
-        "gain_random": randoms["gain"], "changed_random": randoms["changed"], "realised_random": randoms["realised"],
+        "gain_random": randoms["gain"],
+        "changed_random": randoms["changed"],
+        "realised_random": randoms["realised"],
         "jacobian_gain_random": jacobian_gain_random.numpy(),
     }
     if params.n_noise:
@@ -179,8 +185,11 @@ def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Progres
         outputs = torch.zeros(op.out_dim, dtype=torch.float64, device=op.x.device)
         inputs = torch.zeros(op.in_dim, dtype=torch.float64, device=op.x.device)
         for _ in range(params.n_noise):
-            noise = params.noise_scale * float(step) * (2 * torch.rand(op.in_dim, generator=generator,
-                                                                         dtype=torch.float64) - 1)
+            noise = (
+                params.noise_scale
+                * float(step)
+                * (2 * torch.rand(op.in_dim, generator=generator, dtype=torch.float64) - 1)
+            )
             moved = perturb(op.x, float(step) * direction + noise, 1.0, params.perturb_mode)
             anchor = perturb(op.x, noise, 1.0, params.perturb_mode)
             with torch.no_grad():

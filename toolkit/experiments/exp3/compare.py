@@ -58,10 +58,14 @@ def run(ctx: RunContext, params: Params) -> None:
     keys = sorted(runs[0].group["prompts"])
     for r in runs[1:]:
         if sorted(r.group["prompts"]) != keys or any(
-                not np.array_equal(r[f"prompts/{k}/prompt_ids"], runs[0][f"prompts/{k}/prompt_ids"])
-                or not np.array_equal(r[f"prompts/{k}/eps"], runs[0][f"prompts/{k}/eps"]) for k in keys):
-            raise UpstreamError(f"run {r.task_id} ({r.label()}) has other prompts or another ε grid than "
-                             f"{runs[0].task_id}; compare exp3.precision runs of one manifest entry")
+            not np.array_equal(r[f"prompts/{k}/prompt_ids"], runs[0][f"prompts/{k}/prompt_ids"])
+            or not np.array_equal(r[f"prompts/{k}/eps"], runs[0][f"prompts/{k}/eps"])
+            for k in keys
+        ):
+            raise UpstreamError(
+                f"run {r.task_id} ({r.label()}) has other prompts or another ε grid than "
+                f"{runs[0].task_id}; compare exp3.precision runs of one manifest entry"
+            )
     out = ctx.out
     out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
     out.create_dataset("run_labels", data=np.array([r.label() for r in runs], dtype="S"))

@@ -26,10 +26,22 @@ def plot_precision(run: RunView, out_dir: Path) -> list[Path]:
         base = f"prompts/{key}"
         eps, sigma = run[f"{base}/eps"], run[f"{base}/sigma"]
         fig, axes = plt.subplots(1, 2, figsize=(14, 6.2), gridspec_kw={"width_ratios": [1, 1.1]})
-        gain_panel(axes[0], eps, run[f"{base}/gain"][0], run[f"{base}/deviation"][0], run[f"{base}/regime"][0],
-                   sigma[0], float(run.attrs["signal_tol"]))
-        heatmap_rows_eps(axes[1], eps, run[f"{base}/rel_l2"][0], run[f"{base}/eps_first_change"][0],
-                         run[f"{base}/eps_half_change"][0])
+        gain_panel(
+            axes[0],
+            eps,
+            run[f"{base}/gain"][0],
+            run[f"{base}/deviation"][0],
+            run[f"{base}/regime"][0],
+            sigma[0],
+            float(run.attrs["signal_tol"]),
+        )
+        heatmap_rows_eps(
+            axes[1],
+            eps,
+            run[f"{base}/rel_l2"][0],
+            run[f"{base}/eps_first_change"][0],
+            run[f"{base}/eps_half_change"][0],
+        )
         fig.suptitle(f"exp3.precision — {run.label()} — prompt {int(key)}, direction v1", fontsize=10)
         fig.tight_layout()
         path = save_figure(fig, out_dir, "precision", run.task_id, f"p{key}")
@@ -54,8 +66,15 @@ def gain_panel(ax: Any, eps: Any, gain: Any, deviation: Any, regime: Any, sigma:
     ax.set_xlabel("ε (intended step ‖εv1‖)")
     ax.set_ylabel("finite-difference gain")
     twin = ax.twinx()
-    twin.loglog(eps, np.where(deviation > 0, deviation, np.nan), color="tab:purple", marker="s", ms=3, lw=1,
-                label="deviation ‖Δf − Jδ‖/‖Jδ‖")
+    twin.loglog(
+        eps,
+        np.where(deviation > 0, deviation, np.nan),
+        color="tab:purple",
+        marker="s",
+        ms=3,
+        lw=1,
+        label="deviation ‖Δf − Jδ‖/‖Jδ‖",
+    )
     twin.axhline(tol, color="tab:purple", ls=":", lw=1, label=f"signal tolerance {tol:g}")
     twin.set_ylabel("relative deviation from linear", color="tab:purple")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -82,11 +101,16 @@ def plot_compare(run: RunView, out_dir: Path) -> list[Path]:
     for key in sorted(run.group["prompts"]):
         base = f"prompts/{key}"
         eps, regime, gain, sigma = run[f"{base}/eps"], run[f"{base}/regime"], run[f"{base}/gain"], run[f"{base}/sigma"]
-        fig, axes = plt.subplots(1, 2, figsize=(14, 4.6 + 0.3 * len(dtypes)),
-                                 gridspec_kw={"width_ratios": [1.1, 1]})
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.6 + 0.3 * len(dtypes)), gridspec_kw={"width_ratios": [1.1, 1]})
         ax = axes[0]
-        ax.imshow(regime, aspect="auto", cmap=ListedColormap(REGIME_COLORS), vmin=-0.5, vmax=len(names) - 0.5,
-                  interpolation="nearest")
+        ax.imshow(
+            regime,
+            aspect="auto",
+            cmap=ListedColormap(REGIME_COLORS),
+            vmin=-0.5,
+            vmax=len(names) - 0.5,
+            interpolation="nearest",
+        )
         agree = run[f"{base}/relative_to_float64"] <= tol if f"{base}/relative_to_float64" in run else regime < 0
         agree[[d == "float64" for d in dtypes]] = False  # the reference itself
         rows, cols = np.nonzero(agree)
@@ -97,12 +121,17 @@ def plot_compare(run: RunView, out_dir: Path) -> list[Path]:
         ax.set_xticks(np.arange(len(eps)), [f"{e:.0e}" for e in eps], rotation=60, fontsize=7)
         ax.set_xlabel("ε (intended step ‖εv1‖)")
         ax.set_title("regime of the response to x + ε·v1", fontsize=9)
-        fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(REGIME_COLORS, names)], fontsize=8,
-                   loc="lower center", ncol=len(names), title="regime (toolkit.numerics.regimes)",
-                   title_fontsize=8)
+        fig.legend(
+            handles=[Patch(color=c, label=n) for c, n in zip(REGIME_COLORS, names)],
+            fontsize=8,
+            loc="lower center",
+            ncol=len(names),
+            title="regime (toolkit.numerics.regimes)",
+            title_fontsize=8,
+        )
         ax = axes[1]
         for i, dtype in enumerate(dtypes):
-            line, = ax.loglog(eps, np.where(gain[i] > 0, gain[i], np.nan), marker="o", ms=3, lw=1.3, label=dtype)
+            (line,) = ax.loglog(eps, np.where(gain[i] > 0, gain[i], np.nan), marker="o", ms=3, lw=1.3, label=dtype)
             ax.axhline(sigma[i], color=line.get_color(), ls=":", lw=0.9)
         ax.set_xlabel("ε (intended step ‖εv1‖)")
         ax.set_ylabel("gain ‖f(x̃) − f(x)‖ / ‖x̃ − x‖")

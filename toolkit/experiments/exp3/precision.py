@@ -103,9 +103,11 @@ def _check_finite(states: Any, dtype: str) -> None:
 
     bad = np.nonzero(~np.isfinite(states).all(axis=1))[0]
     if bad.size:
-        raise ValueError(f"the unperturbed {dtype} forward is not finite from row {int(bad[0])} on "
-                         f"(0 = input, last = final norm): the format overflows for this model and prompt; "
-                         "use bfloat16 or float32")
+        raise ValueError(
+            f"the unperturbed {dtype} forward is not finite from row {int(bad[0])} on "
+            f"(0 = input, last = final norm): the format overflows for this model and prompt; "
+            "use bfloat16 or float32"
+        )
 
 
 def regimes(op: Any, data: dict[str, Any], tol: float) -> dict[str, Any]:
@@ -115,15 +117,14 @@ def regimes(op: Any, data: dict[str, Any], tol: float) -> dict[str, Any]:
     from toolkit.numerics.regimes import classify, relative_deviation
 
     x = op.x.detach().double().cpu().numpy()
-    predicted = _linear(op, data["x_tilde"] - x)                   # δ exact for fp16/bf16/fp32
+    predicted = _linear(op, data["x_tilde"] - x)  # δ exact for fp16/bf16/fp32
     measured = data["final_delta"]
     realised = data["realised_norm"]
     response = np.linalg.norm(measured, axis=-1)
     gain = np.divide(response, realised, out=np.full_like(response, np.nan), where=realised > 0)
     deviation = relative_deviation(measured, predicted)
     regime = classify(data["input_changed"] > 0, data["n_changed"][..., -1] > 0, deviation, tol)
-    return {"gain": gain, "linear_norm": np.linalg.norm(predicted, axis=-1), "deviation": deviation,
-            "regime": regime}
+    return {"gain": gain, "linear_norm": np.linalg.norm(predicted, axis=-1), "deviation": deviation, "regime": regime}
 
 
 def _linear(op: Any, delta: Any) -> Any:

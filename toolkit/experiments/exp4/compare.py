@@ -49,10 +49,12 @@ def run(ctx: RunContext, params: Params) -> None:
     check_same_prompts(runs, traces)
     n, p = len(runs), len(traces[0])
     tables: dict[str, np.ndarray] = {
-        "first_divergence": np.full((n, n, p), -1, np.int32), "common_length": np.zeros((n, n, p), np.int32),
+        "first_divergence": np.full((n, n, p), -1, np.int32),
+        "common_length": np.zeros((n, n, p), np.int32),
         "first_bitwise_diff": np.full((n, n, p), -1, np.int32),
         "max_ulp_identical_context": np.zeros((n, n, p), np.int64),
-        "margin_at_divergence": np.full((n, n, p, 2), np.nan), "tokens_at_divergence": np.full((n, n, p, 2), -1),
+        "margin_at_divergence": np.full((n, n, p, 2), np.nan),
+        "tokens_at_divergence": np.full((n, n, p, 2), -1),
     }
     bar = ctx.progress(n * n * p)
     for i in range(n):
@@ -72,8 +74,8 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Divergence measures of one prompt between two runs (see the module docstring)."""
     import numpy as np
 
-    from toolkit.numerics.greedy import first_difference
     from toolkit.numerics.fpunits import ulp_distance
+    from toolkit.numerics.greedy import first_difference
 
     common = min(len(a["generated_ids"]), len(b["generated_ids"]))
     d = first_difference(a["generated_ids"][:common].tolist(), b["generated_ids"][:common].tolist())
@@ -86,9 +88,12 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if shared.size:
             dist = ulp_distance(a["topk_logits"][step][ia], b["topk_logits"][step][ib])
             max_ulp = max(max_ulp, int(dist.max()))
-    out: dict[str, Any] = {"first_divergence": d, "common_length": common,
-                           "first_bitwise_diff": int(bit[0]) if bit.size else -1,
-                           "max_ulp_identical_context": max_ulp}
+    out: dict[str, Any] = {
+        "first_divergence": d,
+        "common_length": common,
+        "first_bitwise_diff": int(bit[0]) if bit.size else -1,
+        "max_ulp_identical_context": max_ulp,
+    }
     if d >= 0:
         out["margin_at_divergence"] = (a["margin"][d], b["margin"][d])
         out["tokens_at_divergence"] = (a["generated_ids"][d], b["generated_ids"][d])
@@ -104,8 +109,11 @@ def identical_classes(tables: dict[str, Any]) -> list[list[int]]:
     for i in range(n):
         for members in classes:
             j = members[0]
-            if (np.all(tables["first_bitwise_diff"][i, j] == -1) and np.all(tables["first_divergence"][i, j] == -1)
-                    and np.array_equal(tables["common_length"][i, j], tables["common_length"][i, i])):
+            if (
+                np.all(tables["first_bitwise_diff"][i, j] == -1)
+                and np.all(tables["first_divergence"][i, j] == -1)
+                and np.array_equal(tables["common_length"][i, j], tables["common_length"][i, i])
+            ):
                 members.append(i)
                 break
         else:

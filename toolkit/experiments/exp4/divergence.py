@@ -91,21 +91,28 @@ def run(ctx: RunContext, params: Params) -> None:
 def _empty_tables(q: int, p: int) -> dict[str, Any]:
     import numpy as np
 
-    return {"divergence_step": np.full((q, p), -1, np.int32), "common_length": np.zeros((q, p), np.int32),
-            "tokens": np.full((q, p, 2), -1, np.int64), "margin_top": np.full((q, p, 2), np.nan),
-            "margin_contested": np.full((q, p, 2), np.nan), "tie_ulps": np.full((q, p, 2), np.nan),
-            "logit_change": np.full((q, p, 2), np.nan), "logit_change_ulps": np.full((q, p, 2), -1, np.int64),
-            "contested_change": np.full((q, p), np.nan)}
+    return {
+        "divergence_step": np.full((q, p), -1, np.int32),
+        "common_length": np.zeros((q, p), np.int32),
+        "tokens": np.full((q, p, 2), -1, np.int64),
+        "margin_top": np.full((q, p, 2), np.nan),
+        "margin_contested": np.full((q, p, 2), np.nan),
+        "tie_ulps": np.full((q, p, 2), np.nan),
+        "logit_change": np.full((q, p, 2), np.nan),
+        "logit_change_ulps": np.full((q, p, 2), -1, np.int64),
+        "contested_change": np.full((q, p), np.nan),
+    }
 
 
-def analyse_pair(a: dict[str, Any], b: dict[str, Any], dtype_a: str, dtype_b: str,
-                 background: dict[str, list[float]] | None = None) -> dict[str, Any]:
+def analyse_pair(
+    a: dict[str, Any], b: dict[str, Any], dtype_a: str, dtype_b: str, background: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
     """The measures of one prompt for runs a, b (module docstring); appends agreeing steps to `background`."""
     import numpy as np
 
+    from toolkit.numerics.fpunits import ulp_distance
     from toolkit.numerics.greedy import first_difference
     from toolkit.numerics.margins import contested_margin, logit_of, margin_in_ulps
-    from toolkit.numerics.fpunits import ulp_distance
 
     ga, gb = a["generated_ids"].tolist(), b["generated_ids"].tolist()
     common = min(len(ga), len(gb))
@@ -113,8 +120,9 @@ def analyse_pair(a: dict[str, Any], b: dict[str, Any], dtype_a: str, dtype_b: st
     if background is not None:
         for step in range(common if d < 0 else d):
             top2 = a["topk_ids"][step][:2]
-            change = (contested_margin(a["topk_ids"][step], a["topk_logits"][step], int(top2[0]), int(top2[1]))
-                      - contested_margin(b["topk_ids"][step], b["topk_logits"][step], int(top2[0]), int(top2[1])))
+            change = contested_margin(
+                a["topk_ids"][step], a["topk_logits"][step], int(top2[0]), int(top2[1])
+            ) - contested_margin(b["topk_ids"][step], b["topk_logits"][step], int(top2[0]), int(top2[1]))
             background["margin"].append(float(a["margin"][step]))
             background["change"].append(abs(change))
     out: dict[str, Any] = {"divergence_step": d, "common_length": common}
@@ -123,16 +131,24 @@ def analyse_pair(a: dict[str, Any], b: dict[str, Any], dtype_a: str, dtype_b: st
     ta, tb = ga[d], gb[d]
     za = [logit_of(a["topk_ids"][d], a["topk_logits"][d], t) for t in (ta, tb)]
     zb = [logit_of(b["topk_ids"][d], b["topk_logits"][d], t) for t in (ta, tb)]
-    ulps = [int(ulp_distance(np.float32(x), np.float32(y))) if np.isfinite(x) and np.isfinite(y) else -1
-            for x, y in zip(za, zb)]
-    out.update({
-        "tokens": (ta, tb), "margin_top": (a["margin"][d], b["margin"][d]),
-        "margin_contested": (za[0] - za[1], zb[1] - zb[0]),
-        "tie_ulps": (float(margin_in_ulps(a["margin"][d], a["topk_logits"][d][0], dtype_a)),
-                     float(margin_in_ulps(b["margin"][d], b["topk_logits"][d][0], dtype_b))),
-        "logit_change": (zb[0] - za[0], zb[1] - za[1]), "logit_change_ulps": tuple(ulps),
-        "contested_change": abs((za[0] - za[1]) - (zb[0] - zb[1])),
-    })
+    ulps = [
+        int(ulp_distance(np.float32(x), np.float32(y))) if np.isfinite(x) and np.isfinite(y) else -1
+        for x, y in zip(za, zb)
+    ]
+    out.update(
+        {
+            "tokens": (ta, tb),
+            "margin_top": (a["margin"][d], b["margin"][d]),
+            "margin_contested": (za[0] - za[1], zb[1] - zb[0]),
+            "tie_ulps": (
+                float(margin_in_ulps(a["margin"][d], a["topk_logits"][d][0], dtype_a)),
+                float(margin_in_ulps(b["margin"][d], b["topk_logits"][d][0], dtype_b)),
+            ),
+            "logit_change": (zb[0] - za[0], zb[1] - za[1]),
+            "logit_change_ulps": tuple(ulps),
+            "contested_change": abs((za[0] - za[1]) - (zb[0] - zb[1])),
+        }
+    )
     return out
 
 
@@ -148,8 +164,10 @@ def summary(tables: dict[str, Any], labels: list[str], pairs: list[tuple[int, in
         if hit.any():
             margins = tables["margin_top"][q][hit]
             ties = tables["tie_ulps"][q][hit]
-            head += (f" at steps {sorted(int(x) for x in d[hit])}; margin at d median {np.nanmedian(margins[:, 0]):.3g}"
-                     f" / {np.nanmedian(margins[:, 1]):.3g} (run i / run j), i.e. {np.nanmedian(ties[:, 0]):.3g} / "
-                     f"{np.nanmedian(ties[:, 1]):.3g} ULPs of the top-1 logit in each run's dtype")
+            head += (
+                f" at steps {sorted(int(x) for x in d[hit])}; margin at d median {np.nanmedian(margins[:, 0]):.3g}"
+                f" / {np.nanmedian(margins[:, 1]):.3g} (run i / run j), i.e. {np.nanmedian(ties[:, 0]):.3g} / "
+                f"{np.nanmedian(ties[:, 1]):.3g} ULPs of the top-1 logit in each run's dtype"
+            )
         lines.append(head)
     return "\n".join(lines)

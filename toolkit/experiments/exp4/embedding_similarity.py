@@ -64,8 +64,9 @@ class Params:
 
 def run(ctx: RunContext, params: Params) -> None:
     """Per-layer differences across perturbation levels (and across runs, from exp4.internals)."""
-    perturb_runs = ctx.inputs.matching("exp4.perturb_until_divergence", target=ctx.task.target,
-                                       dtype=ctx.numerics.dtype)
+    perturb_runs = ctx.inputs.matching(
+        "exp4.perturb_until_divergence", target=ctx.task.target, dtype=ctx.numerics.dtype
+    )
     ctx.out.attrs["factor"] = params.factor
     ctx.out.attrs["rows"] = "0: input embedding; 1..L: decoder layer outputs; L+1: final-norm output (last position)"
     ctx.out.attrs["separation"] = "first row with rel_l2 > factor * rel_l2[0] (any difference if rel_l2[0] == 0)"
@@ -97,7 +98,7 @@ def _levels(ctx: RunContext, params: Params, upstream: RunView, key: str, group:
     all_eps: list[list[float]] = []
     rows: dict[str, list[Any]] = {}
     for v, lo, hi in zip(upstream[f"{base}/direction_vectors"], lower, upper):
-        eps = [lo / params.growth ** i for i in range(params.n_below, 0, -1)] + [lo, hi]
+        eps = [lo / params.growth**i for i in range(params.n_below, 0, -1)] + [lo, hi]
         all_eps.append(eps)
         for name in ("l2", "rel_l2", "cosine", "ulp_max"):
             rows.setdefault(name, []).append([])
@@ -113,8 +114,9 @@ def _levels(ctx: RunContext, params: Params, upstream: RunView, key: str, group:
     group.create_dataset("eps", data=np.asarray(all_eps, dtype=np.float64))
     for name, value in rows.items():
         group.create_dataset(name, data=np.asarray(value))
-    sep = [[separation_layer(r, params.factor) if np.isfinite(r[0]) else -1 for r in per_dir]
-           for per_dir in rows["rel_l2"]]
+    sep = [
+        [separation_layer(r, params.factor) if np.isfinite(r[0]) else -1 for r in per_dir] for per_dir in rows["rel_l2"]
+    ]
     group.create_dataset("separation", data=np.asarray(sep, dtype=np.int64))
     group.create_dataset("directions", data=upstream[f"{base}/directions"])
 

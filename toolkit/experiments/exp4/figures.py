@@ -46,8 +46,16 @@ def _survival(run: RunView, out_dir: Path) -> Path:
             alive = (div[None, :] > steps[:, None]).mean(axis=1)
             ax.step(steps, alive, where="post", lw=2, label=f"[{names[a]}] vs [{names[b]}]")
     legend = "\n".join(f"[{n}] " + ", ".join(labels[i] for i in members) for n, members in zip(names, classes))
-    ax.text(0.01, 0.02, legend, transform=ax.transAxes, fontsize=6, va="bottom", family="monospace",
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+    ax.text(
+        0.01,
+        0.02,
+        legend,
+        transform=ax.transAxes,
+        fontsize=6,
+        va="bottom",
+        family="monospace",
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
+    )
     ax.set_xlabel("generation step")
     ax.set_ylabel("fraction of prompts still token-identical")
     ax.set_ylim(-0.02, 1.05)
@@ -96,13 +104,25 @@ def _scatter(run: RunView, out_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     bg_m, bg_c = run["background/margin"], run["background/change"]
     keep = (bg_m > 0) & (bg_c > 0)
-    ax.scatter(bg_m[keep], bg_c[keep], s=6, color="0.75", label=f"agreeing steps (n={int(keep.sum())}; "
-               f"{int((~keep).sum())} with 0 change not shown)")
+    ax.scatter(
+        bg_m[keep],
+        bg_c[keep],
+        s=6,
+        color="0.75",
+        label=f"agreeing steps (n={int(keep.sum())}; {int((~keep).sum())} with 0 change not shown)",
+    )
     for q, (i, j) in enumerate(run["pairs"]):
         hit = d[q] >= 0
         if hit.any():
-            ax.scatter(margin[q][hit, 0], change[q][hit], s=40, marker="o", edgecolor="k", zorder=3,
-                       label=f"flip at d: {labels[i]} vs {labels[j]}")
+            ax.scatter(
+                margin[q][hit, 0],
+                change[q][hit],
+                s=40,
+                marker="o",
+                edgecolor="k",
+                zorder=3,
+                label=f"flip at d: {labels[i]} vs {labels[j]}",
+            )
     finite = np.concatenate([bg_m[keep], bg_c[keep], margin[..., 0][d >= 0], change[d >= 0]])
     finite = finite[np.isfinite(finite) & (finite > 0)]
     if finite.size:
@@ -138,8 +158,14 @@ def _histogram(run: RunView, out_dir: Path) -> Path:
         bins = np.geomspace(0.5, max(positive) * 2, 25)
         for n, (dtype, values) in enumerate(sorted(by_dtype.items())):
             arr = np.asarray(values)
-            ax.hist(arr[arr > 0], bins=bins, color=f"C{n}", alpha=0.7, edgecolor="k",
-                    label=f"{dtype} side (n={arr.size}, exact ties: {int((arr == 0).sum())})")
+            ax.hist(
+                arr[arr > 0],
+                bins=bins,
+                color=f"C{n}",
+                alpha=0.7,
+                edgecolor="k",
+                label=f"{dtype} side (n={arr.size}, exact ties: {int((arr == 0).sum())})",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("top-1 − top-2 margin at d (ULPs of the top-1 logit in the run's logits dtype, log)")
     ax.set_ylabel("count (pair × prompt × side)")
@@ -157,8 +183,9 @@ def plot_embedding_similarity(run: RunView, out_dir: Path) -> list[Path]:
 
     groups = [(r, k) for r in sorted(run.group["perturb"]) for k in sorted(run.group[f"perturb/{r}/prompts"])]
     n_dirs = max(len(run.group[f"perturb/{r}/prompts/{k}/directions"]) for r, k in groups)
-    fig, axes = plt.subplots(len(groups), n_dirs, figsize=(4.6 * n_dirs, 4.8 * len(groups)), squeeze=False,
-                             sharey="row")
+    fig, axes = plt.subplots(
+        len(groups), n_dirs, figsize=(4.6 * n_dirs, 4.8 * len(groups)), squeeze=False, sharey="row"
+    )
     for row, (r, key) in zip(axes, groups):
         g = run.group[f"perturb/{r}/prompts/{key}"]
         names = [x.decode() for x in g["directions"][()]]
@@ -184,8 +211,13 @@ def _panel(ax: Any, eps: Any, rel: Any) -> None:
         if not np.isfinite(e):
             continue
         tag = " last identical" if li == len(eps) - 2 else " first diverged" if li == len(eps) - 1 else ""
-        ax.semilogy(np.where(rel[li] > 0, rel[li], np.nan), color=cmap(li / max(len(eps) - 1, 1)), lw=1.2,
-                    ls="--" if li == len(eps) - 1 else "-", label=f"ε={e:.3g}{tag}")
+        ax.semilogy(
+            np.where(rel[li] > 0, rel[li], np.nan),
+            color=cmap(li / max(len(eps) - 1, 1)),
+            lw=1.2,
+            ls="--" if li == len(eps) - 1 else "-",
+            label=f"ε={e:.3g}{tag}",
+        )
 
 
 def _runs(ax: Any, run: RunView, key: str) -> None:
@@ -198,8 +230,12 @@ def _runs(ax: Any, run: RunView, key: str) -> None:
             h = run.group[f"runs/{pair}/prompts/{key}"]
             labels = [str(x).split(" ", 2)[-1] for x in h.attrs["labels"]]
             rel = h["rel_l2"][()]
-            ax.semilogy(np.where(rel > 0, rel, np.nan), color="C3", lw=2,
-                        label=f"{labels[0]} vs {labels[1]}, step {int(h.attrs['step'])}")
+            ax.semilogy(
+                np.where(rel > 0, rel, np.nan),
+                color="C3",
+                lw=2,
+                label=f"{labels[0]} vs {labels[1]}, step {int(h.attrs['step'])}",
+            )
 
 
 def plot_generate(run: RunView, out_dir: Path) -> list[Path]:
@@ -238,14 +274,24 @@ def plot_internals(run: RunView, out_dir: Path) -> list[Path]:
             d = int(g.attrs["divergence_step"])
             layers = np.arange(rel.shape[1])
             for s, curve in zip(steps, rel):
-                row[0].semilogy(layers, np.where(curve > 0, curve, np.nan), marker=".", lw=1,
-                                label=f"step {s}" + (" = d" if s == d else ""))
+                row[0].semilogy(
+                    layers,
+                    np.where(curve > 0, curve, np.nan),
+                    marker=".",
+                    lw=1,
+                    label=f"step {s}" + (" = d" if s == d else ""),
+                )
             row[0].set_xlabel("row: 0 = input embedding, 1..L = decoder layer, L+1 = final norm")
             row[0].set_ylabel("‖h_i − h_j‖ / ‖h_i‖")
             row[0].set_title(f"prompt {int(key)}: relative L2 difference over depth (d = {d})", fontsize=9)
             row[0].legend(fontsize=6, ncol=2)
-            image = row[1].imshow(np.log10(np.where(rel > 0, rel, np.nan)), aspect="auto", origin="lower",
-                                  cmap="magma", extent=(-0.5, rel.shape[1] - 0.5, steps[0] - 0.5, steps[-1] + 0.5))
+            image = row[1].imshow(
+                np.log10(np.where(rel > 0, rel, np.nan)),
+                aspect="auto",
+                origin="lower",
+                cmap="magma",
+                extent=(-0.5, rel.shape[1] - 0.5, steps[0] - 0.5, steps[-1] + 0.5),
+            )
             fig.colorbar(image, ax=row[1], label="log10 relative L2 difference")
             row[1].set_xlabel("row (layer)")
             row[1].set_yticks(steps)
@@ -279,13 +325,16 @@ def plot_perturb_until_divergence(run: RunView, out_dir: Path) -> list[Path]:
         ax.scatter(xs, hi, marker="^", color=f"C{r}", s=30)
         for xpos, top, step in zip(xs, hi, steps):
             if np.isfinite(top):
-                ax.annotate(f"d={step}", (xpos, top), textcoords="offset points", xytext=(0, 4), ha="center",
-                            fontsize=6)
+                ax.annotate(
+                    f"d={step}", (xpos, top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=6
+                )
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(keys)), [f"prompt {int(k)}" for k in keys])
     ax.set_ylabel("ε (‖direction‖ = 1, embedding units, log)")
-    ax.set_title(f"exp4.perturb_until_divergence — {run.label()}, scope {run.attrs.get('scope')}, "
-                 f"{run.attrs.get('path')}", fontsize=9)
+    ax.set_title(
+        f"exp4.perturb_until_divergence — {run.label()}, scope {run.attrs.get('scope')}, {run.attrs.get('path')}",
+        fontsize=9,
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = save_figure(fig, out_dir, "perturb_until_divergence", run.task_id)

@@ -95,8 +95,9 @@ def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set
     return {int(i) for i in ids}
 
 
-def _generate(ctx: RunContext, prompt: str, params: Params, stop_ids: set[int], norm: str,
-              bar: Progress) -> dict[str, Any]:
+def _generate(
+    ctx: RunContext, prompt: str, params: Params, stop_ids: set[int], norm: str, bar: Progress
+) -> dict[str, Any]:
     import torch
 
     from toolkit.numerics.forward import last_logits

@@ -73,8 +73,12 @@ def run(ctx: RunContext, params: Params) -> None:
     import numpy as np
 
     runs = ctx.inputs.matching("exp4.generate", min_distinct=2, distinct=UPSTREAM_DISTINCT)
-    pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))
-             if numerics_key(runs[i]) != numerics_key(runs[j])]
+    pairs = [
+        (i, j)
+        for i in range(len(runs))
+        for j in range(i + 1, len(runs))
+        if numerics_key(runs[i]) != numerics_key(runs[j])
+    ]
     ctx.out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
     ctx.out.create_dataset("run_labels", data=np.array([r.label() for r in runs], dtype="S"))
     ctx.out.attrs["replay"] = "full forward per step (no KV cache, batch 1, logits_to_keep=1), last position"
@@ -135,8 +139,8 @@ def _one_prompt(models: _Models, run_a: RunView, run_b: RunView, key: str, param
     import torch
 
     from toolkit.numerics.embedding_forward import forward_states
-    from toolkit.numerics.layer_diff import layer_metrics, separation_layer
     from toolkit.numerics.fpunits import tensor_hash
+    from toolkit.numerics.layer_diff import layer_metrics, separation_layer
 
     base = f"prompts/{key}"
     prompt_ids = run_a[f"{base}/prompt_ids"]
@@ -160,7 +164,8 @@ def _one_prompt(models: _Models, run_a: RunView, run_b: RunView, key: str, param
     group.create_dataset("steps", data=np.asarray(steps, dtype=np.int64))
     for name, values in rows.items():
         group.create_dataset(name, data=np.stack(values))
-    group.create_dataset("separation", data=np.array([separation_layer(r, params.factor) for r in rows["rel_l2"]],
-                                                     dtype=np.int64))
+    group.create_dataset(
+        "separation", data=np.array([separation_layer(r, params.factor) for r in rows["rel_l2"]], dtype=np.int64)
+    )
     group.create_dataset("replay_matches", data=np.asarray(matches, dtype=bool))
     group.create_dataset("logits_max_abs_diff", data=np.asarray(logits_diff, dtype=np.float64))

@@ -36,7 +36,7 @@ READS: tuple[str, ...] = ()
 READS_PROMPTS = True  # its tasks read the manifest's prompts
 
 
-def NEEDS_EAGER_ATTENTION(params: Any) -> bool:  # noqa: N802 (a declaration, read by the registry)
+def NEEDS_EAGER_ATTENTION(params: Any) -> bool:
     """'singular' is among its directions: the top singular vector takes JVPs (torch.func.jvp)."""
     return "singular" in params.directions
 
@@ -77,8 +77,11 @@ class Params:
     def check(self) -> list[tuple[str, str]]:
         from toolkit.experiments.checks import above, at_least, between
 
-        problems = [("directions", f"unknown direction {d!r}; choose from {', '.join(DIRECTIONS)}")
-                    for d in self.directions if d not in DIRECTIONS]
+        problems = [
+            ("directions", f"unknown direction {d!r}; choose from {', '.join(DIRECTIONS)}")
+            for d in self.directions
+            if d not in DIRECTIONS
+        ]
         if not self.directions:
             problems.append(("directions", "must name at least one direction"))
         between(problems, "n_random", self.n_random, 1, 100)
@@ -142,8 +145,9 @@ def embeds_with(embeds: torch.Tensor, x_tilde: torch.Tensor, scope: str) -> Any:
     return with_row(embeds, x_tilde, -1) if scope == "last" else x_tilde[None].to(embeds.dtype)
 
 
-def directions(ctx: RunContext, params: Params, ids: torch.Tensor, embeds: torch.Tensor,
-               x: torch.Tensor) -> dict[str, Any]:
+def directions(
+    ctx: RunContext, params: Params, ids: torch.Tensor, embeds: torch.Tensor, x: torch.Tensor
+) -> dict[str, Any]:
     """Unit float64 directions shaped like x, by name."""
     import torch
 
@@ -200,33 +204,50 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGrou
     width = max(len(f["trace"]) for f in found)
     group.attrs["prompt"] = prompt
     data = {
-        "prompt_ids": ids[0].cpu().numpy().astype(np.int64), "reference_ids": np.asarray(reference, np.int64),
+        "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
+        "reference_ids": np.asarray(reference, np.int64),
         "directions": np.array(_names(params), dtype="S"),
         "direction_vectors": np.stack([v.numpy() for v in vectors.values()]),
         "trace_eps": np.array([[e for e, _ in f["trace"]] + [np.nan] * (width - len(f["trace"])) for f in found]),
         "trace_diverged": np.array([[int(v) for _, v in f["trace"]] + [-1] * (width - len(f["trace"])) for f in found]),
     }
-    for name in ("eps_lower", "eps_upper", "realised_lower", "realised_upper", "changed_upper",
-                 "divergence_step", "evaluations"):
+    for name in (
+        "eps_lower",
+        "eps_upper",
+        "realised_lower",
+        "realised_upper",
+        "changed_upper",
+        "divergence_step",
+        "evaluations",
+    ):
         data[name] = np.array([f[name] for f in found])
     data["tokens_upper"] = np.array([f["tokens_upper"] for f in found], dtype=np.int64)
     for name, value in data.items():
         group.create_dataset(name, data=value)
 
 
-def generate_at(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, eps: float,
-                params: Params) -> tuple[list[int], Any]:
+def generate_at(
+    model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, eps: float, params: Params
+) -> tuple[list[int], Any]:
     """Greedy ids from the embeddings perturbed by ε·v, and the `Perturbation` record."""
     from toolkit.numerics.greedy import greedy_from_embeds
     from toolkit.numerics.perturb import perturb
 
     p = perturb(x, v.to(x.device), eps, params.perturb_mode)
-    return greedy_from_embeds(model, embeds_with(embeds, p.x_tilde, params.scope), params.n_tokens,
-                              params.kv_cache).ids, p
+    return greedy_from_embeds(
+        model, embeds_with(embeds, p.x_tilde, params.scope), params.n_tokens, params.kv_cache
+    ).ids, p
 
 
-def search(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: torch.Tensor, reference: list[int],
-           params: Params, bar: Progress) -> dict[str, Any]:
+def search(
+    model: PreTrainedModel,
+    embeds: torch.Tensor,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    reference: list[int],
+    params: Params,
+    bar: Progress,
+) -> dict[str, Any]:
     """Bracket then bisect (in log ε) the divergence threshold along v; see the module docstring."""
     import math
 
@@ -256,14 +277,24 @@ def search(model: PreTrainedModel, embeds: torch.Tensor, x: torch.Tensor, v: tor
                 upper = middle
             else:
                 lower = middle
-    result: dict[str, Any] = {"eps_lower": lower, "eps_upper": upper, "trace": trace, "evaluations": len(trace),
-                              "realised_lower": seen[lower][1].delta_norm if lower in seen else math.nan,
-                              "realised_upper": math.nan, "changed_upper": 0, "divergence_step": -1,
-                              "tokens_upper": (-1, -1)}
+    result: dict[str, Any] = {
+        "eps_lower": lower,
+        "eps_upper": upper,
+        "trace": trace,
+        "evaluations": len(trace),
+        "realised_lower": seen[lower][1].delta_norm if lower in seen else math.nan,
+        "realised_upper": math.nan,
+        "changed_upper": 0,
+        "divergence_step": -1,
+        "tokens_upper": (-1, -1),
+    }
     if upper in seen:
         ids, p = seen[upper]
         step = first_difference(ids, reference)
-        result.update(realised_upper=p.delta_norm, changed_upper=p.n_changed, divergence_step=step,
-                      tokens_upper=(reference[step] if step < len(reference) else -1,
-                                    ids[step] if step < len(ids) else -1))
+        result.update(
+            realised_upper=p.delta_norm,
+            changed_upper=p.n_changed,
+            divergence_step=step,
+            tokens_upper=(reference[step] if step < len(reference) else -1, ids[step] if step < len(ids) else -1),
+        )
     return result

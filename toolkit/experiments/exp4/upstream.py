@@ -29,8 +29,10 @@ def check_prompt_count(traces: list[list[dict[str, Any]]]) -> int:
     """The common number of prompts of the runs' traces; UpstreamError when they differ."""
     counts = {len(t) for t in traces}
     if len(counts) != 1:
-        raise UpstreamError("exp4.generate runs hold different numbers of prompts; analyse one campaign's runs "
-                            "(give every exp4.generate entry in `needs` the same prompts)")
+        raise UpstreamError(
+            "exp4.generate runs hold different numbers of prompts; analyse one campaign's runs "
+            "(give every exp4.generate entry in `needs` the same prompts)"
+        )
     return counts.pop()
 
 
@@ -41,7 +43,10 @@ def check_same_prompts(runs: list[RunView], traces: list[list[dict[str, Any]]]) 
     first = traces[0]
     for run, trace in zip(runs[1:], traces[1:]):
         same = len(trace) == len(first) and all(
-            np.array_equal(a["prompt_ids"], b["prompt_ids"]) for a, b in zip(first, trace))
+            np.array_equal(a["prompt_ids"], b["prompt_ids"]) for a, b in zip(first, trace)
+        )
         if not same:
-            raise UpstreamError(f"run {run.task_id} ({run.label()}) has other prompts than {runs[0].task_id}; "
-                                "compare runs of one campaign prompt set")
+            raise UpstreamError(
+                f"run {run.task_id} ({run.label()}) has other prompts than {runs[0].task_id}; "
+                "compare runs of one campaign prompt set"
+            )

@@ -1,5 +1,4 @@
-"""Figures of exp5.module_lipschitz, drawn from the store only (no model): layers × modules heatmap.
-"""
+"""Figures of exp5.module_lipschitz, drawn from the store only (no model): layers × modules heatmap."""
 
 from __future__ import annotations
 
@@ -34,13 +33,20 @@ def plot_module_lipschitz(run: RunView, out_dir: Path) -> list[Path]:
         ax.set_xlabel("decoder layer")
         if sigma.size <= 64:  # values readable only for a few layers; the colour bar carries the rest
             for (i, j), value in np.ndenumerate(sigma):
-                ax.text(i, j, f"{value:.3g}", ha="center", va="center", fontsize=5.5,
-                        color="w" if np.log10(value) < np.log10(sigma).mean() else "k")
+                ax.text(
+                    i,
+                    j,
+                    f"{value:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=5.5,
+                    color="w" if np.log10(value) < np.log10(sigma).mean() else "k",
+                )
         ax.set_title("σ1 of ∂(module output)/∂(module input) at the last position", fontsize=9)
         plt.colorbar(image, ax=ax, label="log10 σ1")
         ax = axes[1]
         for j, module in enumerate(modules):
-            line, = ax.semilogy(layers, sigma[:, j], marker="o", ms=3, lw=1.2, label=f"{module} σ1")
+            (line,) = ax.semilogy(layers, sigma[:, j], marker="o", ms=3, lw=1.2, label=f"{module} σ1")
             ax.semilogy(layers, gain[:, j, -1], ls="none", marker="x", ms=5, color=line.get_color())
         ax.set_xlabel("decoder layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -107,13 +107,22 @@ def run(ctx: RunContext, params: Params) -> None:
     out.create_dataset("module_names", data=np.array(names, dtype="S"))
     out.create_dataset("modules", data=np.array(params.modules, dtype="S"))
     out.create_dataset("layer_indices", data=np.array(indices, dtype=np.int64))
-    out.attrs.update({"method": METHOD, "iterations": params.iterations, "block_size": params.top_k + params.oversample,
-                      "jvp_mode": params.jvp_mode, "perturb_mode": params.perturb_mode, "dtype": ctx.numerics.dtype,
-                      "attn_implementation": setup.attention, "true_fp64": setup.use_true_fp64,
-                      "held_fixed": "self_attn: other positions' inputs (keys/values), RoPE cos/sin, mask; "
-                                    "position-wise modules: nothing",
-                      "module_path": "module run on the whole recorded sequence [1,T,D], row t* replaced; "
-                                     "forward: full prompt, batch 1, no KV cache"})
+    out.attrs.update(
+        {
+            "method": METHOD,
+            "iterations": params.iterations,
+            "block_size": params.top_k + params.oversample,
+            "jvp_mode": params.jvp_mode,
+            "perturb_mode": params.perturb_mode,
+            "dtype": ctx.numerics.dtype,
+            "attn_implementation": setup.attention,
+            "true_fp64": setup.use_true_fp64,
+            "held_fixed": "self_attn: other positions' inputs (keys/values), RoPE cos/sin, mask; "
+            "position-wise modules: nothing",
+            "module_path": "module run on the whole recorded sequence [1,T,D], row t* replaced; "
+            "forward: full prompt, batch 1, no KV cache",
+        }
+    )
     with model_arithmetic(ctx, setup.use_true_fp64):
         for index, prompt in enumerate(ctx.prompts):
             group = out.create_group(f"prompts/{index:03d}")
@@ -137,11 +146,18 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, names: list[list[s
     shape = (len(names), len(params.modules))
     k, e = params.top_k, len(params.eps)
     data: dict[str, Any] = {
-        "prompt_ids": ids[0].cpu().numpy().astype(np.int64), "eps": np.asarray(params.eps, dtype=np.float64),
-        "sigma": np.zeros(shape + (k,)), "residual": np.zeros(shape + (k,)), "right_vectors": None,
-        "gain_v1": np.full(shape + (e,), np.nan), "gain_random": np.full(shape + (e,), np.nan),
-        "jacobian_gain_random": np.zeros(shape), "input_norm": np.zeros(shape), "output_norm": np.zeros(shape),
-        "faithful": np.zeros(shape, dtype=bool)}
+        "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
+        "eps": np.asarray(params.eps, dtype=np.float64),
+        "sigma": np.zeros(shape + (k,)),
+        "residual": np.zeros(shape + (k,)),
+        "right_vectors": None,
+        "gain_v1": np.full(shape + (e,), np.nan),
+        "gain_random": np.full(shape + (e,), np.nan),
+        "jacobian_gain_random": np.zeros(shape),
+        "input_norm": np.zeros(shape),
+        "output_norm": np.zeros(shape),
+        "faithful": np.zeros(shape, dtype=bool),
+    }
     modules = dict(ctx.model.named_modules())
     for i, row in enumerate(names):
         for j, name in enumerate(row):
@@ -167,16 +183,30 @@ def module_measures(module: Any, call: dict[str, Any], params: Params, bar: Prog
     op = JacobianOperator(g, z, jvp_mode=params.jvp_mode)
     if params.top_k > min(op.in_dim, op.out_dim):
         raise ValueError(f"top_k = {params.top_k} exceeds the module's dimensions ({op.in_dim} → {op.out_dim})")
-    triplets = top_singular(op, params.top_k, iterations=params.iterations, oversample=params.oversample,
-                            seed=params.seed, progress=bar.update)
+    triplets = top_singular(
+        op,
+        params.top_k,
+        iterations=params.iterations,
+        oversample=params.oversample,
+        seed=params.seed,
+        progress=bar.update,
+    )
     random_dir = random_directions(1, op.in_dim, params.seed)[0]
     limit = float(torch.linalg.vector_norm(op.jvp(random_dir[None])[0]))
     bar.update()
     base = op.output.double()
-    gains = finite_difference_gains(op, base, torch.stack([triplets.right[0], random_dir]), params.eps,
-                                    params.perturb_mode, bar.update)["gain"]
+    gains = finite_difference_gains(
+        op, base, torch.stack([triplets.right[0], random_dir]), params.eps, params.perturb_mode, bar.update
+    )["gain"]
     bar.update()
-    return {"sigma": triplets.sigma.numpy(), "residual": triplets.residual.numpy(), "right": triplets.right.numpy(),
-            "gain_v1": gains[0], "gain_random": gains[1], "jacobian_gain_random": limit,
-            "input_norm": float(torch.linalg.vector_norm(z.double())),
-            "output_norm": float(torch.linalg.vector_norm(base)), "faithful": faithful}
+    return {
+        "sigma": triplets.sigma.numpy(),
+        "residual": triplets.residual.numpy(),
+        "right": triplets.right.numpy(),
+        "gain_v1": gains[0],
+        "gain_random": gains[1],
+        "jacobian_gain_random": limit,
+        "input_norm": float(torch.linalg.vector_norm(z.double())),
+        "output_norm": float(torch.linalg.vector_norm(base)),
+        "faithful": faithful,
+    }

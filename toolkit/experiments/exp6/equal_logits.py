@@ -46,7 +46,7 @@ STORES = {
     "prompts/<kkk>/gap_hw": "scalar float64 h(x0)·(W[a] − W[b]) in float64 (not the certified gap)",
     "prompts/<kkk>/top_ids / top_logits": "[5] the lm_head top-5 at x0",
     "prompts/<kkk>/trace_*": "[I] per evaluation: gap, gap_ulps, objective, step, phase (0 grad, 1 polish), "
-                             "pair_is_top2",
+    "pair_is_top2",
     "prompts/<kkk>/trace_pair": "[I,2] per evaluation: the pair (a, b) it measured",
     "prompts/<kkk>/sigma / right_vectors / residual": "[K], [K,D], [K] top-K singular triplets of J at x0",
 }
@@ -85,8 +85,14 @@ class Params:
         between(problems, "patience", self.patience, 1, 100_000)
         between(problems, "polish_steps", self.polish_steps, 0, 1_000_000)
         at_least(problems, "tol_ulps", self.tol_ulps, 0, note=" (0 asks for an exact tie)")
-        subspace(problems, self.n_directions, self.svd_iterations, self.oversample, k_max=256,
-                 names=("n_directions", "svd_iterations", "oversample"))
+        subspace(
+            problems,
+            self.n_directions,
+            self.svd_iterations,
+            self.oversample,
+            k_max=256,
+            names=("n_directions", "svd_iterations", "oversample"),
+        )
         at_least(problems, "seed", self.seed)
         return problems
 
@@ -100,19 +106,40 @@ def run(ctx: RunContext, params: Params) -> None:
 
     setup = jacobian_setup(ctx, params.true_fp64)
     out = ctx.out
-    for key, value in (("method", params.method), ("optimizer", params.optimizer), ("lr", params.lr),
-                       ("max_step", params.max_step), ("iterations", params.iterations),
-                       ("patience", params.patience), ("polish_steps", params.polish_steps),
-                       ("tol_ulps", params.tol_ulps), ("jvp_mode", params.jvp_mode),
-                       ("dtype", ctx.numerics.dtype), ("attn_implementation", ctx.numerics.attn_implementation),
-                       ("arithmetic", ARITHMETIC), ("true_fp64", setup.use_true_fp64)):
+    for key, value in (
+        ("method", params.method),
+        ("optimizer", params.optimizer),
+        ("lr", params.lr),
+        ("max_step", params.max_step),
+        ("iterations", params.iterations),
+        ("patience", params.patience),
+        ("polish_steps", params.polish_steps),
+        ("tol_ulps", params.tol_ulps),
+        ("jvp_mode", params.jvp_mode),
+        ("dtype", ctx.numerics.dtype),
+        ("attn_implementation", ctx.numerics.attn_implementation),
+        ("arithmetic", ARITHMETIC),
+        ("true_fp64", setup.use_true_fp64),
+    ):
         out.attrs[key] = value
-    out.attrs["optimiser"] = json.dumps({"optimizer": params.optimizer, "lr": params.lr, "max_step": params.max_step,
-                                         "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "adam_grad_clip": 1.0})
-    out.attrs["certified_by"] = ("toolkit.numerics.embedding_forward.forward_states: full recompute of the prompt, "
-                                 "batch 1, no KV cache, logits_to_keep=1; gap = float64(logit a) - float64(logit b)")
-    out.attrs["directions"] = ("right singular vectors of J = d(final-norm hidden, last position)/d(x) at x0, "
-                               "subspace iteration (toolkit.numerics.jacobian.top_singular), largest-|entry| positive")
+    out.attrs["optimiser"] = json.dumps(
+        {
+            "optimizer": params.optimizer,
+            "lr": params.lr,
+            "max_step": params.max_step,
+            "adam_betas": [0.9, 0.999],
+            "adam_eps": 1e-8,
+            "adam_grad_clip": 1.0,
+        }
+    )
+    out.attrs["certified_by"] = (
+        "toolkit.numerics.embedding_forward.forward_states: full recompute of the prompt, "
+        "batch 1, no KV cache, logits_to_keep=1; gap = float64(logit a) - float64(logit b)"
+    )
+    out.attrs["directions"] = (
+        "right singular vectors of J = d(final-norm hidden, last position)/d(x) at x0, "
+        "subspace iteration (toolkit.numerics.jacobian.top_singular), largest-|entry| positive"
+    )
     per_prompt = params.iterations + params.polish_steps + params.svd_iterations + 2
     bar = ctx.progress(len(ctx.prompts) * per_prompt)
     with model_arithmetic(ctx, setup.use_true_fp64, attention=setup.attention):
@@ -145,38 +172,65 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGrou
     cert = certify(states.logits, *result.pair)
     trace_gap = result.trace["gap"][result.best_iteration] if result.best_iteration >= 0 else float("nan")
     a, b = cert.pair
-    w = ctx.model.get_output_embeddings().weight  # type: ignore[no-untyped-call]
+    w = ctx.model.get_output_embeddings().weight
     top = torch.topk(states.logits.detach(), 5)
-    _write_certificate(group, ids, x_init, embeds, x0, cert, states, top,
-                       gap_hw=float(states.final_norm.double() @ (w[a].detach().double() - w[b].detach().double())))
+    _write_certificate(
+        group,
+        ids,
+        x_init,
+        embeds,
+        x0,
+        cert,
+        states,
+        top,
+        gap_hw=float(states.final_norm.double() @ (w[a].detach().double() - w[b].detach().double())),
+    )
     _write_trace(group, result.trace)
     _write_directions(ctx, params, ids, x0, group, bar)
-    attrs = {"prompt": prompt, "method": params.method, "dtype": ctx.numerics.dtype,
-             "converged": bool(cert.pair_is_top2 and abs(cert.gap_ulps) <= params.tol_ulps),
-             "iterations_done": result.iterations_done, "best_iteration": result.best_iteration,
-             "polish_tries": result.polish_tries, "polish_accepted": result.polish_accepted,
-             "a_token": ctx.tokenizer.decode([a]), "b_token": ctx.tokenizer.decode([b]),
-             "initial_pair": list(pair0), "pair_is_top2": cert.pair_is_top2, "position": int(ids.shape[1] - 1),
-             "distance_from_init": float(torch.linalg.vector_norm(x0.double() - x_init.double())),
-             "trace_matches_certified": bool(abs(trace_gap) == abs(cert.gap))}
+    attrs = {
+        "prompt": prompt,
+        "method": params.method,
+        "dtype": ctx.numerics.dtype,
+        "converged": bool(cert.pair_is_top2 and abs(cert.gap_ulps) <= params.tol_ulps),
+        "iterations_done": result.iterations_done,
+        "best_iteration": result.best_iteration,
+        "polish_tries": result.polish_tries,
+        "polish_accepted": result.polish_accepted,
+        "a_token": ctx.tokenizer.decode([a]),
+        "b_token": ctx.tokenizer.decode([b]),
+        "initial_pair": list(pair0),
+        "pair_is_top2": cert.pair_is_top2,
+        "position": int(ids.shape[1] - 1),
+        "distance_from_init": float(torch.linalg.vector_norm(x0.double() - x_init.double())),
+        "trace_matches_certified": bool(abs(trace_gap) == abs(cert.gap)),
+    }
     for key, value in attrs.items():
         group.attrs[key] = value
 
 
-def _write_certificate(group: CheckedGroup, ids: Any, x_init: Any, embeds: Any, x0: Any, cert: Any, states: Any,
-                       top: Any, gap_hw: float) -> None:
+def _write_certificate(
+    group: CheckedGroup, ids: Any, x_init: Any, embeds: Any, x0: Any, cert: Any, states: Any, top: Any, gap_hw: float
+) -> None:
     import numpy as np
 
     from toolkit.numerics.fpunits import with_row
 
     full = with_row(embeds, x0, -1)[0]
-    data = {"prompt_ids": ids[0].cpu().numpy().astype(np.int64),
-            "x0": x0.detach().double().cpu().numpy(), "x_init": x_init.detach().double().cpu().numpy(),
-            "embeds": full.detach().double().cpu().numpy(),
-            "pair": np.array(cert.pair, dtype=np.int64), "logits_ab": np.array(cert.logits_ab, dtype=np.float64),
-            "gap": np.float64(cert.gap), "gap_ulps": np.float64(cert.gap_ulps), "argmax": np.int64(cert.argmax),
-            "hidden_x0": states.final_norm.detach().double().cpu().numpy(), "gap_hw": np.float64(gap_hw),
-            "top_ids": top.indices.cpu().numpy().astype(np.int64), "top_logits": top.values.double().cpu().numpy()}
+    data = {
+        "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
+        "x0": x0.detach().double().cpu().numpy(),
+        "x_init": x_init.detach().double().cpu().numpy(),
+        "embeds": full.detach().double().cpu().numpy(),
+        "pair": np.array(cert.pair, dtype=np.int64),
+        "logits_ab": np.array(cert.logits_ab, dtype=np.float64),
+        "gap": np.float64(cert.gap),
+        "gap_ulps": np.float64(cert.gap_ulps),
+        "argmax": np.int64(cert.argmax),
+        "hidden_x0": states.final_norm.detach().double().cpu().numpy(),
+        "gap_hw": np.float64(gap_hw),
+        "top_ids": top.indices.cpu().numpy().astype(np.int64),
+        "top_logits": top.values.double().cpu().numpy(),
+    }
     for name, value in data.items():
         group.create_dataset(name, data=value)
 
@@ -200,8 +254,14 @@ def _write_directions(ctx: RunContext, params: Params, ids: Any, x0: Any, group:
 
     f, _ = make_f(ctx.model, ids)
     op = JacobianOperator(f, x0, batched=True, jvp_mode=params.jvp_mode)
-    triplets = top_singular(op, params.n_directions, iterations=params.svd_iterations,
-                            oversample=params.oversample, seed=params.seed, progress=bar.update)
+    triplets = top_singular(
+        op,
+        params.n_directions,
+        iterations=params.svd_iterations,
+        oversample=params.oversample,
+        seed=params.seed,
+        progress=bar.update,
+    )
     group.create_dataset("sigma", data=triplets.sigma.numpy())
     group.create_dataset("right_vectors", data=triplets.right.numpy())
     group.create_dataset("residual", data=triplets.residual.numpy())

@@ -17,15 +17,20 @@ def plot_token_flip(run: RunView, out_dir: Path) -> list[Path]:
     per direction."""
     plt = pyplot()
 
-    rows = [f"sources/{source}/prompts/{key}" for source in sorted(run.group["sources"])
-            for key in sorted(run.group[f"sources/{source}/prompts"])]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4.2 * max(len(rows), 1)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.4, 1]})
+    rows = [
+        f"sources/{source}/prompts/{key}"
+        for source in sorted(run.group["sources"])
+        for key in sorted(run.group[f"sources/{source}/prompts"])
+    ]
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(12, 4.2 * max(len(rows), 1)), squeeze=False, gridspec_kw={"width_ratios": [2.4, 1]}
+    )
     for (left, right), base in zip(axes, rows):
         _gap_panel(left, run, base)
         _nearest_panel(right, run, base)
-    fig.suptitle(f"exp6.token_flip — {run.label()}, x = x0 + ε·v_i rounded as {run.attrs.get('perturb_mode')}",
-                 fontsize=10)
+    fig.suptitle(
+        f"exp6.token_flip — {run.label()}, x = x0 + ε·v_i rounded as {run.attrs.get('perturb_mode')}", fontsize=10
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return [save_figure(fig, out_dir, "token_flip", run.task_id)]
 
@@ -54,11 +59,20 @@ def _gap_panel(ax: Any, run: RunView, base: str) -> None:
     ax.set_ylabel("logit a − logit b  [ULPs of the logit at x0]")
     attrs = run.group[base].attrs
     pair = run[f"{base}/pair"]
-    ax.set_title(f"{attrs.get('upstream_method', '?')} tie, prompt {attrs.get('prompt', '')!r}: "
-                 f"a={pair[0]}, b={pair[1]}; "
-                 "| = a/b choice flips, ★ = nearest argmax flip", fontsize=9)
-    ax.legend(fontsize=7, ncol=min(len(directions), 6), loc="upper center", framealpha=0.9,
-              title="direction (right singular vector)", title_fontsize=7)
+    ax.set_title(
+        f"{attrs.get('upstream_method', '?')} tie, prompt {attrs.get('prompt', '')!r}: "
+        f"a={pair[0]}, b={pair[1]}; "
+        "| = a/b choice flips, ★ = nearest argmax flip",
+        fontsize=9,
+    )
+    ax.legend(
+        fontsize=7,
+        ncol=min(len(directions), 6),
+        loc="upper center",
+        framealpha=0.9,
+        title="direction (right singular vector)",
+        title_fontsize=7,
+    )
 
 
 def _nearest_panel(ax: Any, run: RunView, base: str) -> None:
@@ -92,7 +106,7 @@ def _decade_ticks(ax: Any, nonzero: Any) -> None:
     low, high = math.floor(math.log10(nonzero.min())), math.ceil(math.log10(nonzero.max()))
     stride = max(1, (high - low) // 4)
     powers = list(range(high, low, -stride)) or [high]  # not the lowest decade: its label would touch 0
-    values = [-(10.0 ** k) for k in powers] + [0.0] + [10.0 ** k for k in reversed(powers)]
+    values = [-(10.0**k) for k in powers] + [0.0] + [10.0**k for k in reversed(powers)]
     labels = [f"−1e{k}" for k in powers] + ["0"] + [f"1e{k}" for k in reversed(powers)]
     ax.set_xticks(np.array(values), labels, fontsize=7)
     ax.xaxis.set_minor_locator(NullLocator())
@@ -106,8 +120,9 @@ def plot_equal_logits(run: RunView, out_dir: Path) -> list[Path]:
     plt = pyplot()
 
     keys = sorted(run.group["prompts"])
-    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, axes = plt.subplots(
+        len(keys), 2, figsize=(11, 3.6 * max(len(keys), 1)), squeeze=False, gridspec_kw={"width_ratios": [2.2, 1]}
+    )
     for row, key in zip(axes, keys):
         base = f"prompts/{key}"
         gap_ulps, phase = np.abs(run[f"{base}/trace_gap_ulps"]), run[f"{base}/trace_phase"]
@@ -119,15 +134,26 @@ def plot_equal_logits(run: RunView, out_dir: Path) -> list[Path]:
             if mask.any():
                 ax.plot(steps[mask], gap_ulps[mask], marker=marker, ms=4, lw=0.8, label=name)
         best = int(attrs["best_iteration"])
-        ax.plot([best], [gap_ulps[best]], marker="o", ms=13, mfc="none", mec="C3", mew=1.5, ls="none",
-                clip_on=False, label=f"kept: certified gap {float(run[f'{base}/gap_ulps']):g} ULP")
+        ax.plot(
+            [best],
+            [gap_ulps[best]],
+            marker="o",
+            ms=13,
+            mfc="none",
+            mec="C3",
+            mew=1.5,
+            ls="none",
+            clip_on=False,
+            label=f"kept: certified gap {float(run[f'{base}/gap_ulps']):g} ULP",
+        )
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_ylim(bottom=-0.2)  # the linear part of symlog: 0 ULP (a true tie) stays visible
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("evaluation (forward pass) index")
         ax.set_ylabel("|logit a − logit b|  [ULPs of the logit]")
-        ax.set_title(f"prompt {int(key)}: {attrs['method']} tie of {attrs['a_token']!r} / {attrs['b_token']!r}",
-                     fontsize=9)
+        ax.set_title(
+            f"prompt {int(key)}: {attrs['method']} tie of {attrs['a_token']!r} / {attrs['b_token']!r}", fontsize=9
+        )
         ax.legend(fontsize=7)
         sigma = run[f"{base}/sigma"]
         spec = row[1]

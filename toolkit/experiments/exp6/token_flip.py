@@ -46,7 +46,7 @@ STORES = {
     ".../gap": "[K,E] float64 logit[a] − logit[b] of the upstream pair (native values, exact difference)",
     ".../n_changed": "[K,E] int64 coordinates of x that changed",
     ".../nearest_flip_eps": "[K] float64 signed ε of the smallest |ε| with argmax != argmax at x0 (NaN: none; "
-                            "the negative one when ±ε both flip)",
+    "the negative one when ±ε both flip)",
     ".../nearest_flip_bracket": "[K,2] float64 (grid ε next towards 0, nearest flip ε)",
     ".../nearest_flip_token": "[K] int64 argmax at the nearest flip (-1: none)",
     ".../flip_positions": "[F,3] float64 (direction index 0-based, ε left, ε right) where the a/b choice changes",
@@ -160,8 +160,10 @@ def _one_prompt(ctx: RunContext, params: Params, run: RunView, key: str, group: 
     stored = run[f"{base}/right_vectors"]
     chosen = list(params.directions) or list(range(1, stored.shape[0] + 1))
     if max(chosen) > stored.shape[0]:
-        raise ValueError(f"directions {chosen} ask for more than the {stored.shape[0]} stored in {run.task_id}; "
-                         f"raise n_directions of exp6.equal_logits or choose indices <= {stored.shape[0]}")
+        raise ValueError(
+            f"directions {chosen} ask for more than the {stored.shape[0]} stored in {run.task_id}; "
+            f"raise n_directions of exp6.equal_logits or choose indices <= {stored.shape[0]}"
+        )
     vectors = stored[np.array(chosen) - 1]
     stored_pair = run[f"{base}/pair"]
     pair = (int(stored_pair[0]), int(stored_pair[1]))
@@ -170,8 +172,10 @@ def _one_prompt(ctx: RunContext, params: Params, run: RunView, key: str, group: 
     prefix = prompt_embeddings(ctx.model, ids)[0, :-1].double().cpu().numpy()
     baseline = forward_states(ctx.model, ids, x0).logits
     evaluator = _Evaluator(ctx.model, ids, pair, params.dedup)
-    table = {name: np.zeros((len(chosen), len(eps)), dtype=kind) for name, kind in
-             (("argmax", np.int64), ("gap", np.float64), ("n_changed", np.int64), ("side", np.int8))}
+    table = {
+        name: np.zeros((len(chosen), len(eps)), dtype=kind)
+        for name, kind in (("argmax", np.int64), ("gap", np.float64), ("n_changed", np.int64), ("side", np.int8))
+    }
     for i, vector in enumerate(torch.from_numpy(vectors)):
         for j, step in enumerate(eps):
             point = _perturbed(x0, vector, float(step), params.perturb_mode)
@@ -186,15 +190,24 @@ def _one_prompt(ctx: RunContext, params: Params, run: RunView, key: str, group: 
     group.attrs["prefix_matches_upstream"] = bool(np.array_equal(prefix, run[f"{base}/embeds"][:-1]))
     group.attrs["baseline_reproduced"] = bool(
         np.array_equal(baseline[list(pair)].double().cpu().numpy(), run[f"{base}/logits_ab"])
-        and int(torch.argmax(baseline)) == int(run[f"{base}/argmax"]))
+        and int(torch.argmax(baseline)) == int(run[f"{base}/argmax"])
+    )
     group.attrs["eps_floor"] = floor
     group.attrs["upstream_task_id"] = run.task_id
     group.attrs["upstream_method"] = str(run.attrs.get("method", ""))
     group.attrs["prompt"] = run.group[base].attrs.get("prompt", "")
-    data = {"eps": eps, "directions": np.array(chosen, dtype=np.int64), "pair": np.array(pair, dtype=np.int64),
-            "sigma": run[f"{base}/sigma"][np.array(chosen) - 1], "argmax_x0": np.int64(torch.argmax(baseline)),
-            "logit_ulp_x0": np.float64(_logit_ulp(baseline, pair)),
-            "argmax": table["argmax"], "gap": table["gap"], "n_changed": table["n_changed"], **stats}
+    data = {
+        "eps": eps,
+        "directions": np.array(chosen, dtype=np.int64),
+        "pair": np.array(pair, dtype=np.int64),
+        "sigma": run[f"{base}/sigma"][np.array(chosen) - 1],
+        "argmax_x0": np.int64(torch.argmax(baseline)),
+        "logit_ulp_x0": np.float64(_logit_ulp(baseline, pair)),
+        "argmax": table["argmax"],
+        "gap": table["gap"],
+        "n_changed": table["n_changed"],
+        **stats,
+    }
     for name, value in data.items():
         group.create_dataset(name, data=value)
 
@@ -257,11 +270,16 @@ class _Evaluator:
             return "no duplicate inputs"
         x, expected = self.duplicate
         again = self._forward(x)
-        same = again[0] == expected[0] and again[2] == expected[2] and (
-            again[1] == expected[1] or (math.isnan(again[1]) and math.isnan(expected[1])))
+        same = (
+            again[0] == expected[0]
+            and again[2] == expected[2]
+            and (again[1] == expected[1] or (math.isnan(again[1]) and math.isnan(expected[1])))
+        )
         if not same:
-            raise RuntimeError("a recomputed input gave a different result than its first evaluation: the forward "
-                               "is not deterministic here, so deduplication is not faithful; set dedup: false")
+            raise RuntimeError(
+                "a recomputed input gave a different result than its first evaluation: the forward "
+                "is not deterministic here, so deduplication is not faithful; set dedup: false"
+            )
         return "passed: one duplicate recomputed, bitwise equal"
 
 
@@ -289,6 +307,12 @@ def flip_statistics(eps: Any, argmax: Any, side: Any, eps_max: float, n_steps: i
         n_changes[i] = int(np.count_nonzero(argmax[i, 1:] != argmax[i, :-1]))
         sub = side[i, uniform]
         density[i] = np.count_nonzero(sub[1:] != sub[:-1]) / (2 * eps_max)
-    return {"nearest_flip_eps": nearest, "nearest_flip_bracket": bracket, "nearest_flip_token": token,
-            "flip_positions": np.array(positions, dtype=np.float64).reshape(-1, 3), "n_flips": n_flips,
-            "n_argmax_changes": n_changes, "flip_density": density}
+    return {
+        "nearest_flip_eps": nearest,
+        "nearest_flip_bracket": bracket,
+        "nearest_flip_token": token,
+        "flip_positions": np.array(positions, dtype=np.float64).reshape(-1, 3),
+        "n_flips": n_flips,
+        "n_argmax_changes": n_changes,
+        "flip_density": density,
+    }

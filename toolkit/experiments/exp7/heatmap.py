@@ -105,8 +105,13 @@ def check_planes(planes: tuple[tuple[int, ...], ...]) -> list[tuple[str, str]]:
         return [("planes", "must list at least one pair of direction indices, e.g. [[1, 2]]")]
     for k, plane in enumerate(planes):
         if len(plane) != 2 or 0 in plane or plane[0] == plane[1]:
-            return [("planes", f"entry {k} must be two different non-zero 1-based indices "
-                               f"(-1 = last stored direction), got {list(plane)}")]
+            return [
+                (
+                    "planes",
+                    f"entry {k} must be two different non-zero 1-based indices "
+                    f"(-1 = last stored direction), got {list(plane)}",
+                )
+            ]
     return []
 
 
@@ -115,13 +120,13 @@ class TiePoint:
     """What exp7 needs from one exp6.equal_logits prompt group (all float64, exact in the model dtype)."""
 
     key: str
-    prompt_ids: Any   # [T] int64
-    embeds: Any       # [T, D] float64, last row = x0
-    x0: Any           # [D]
+    prompt_ids: Any  # [T] int64
+    embeds: Any  # [T, D] float64, last row = x0
+    x0: Any  # [D]
     pair: tuple[int, int]
-    gap: float        # exp6's certified gap (for the centre check)
-    sigma: Any        # [K]
-    directions: Any   # [K, D] right singular vectors (rows)
+    gap: float  # exp6's certified gap (for the centre check)
+    sigma: Any  # [K]
+    directions: Any  # [K, D] right singular vectors (rows)
 
 
 def read_tie_points(run: RunView) -> list[TiePoint]:
@@ -132,10 +137,18 @@ def read_tie_points(run: RunView) -> list[TiePoint]:
         if f"{base}/x0" not in run or f"{base}/right_vectors" not in run:
             continue
         pair = run[f"{base}/pair"]
-        points.append(TiePoint(key=key, prompt_ids=run[f"{base}/prompt_ids"], embeds=run[f"{base}/embeds"],
-                               x0=run[f"{base}/x0"], pair=(int(pair[0]), int(pair[1])),
-                               gap=float(run[f"{base}/gap"]), sigma=run[f"{base}/sigma"],
-                               directions=run[f"{base}/right_vectors"]))
+        points.append(
+            TiePoint(
+                key=key,
+                prompt_ids=run[f"{base}/prompt_ids"],
+                embeds=run[f"{base}/embeds"],
+                x0=run[f"{base}/x0"],
+                pair=(int(pair[0]), int(pair[1])),
+                gap=float(run[f"{base}/gap"]),
+                sigma=run[f"{base}/sigma"],
+                directions=run[f"{base}/right_vectors"],
+            )
+        )
     return points
 
 
@@ -150,8 +163,10 @@ def resolve_plane(plane: tuple[int, ...], count: int) -> tuple[int, int]:
     for index in plane:
         resolved = index - 1 if index > 0 else count + index
         if not 0 <= resolved < count:
-            raise UpstreamError(f"plane {list(plane)}: direction {index} does not exist, the upstream run stores "
-                                f"{count} directions (raise exp6.equal_logits' n_directions or choose other planes)")
+            raise UpstreamError(
+                f"plane {list(plane)}: direction {index} does not exist, the upstream run stores "
+                f"{count} directions (raise exp6.equal_logits' n_directions or choose other planes)"
+            )
         out.append(resolved)
     if out[0] == out[1]:
         raise UpstreamError(f"plane {list(plane)} names direction {out[0] + 1} twice with {count} stored directions")
@@ -171,8 +186,10 @@ def run(ctx: RunContext, params: Params) -> None:
     if not jobs:
         from toolkit.errors import UpstreamError
 
-        raise UpstreamError("exp7.heatmap found no tie point with stored directions in its exp6.equal_logits runs; "
-                               "give that entry n_directions >= 2 and prompts whose search certifies a tie")
+        raise UpstreamError(
+            "exp7.heatmap found no tie point with stored directions in its exp6.equal_logits runs; "
+            "give that entry n_directions >= 2 and prompts whose search certifies a tie"
+        )
     per_map = len(e) ** 2 + params.check_sample + (params.agreement_sample if params.mode == "fast" else 0)
     bar = ctx.progress(len(jobs) * per_map)
     describe(ctx, params, ctx.out)
@@ -204,8 +221,17 @@ def describe(ctx: RunContext, params: Params, out: CheckedGroup) -> None:
     out.attrs["batch_size_requested"] = params.batch_size
 
 
-def compute_map(ctx: RunContext, params: Params, tie: TiePoint, v1: Any, v2: Any, e1: Any, e2: Any, group: CheckedGroup,
-                bar: Progress) -> None:
+def compute_map(
+    ctx: RunContext,
+    params: Params,
+    tie: TiePoint,
+    v1: Any,
+    v2: Any,
+    e1: Any,
+    e2: Any,
+    group: CheckedGroup,
+    bar: Progress,
+) -> None:
     """Evaluate one plane's grid and write its datasets and per-map attrs into `group`."""
     import json
 
@@ -218,20 +244,42 @@ def compute_map(ctx: RunContext, params: Params, tie: TiePoint, v1: Any, v2: Any
     embeds = torch.from_numpy(np.asarray(tie.embeds)).to(dtype)
     x0 = torch.from_numpy(np.asarray(tie.x0)).to(dtype)
     if not torch.equal(embeds[-1], x0) or not np.array_equal(x0.double().numpy(), tie.x0):
-        raise UpstreamError(f"prompt group {tie.key}: x0 is not exactly representable in {dtype} or is not the last "
-                            "row of embeds; run exp6 with the same dtype")
+        raise UpstreamError(
+            f"prompt group {tie.key}: x0 is not exactly representable in {dtype} or is not the last "
+            "row of embeds; run exp6 with the same dtype"
+        )
     prefix = embeds[:-1].unsqueeze(0).to(ctx.device)
     with torch.no_grad():
         own = ctx.model.get_input_embeddings()(torch.as_tensor(tie.prompt_ids[:-1], device=ctx.device))
     points = grid.form_points(x0, v1, v2, e1, e2, params.arithmetic)
-    result = grid.run_grid(ctx.model, prefix, points, tie.pair, params.mode, params.batch_size,
-                           params.check_sample, params.dedup, params.agreement_sample, params.seed, bar.update)
+    result = grid.run_grid(
+        ctx.model,
+        prefix,
+        points,
+        tie.pair,
+        params.mode,
+        params.batch_size,
+        params.check_sample,
+        params.dedup,
+        params.agreement_sample,
+        params.seed,
+        bar.update,
+    )
     shape = (len(e1), len(e2))
-    data = {"gap": result.gap.reshape(shape), "argmax": result.argmax.reshape(shape),
-            "logits_ab": result.logits_ab.reshape(*shape, 2), "distinct": result.distinct.reshape(shape),
-            "e1": e1, "e2": e2, "x0": np.asarray(tie.x0, dtype=np.float64), "v1": np.asarray(v1, np.float64),
-            "v2": np.asarray(v2, np.float64), "embeds": np.asarray(tie.embeds, np.float64),
-            "prompt_ids": np.asarray(tie.prompt_ids, np.int64), "pair": np.asarray(tie.pair, np.int64)}
+    data = {
+        "gap": result.gap.reshape(shape),
+        "argmax": result.argmax.reshape(shape),
+        "logits_ab": result.logits_ab.reshape(*shape, 2),
+        "distinct": result.distinct.reshape(shape),
+        "e1": e1,
+        "e2": e2,
+        "x0": np.asarray(tie.x0, dtype=np.float64),
+        "v1": np.asarray(v1, np.float64),
+        "v2": np.asarray(v2, np.float64),
+        "embeds": np.asarray(tie.embeds, np.float64),
+        "prompt_ids": np.asarray(tie.prompt_ids, np.int64),
+        "pair": np.asarray(tie.pair, np.int64),
+    }
     for name, value in data.items():
         group.create_dataset(name, data=value)
     group.attrs["pair_tokens"] = json.dumps([ctx.tokenizer.decode([t]) for t in tie.pair]) if ctx.tokenizer else "[]"

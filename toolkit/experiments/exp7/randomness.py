@@ -38,8 +38,20 @@ STORES = {
     "maps/<m> attrs": "source_task_id, source_map, every scalar metric (see the module docstring)",
     "summary": "attr: one line per map",
 }
-METRICS = ("fraction_class1", "flip_ratio", "iid_flip_ratio", "crossing_density", "regions", "morans_i",
-           "moran_p_two_sided", "moran_z", "mean_local_entropy", "mean_gradient", "max_gradient", "ties")
+METRICS = (
+    "fraction_class1",
+    "flip_ratio",
+    "iid_flip_ratio",
+    "crossing_density",
+    "regions",
+    "morans_i",
+    "moran_p_two_sided",
+    "moran_z",
+    "mean_local_entropy",
+    "mean_gradient",
+    "max_gradient",
+    "ties",
+)
 
 
 @dataclass(frozen=True)
@@ -82,14 +94,26 @@ def metrics(gap: Any, pair: Any, e1: Any, e2: Any, params: Params) -> tuple[dict
     test = spatial.permutation_test(classes, params.n_perm, params.seed)
     entropy = spatial.local_entropy(classes, params.window)
     grad = spatial.gradient_magnitude(gap, e1, e2)
-    scalars = {**flips, **spatial.fragmentation(classes), "morans_i": test["observed"],
-               "moran_p_two_sided": test["p_two_sided"], "moran_p_greater": test["p_greater"],
-               "moran_z": test["z_score"], "moran_null_mean": float(test["null"].mean()) if test["null"].size
-               else float("nan"), "mean_local_entropy": float(entropy.mean()) if entropy.size else float("nan"),
-               "mean_gradient": float(grad.mean()), "max_gradient": float(grad.max()),
-               "ties": int((gap == 0).sum()), "cells": int(gap.size)}
-    arrays = {"classes": classes, "local_entropy": entropy, "gradient_magnitude": grad,
-              "moran_null": np.asarray(test["null"], dtype=np.float64)}
+    scalars = {
+        **flips,
+        **spatial.fragmentation(classes),
+        "morans_i": test["observed"],
+        "moran_p_two_sided": test["p_two_sided"],
+        "moran_p_greater": test["p_greater"],
+        "moran_z": test["z_score"],
+        "moran_null_mean": float(test["null"].mean()) if test["null"].size else float("nan"),
+        "mean_local_entropy": float(entropy.mean()) if entropy.size else float("nan"),
+        "mean_gradient": float(grad.mean()),
+        "max_gradient": float(grad.max()),
+        "ties": int((gap == 0).sum()),
+        "cells": int(gap.size),
+    }
+    arrays = {
+        "classes": classes,
+        "local_entropy": entropy,
+        "gradient_magnitude": grad,
+        "moran_null": np.asarray(test["null"], dtype=np.float64),
+    }
     return scalars, arrays
 
 
@@ -100,17 +124,20 @@ def run(ctx: RunContext, params: Params) -> None:
     runs = ctx.inputs.matching(("exp7.heatmap", "exp7.zoom"))
     maps = stored_maps(runs)
     if not maps:
-        raise UpstreamError("exp7.randomness found no stored map in its exp7.heatmap / exp7.zoom runs; list the id "
-                            "of an exp7.heatmap (or exp7.zoom with recompute_steps > 0) entry under this entry's "
-                            "`needs`")
+        raise UpstreamError(
+            "exp7.randomness found no stored map in its exp7.heatmap / exp7.zoom runs; list the id "
+            "of an exp7.heatmap (or exp7.zoom with recompute_steps > 0) entry under this entry's "
+            "`needs`"
+        )
     bar = ctx.progress(len(maps))
     lines = []
     ctx.out.attrs["classes"] = "1 where the model's argmax restricted to (a, b) picks a (ties: lower id)"
     ctx.out.attrs["window"] = params.window
     ctx.out.attrs["n_perm"] = params.n_perm
     for m, (source, path) in enumerate(maps):
-        scalars, arrays = metrics(source[f"{path}/gap"], source[f"{path}/pair"], source[f"{path}/e1"],
-                                  source[f"{path}/e2"], params)
+        scalars, arrays = metrics(
+            source[f"{path}/gap"], source[f"{path}/pair"], source[f"{path}/e1"], source[f"{path}/e2"], params
+        )
         group = ctx.out.create_group(f"maps/{m:03d}")
         group.attrs["source_task_id"] = source.task_id
         group.attrs["source_experiment"] = source.experiment
@@ -124,8 +151,7 @@ def run(ctx: RunContext, params: Params) -> None:
             group.create_dataset(key, data=source[f"{path}/{key}"])
         group.attrs["pair_tokens"] = source.group[path].attrs.get("pair_tokens", "[]")
         group.attrs["directions"] = source.group[path].attrs.get("directions", [1, 2])
-        lines.append(f"{m:03d} {group.attrs['source_label']}: " + ", ".join(
-            f"{k}={_fmt(scalars[k])}" for k in METRICS))
+        lines.append(f"{m:03d} {group.attrs['source_label']}: " + ", ".join(f"{k}={_fmt(scalars[k])}" for k in METRICS))
         bar.update()
     ctx.out.attrs["summary"] = "\n".join(lines)
 

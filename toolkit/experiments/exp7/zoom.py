@@ -71,9 +71,11 @@ def window_indices(values: Any, lo: float, hi: float, what: str) -> tuple[int, i
     slack = 1e-6 * abs(float(values[1] - values[0])) if len(values) > 1 else 0.0
     inside = np.flatnonzero((values >= lo - slack) & (values <= hi + slack))
     if not inside.size:
-        raise UpstreamError(f"window {what} = [{lo:.6g}, {hi:.6g}] holds no stored grid value; the grid spans "
-                            f"[{values[0]:.6g}, {values[-1]:.6g}] in steps of "
-                            f"{(values[1] - values[0]) if len(values) > 1 else 0:.3g}")
+        raise UpstreamError(
+            f"window {what} = [{lo:.6g}, {hi:.6g}] holds no stored grid value; the grid spans "
+            f"[{values[0]:.6g}, {values[-1]:.6g}] in steps of "
+            f"{(values[1] - values[0]) if len(values) > 1 else 0:.3g}"
+        )
     return int(inside[0]), int(inside[-1])
 
 
@@ -111,8 +113,9 @@ def run(ctx: RunContext, params: Params) -> None:
             group.attrs["zoom_of"] = json.dumps({"task_id": up.task_id, "map": path})
             e1 = grid.axis_n(params.e1_min, params.e1_max, steps)
             e2 = grid.axis_n(params.e2_min, params.e2_max, steps)
-            heatmap.compute_map(ctx, source_params, _tie_of(up, path), up[f"{path}/v1"], up[f"{path}/v2"],
-                                e1, e2, group, bar)
+            heatmap.compute_map(
+                ctx, source_params, _tie_of(up, path), up[f"{path}/v1"], up[f"{path}/v2"], e1, e2, group, bar
+            )
             group.create_dataset("sigma", data=up[f"{path}/sigma"])
     bar.update(bar.total - bar.done)
 
@@ -128,7 +131,13 @@ def _tie_of(up: RunView, path: str) -> Any:
     from toolkit.experiments.exp7.heatmap import TiePoint
 
     pair = up[f"{path}/pair"]
-    return TiePoint(key=str(up.group[path].attrs["prompt_key"]), prompt_ids=up[f"{path}/prompt_ids"],
-                    embeds=up[f"{path}/embeds"], x0=up[f"{path}/x0"], pair=(int(pair[0]), int(pair[1])),
-                    gap=float(up.group[path].attrs["upstream_gap"]), sigma=up[f"{path}/sigma"],
-                    directions=None)
+    return TiePoint(
+        key=str(up.group[path].attrs["prompt_key"]),
+        prompt_ids=up[f"{path}/prompt_ids"],
+        embeds=up[f"{path}/embeds"],
+        x0=up[f"{path}/x0"],
+        pair=(int(pair[0]), int(pair[1])),
+        gap=float(up.group[path].attrs["upstream_gap"]),
+        sigma=up[f"{path}/sigma"],
+        directions=None,
+    )

@@ -12,9 +12,31 @@ from toolkit.experiments.figsave import pyplot, save_figure
 if TYPE_CHECKING:
     from toolkit.context import RunView
 
-CSV_COLUMNS = ("word_index", "word", "page", "char_start", "char_end", "token_start", "token_end", "n_tokens",
-               "window_start", "context_tokens", "scored", "shared_token", "true_id", "logit", "prob",
-               "logprob_first", "logprob_word", "rank", "top1_match", "top1_id", "top1_prob", "margin", "cosine")
+CSV_COLUMNS = (
+    "word_index",
+    "word",
+    "page",
+    "char_start",
+    "char_end",
+    "token_start",
+    "token_end",
+    "n_tokens",
+    "window_start",
+    "context_tokens",
+    "scored",
+    "shared_token",
+    "true_id",
+    "logit",
+    "prob",
+    "logprob_first",
+    "logprob_word",
+    "rank",
+    "top1_match",
+    "top1_id",
+    "top1_prob",
+    "margin",
+    "cosine",
+)
 
 
 def words_of(run: RunView) -> list[str]:
@@ -81,9 +103,12 @@ def plot_word_prediction(run: RunView, out_dir: Path) -> list[Path]:
     _ranks(fig.add_subplot(grid[1, 0]), rank)
     _scatter(fig.add_subplot(grid[1, 1]), run["cosine"][scored], run["logprob_first"][scored], match)
     acc = float(np.mean(match)) if match.size else float("nan")
-    fig.suptitle(f"pdf.word_prediction — {Path(str(run.attrs.get('pdf_path', '?'))).name}, pages "
-                 f"{run.attrs.get('pages', '?')} — {run.label()}\n{int(scored.sum())} of {scored.size} words scored, "
-                 f"top-1 accuracy {acc:.3f}", fontsize=10)
+    fig.suptitle(
+        f"pdf.word_prediction — {Path(str(run.attrs.get('pdf_path', '?'))).name}, pages "
+        f"{run.attrs.get('pages', '?')} — {run.label()}\n{int(scored.sum())} of {scored.size} words scored, "
+        f"top-1 accuracy {acc:.3f}",
+        fontsize=10,
+    )
     png = save_figure(fig, out_dir, "words", run.task_id)
     return [png, write_csv(run, out_dir / f"words_{run.task_id}.csv")]
 
@@ -94,8 +119,14 @@ def _trace(ax: Any, index: Any, prob: Any, match: Any, page: Any) -> None:
     width = int(min(50, max(5, len(prob) // 20)))
     ax.scatter(index, prob, s=5, color="0.55", alpha=0.6, lw=0, label="one word", rasterized=True)
     ax.plot(index, rolling_mean(prob, width), color="C0", lw=1.6, label=f"mean p, {width}-word rolling window")
-    ax.plot(index, rolling_mean(match.astype(float), width), color="C1", lw=1.2, ls="--",
-            label=f"top-1 accuracy, {width}-word rolling window")
+    ax.plot(
+        index,
+        rolling_mean(match.astype(float), width),
+        color="C1",
+        lw=1.2,
+        ls="--",
+        label=f"top-1 accuracy, {width}-word rolling window",
+    )
     for p in np.unique(page)[1:]:
         ax.axvline(index[np.argmax(page == p)], color="0.3", lw=0.6, ls=":")
     ax.set_ylim(-0.02, 1.22)  # headroom for the legend above the data

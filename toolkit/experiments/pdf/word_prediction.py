@@ -77,11 +77,17 @@ class Params:
         problems: list[tuple[str, str]] = []
         between(problems, "window", self.window, 2, 1_000_000, unit=" tokens")
         if not 1 <= self.min_context < self.window:
-            problems.append(("min_context", f"must be between 1 and window - 1 ({self.window - 1}), "
-                             f"got {self.min_context}"))
+            problems.append(
+                ("min_context", f"must be between 1 and window - 1 ({self.window - 1}), got {self.min_context}")
+            )
         elif not 1 <= self.stride <= self.window - self.min_context:
-            problems.append(("stride", f"must be between 1 and window - min_context ({self.window - self.min_context})"
-                             f" so every word gets min_context tokens of context, got {self.stride}"))
+            problems.append(
+                (
+                    "stride",
+                    f"must be between 1 and window - min_context ({self.window - self.min_context})"
+                    f" so every word gets min_context tokens of context, got {self.stride}",
+                )
+            )
         between(problems, "top_k", self.top_k, 1, 1000)
         between(problems, "check_words", self.check_words, 0, 100_000)
         if self.first_page < 1:
@@ -119,14 +125,24 @@ def run(ctx: RunContext, params: Params) -> None:
     scored = window_start >= 0
     shared = np.zeros(len(words), dtype=bool)
     shared[1:] = (token_start[1:] >= 0) & (token_start[1:] < token_end[:-1])
-    table.update({
-        "word_index": np.arange(len(words), dtype=np.int64), "char_start": char_start, "char_end": char_end,
-        "page": doc.page_of(char_start), "token_start": token_start, "token_end": token_end,
-        "window_start": window_start, "context_tokens": np.where(scored, token_start - window_start, -1),
-        "scored": scored, "shared_token": shared, "input_ids": ids, "offsets": offsets,
-        "windows": np.asarray(windows, dtype=np.int64),
-        "text_utf8": np.frombuffer(doc.text.encode("utf-8"), dtype=np.uint8),
-    })
+    table.update(
+        {
+            "word_index": np.arange(len(words), dtype=np.int64),
+            "char_start": char_start,
+            "char_end": char_end,
+            "page": doc.page_of(char_start),
+            "token_start": token_start,
+            "token_end": token_end,
+            "window_start": window_start,
+            "context_tokens": np.where(scored, token_start - window_start, -1),
+            "scored": scored,
+            "shared_token": shared,
+            "input_ids": ids,
+            "offsets": offsets,
+            "windows": np.asarray(windows, dtype=np.int64),
+            "text_utf8": np.frombuffer(doc.text.encode("utf-8"), dtype=np.uint8),
+        }
+    )
     check = _prefix_check(ctx, params, ids, table, norm, bar)
     _write(ctx.out, words, table)
     _attrs(ctx, params, doc, table, windows, resumed, check)
@@ -143,12 +159,24 @@ def _tokenize(ctx: RunContext, text: str, window: int) -> tuple[Any, Any]:
     if limit is not None and window > limit:
         raise ValueError(f"window = {window} exceeds the model's max_position_embeddings ({limit}); lower window")
     enc = ctx.tokenizer(text, return_offsets_mapping=True, verbose=False)
-    return (np.asarray(enc["input_ids"], dtype=np.int64),
-            np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2))
+    return (
+        np.asarray(enc["input_ids"], dtype=np.int64),
+        np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2),
+    )
 
 
-def _score_windows(ctx: RunContext, params: Params, ids: Any, token_start: Any, token_end: Any, window_start: Any,
-                   windows: list[int], run_key: str, norm: str, bar: Progress) -> tuple[dict[int, dict[str, Any]], int]:
+def _score_windows(
+    ctx: RunContext,
+    params: Params,
+    ids: Any,
+    token_start: Any,
+    token_end: Any,
+    window_start: Any,
+    windows: list[int],
+    run_key: str,
+    norm: str,
+    bar: Progress,
+) -> tuple[dict[int, dict[str, Any]], int]:
     """Rows of every window: loaded from the checkpoint when a finished copy exists, else computed."""
     import numpy as np
     import torch
@@ -156,7 +184,7 @@ def _score_windows(ctx: RunContext, params: Params, ids: Any, token_start: Any, 
     from toolkit import faults
     from toolkit.numerics.teacher_forcing import forward_window, score_words
 
-    unembed = ctx.model.get_output_embeddings().weight  # type: ignore[no-untyped-call]
+    unembed = ctx.model.get_output_embeddings().weight
     ids_t = torch.as_tensor(ids, device=ctx.device)[None]
     rows: dict[int, dict[str, Any]] = {}
     resumed = 0
@@ -167,7 +195,7 @@ def _score_windows(ctx: RunContext, params: Params, ids: Any, token_start: Any, 
         if saved is not None:
             rows[s], resumed = saved, resumed + 1
         else:
-            logits, hidden = forward_window(ctx.model, ids_t[:, s:s + params.window], norm)
+            logits, hidden = forward_window(ctx.model, ids_t[:, s : s + params.window], norm)
             with torch.inference_mode():
                 spans = [(int(token_start[w]), int(token_end[w])) for w in members]
                 rows[s] = {**score_words(logits, hidden, unembed, ids, spans, s, params.top_k), "word": members}
@@ -202,8 +230,9 @@ def _table(n: int, top_k: int, rows: dict[int, dict[str, Any]]) -> dict[str, Any
     return table
 
 
-def _prefix_check(ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], norm: str,
-                  bar: Progress) -> dict[str, Any]:
+def _prefix_check(
+    ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], norm: str, bar: Progress
+) -> dict[str, Any]:
     """Recompute `check_words` evenly spaced scored words per prefix; the largest differences."""
     import numpy as np
     import torch
@@ -211,8 +240,11 @@ def _prefix_check(ctx: RunContext, params: Params, ids: Any, table: dict[str, An
     from toolkit.numerics.teacher_forcing import forward_window
 
     scored = np.flatnonzero(table["scored"])
-    picks = np.unique(scored[np.linspace(0, len(scored) - 1, min(params.check_words, len(scored))).astype(int)]) \
-        if len(scored) and params.check_words else np.zeros(0, dtype=np.int64)
+    picks = (
+        np.unique(scored[np.linspace(0, len(scored) - 1, min(params.check_words, len(scored))).astype(int)])
+        if len(scored) and params.check_words
+        else np.zeros(0, dtype=np.int64)
+    )
     ids_t = torch.as_tensor(ids, device=ctx.device)[None]
     logit_diff, prob_diff, agree = 0.0, 0.0, 0
     for w in picks:
@@ -233,40 +265,61 @@ def _write(out: CheckedGroup, words: list[str], table: dict[str, Any]) -> None:
 
     encoded = [w.encode("utf-8") for w in words]
     width = max((len(b) for b in encoded), default=1)
-    out.create_dataset("words", data=np.array(encoded, dtype=h5py.string_dtype("utf-8", width)),
-                       compression="gzip" if encoded else None)
+    out.create_dataset(
+        "words",
+        data=np.array(encoded, dtype=h5py.string_dtype("utf-8", width)),
+        compression="gzip" if encoded else None,
+    )
     for name, value in table.items():
         big = np.asarray(value).size > 4096
         out.create_dataset(name, data=value, compression="gzip" if big else None, shuffle=big)
 
 
-def _attrs(ctx: RunContext, params: Params, doc: Any, table: dict[str, Any], windows: list[int], resumed: int,
-           check: dict[str, Any]) -> None:
+def _attrs(
+    ctx: RunContext,
+    params: Params,
+    doc: Any,
+    table: dict[str, Any],
+    windows: list[int],
+    resumed: int,
+    check: dict[str, Any],
+) -> None:
     import json
 
     import numpy as np
 
     out = ctx.out
     scored = table["scored"]
-    out.attrs.update({
-        "pdf_path": params.pdf_path, "pdf_sha256": doc.sha256, "page_count": doc.page_count,
-        "pages": f"{doc.first_page}-{doc.last_page}", "text_chars": len(doc.text),
-        "n_words": int(scored.size), "n_scored": int(scored.sum()), "n_tokens": int(table["input_ids"].size),
-        "windows_run": len(windows), "windows_resumed": resumed,
-        "word_rule": "maximal runs of non-whitespace characters (str.split); numbers and punctuation kept",
-        "token_rule": "text tokenised once with offsets; a token belongs to every word whose characters it overlaps",
-        "window_rule": "smallest window start (a multiple of stride) holding the whole word with >= min_context "
-                       "tokens before it, or start 0",
-        "forward_path": "one full forward per window, batch size 1, no KV cache (numerics.kv_cache unused)",
-        "logits": f"full-sequence logits in the model dtype ({ctx.numerics.dtype}); softmax in float64",
-        "hidden_source": "output of the final norm (the lm_head input), float64 cosine",
-        "tie_rule": "top-1/top-k: stable sort of the logits, lowest id first among equal values",
-        "method": "teacher forcing (fast: not bitwise equal to a forward of each prefix; see prefix_check)",
-        "prefix_check": json.dumps(check),
-    })
+    out.attrs.update(
+        {
+            "pdf_path": params.pdf_path,
+            "pdf_sha256": doc.sha256,
+            "page_count": doc.page_count,
+            "pages": f"{doc.first_page}-{doc.last_page}",
+            "text_chars": len(doc.text),
+            "n_words": int(scored.size),
+            "n_scored": int(scored.sum()),
+            "n_tokens": int(table["input_ids"].size),
+            "windows_run": len(windows),
+            "windows_resumed": resumed,
+            "word_rule": "maximal runs of non-whitespace characters (str.split); numbers and punctuation kept",
+            "token_rule": (
+                "text tokenised once with offsets; a token belongs to every word whose characters it overlaps"
+            ),
+            "window_rule": "smallest window start (a multiple of stride) holding the whole word with >= min_context "
+            "tokens before it, or start 0",
+            "forward_path": "one full forward per window, batch size 1, no KV cache (numerics.kv_cache unused)",
+            "logits": f"full-sequence logits in the model dtype ({ctx.numerics.dtype}); softmax in float64",
+            "hidden_source": "output of the final norm (the lm_head input), float64 cosine",
+            "tie_rule": "top-1/top-k: stable sort of the logits, lowest id first among equal values",
+            "method": "teacher forcing (fast: not bitwise equal to a forward of each prefix; see prefix_check)",
+            "prefix_check": json.dumps(check),
+        }
+    )
     acc = float(np.mean(table["top1_match"][scored])) if scored.any() else float("nan")
     out.attrs["summary"] = (
         f"{int(scored.sum())}/{scored.size} words scored in {len(windows)} window(s) ({resumed} resumed); "
         f"top-1 accuracy {acc:.3f}; median p(first token) {np.nanmedian(table['prob']) if scored.any() else 0:.3g}; "
         f"prefix check: top-1 agree {check['top1_agree']}/{check['words']}, "
-        f"max |Δlogit| {check['max_abs_logit_diff']:.3g}, max |Δp| {check['max_abs_prob_diff']:.3g}")
+        f"max |Δlogit| {check['max_abs_logit_diff']:.3g}, max |Δp| {check['max_abs_prob_diff']:.3g}"
+    )
