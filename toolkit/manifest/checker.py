@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,6 @@ from typing import Any
 from toolkit.manifest.located import Located
 from toolkit.manifest.located import short as _short
 from toolkit.manifest.model import (
-    ATTN_IMPLEMENTATIONS,
-    DTYPES,
     GPU_MODES,
     NUMERICS_FIELDS,
     RUNTIMES,
@@ -27,9 +24,10 @@ from toolkit.manifest.model import (
 )
 from toolkit.manifest.params import MAX_PATH_CHARS, coerce
 from toolkit.manifest.params import bad_path as _bad_path
+from toolkit.manifest.rules import NAME_RE, NUMERIC_CHOICES
+from toolkit.manifest.rules import did_you_mean as _did_you_mean
 from toolkit.manifest.site import available_sites, find_site, load_site
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_PROMPTS_BYTES = 16 * 1024 * 1024
 MAX_EXPERIMENTS = 500
@@ -41,18 +39,6 @@ TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", 
 MODEL_KEYS = ("source", "revision", "device") + NUMERICS_FIELDS
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
 CONTAINER_KEYS = ("runtime", "image", "network", "gpu", "extra_args")
-NUMERIC_CHOICES: dict[str, tuple[Any, ...]] = {
-    "dtype": DTYPES,
-    "attn_implementation": ATTN_IMPLEMENTATIONS,
-    "kv_cache": (True, False),
-    "tf32": (True, False),
-    "deterministic": (True, False),
-}
-
-
-def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -77,13 +63,15 @@ class Checker:
         where = self.located.where_key(path) if at_key else self.located.where(path)
         self.problems.append(f"{where}: {field + ': ' if field else ''}{message}")
 
-    def _keys(self, data: dict[str, Any], allowed: tuple[str, ...], path: tuple[Any, ...]) -> None:
+    def check_keys(self, data: dict[str, Any], allowed: tuple[str, ...], path: tuple[Any, ...]) -> None:
+        """One problem per unknown key of `data` at `path`, with a did-you-mean and the valid keys."""
         for key in data:
             if key not in allowed:
                 hint = _did_you_mean(key, allowed)
                 self.problem(path + (key,), f"unknown key; {hint}valid keys: {', '.join(allowed)}", at_key=True)
 
-    def _mapping(self, value: Any, path: tuple[Any, ...], required: bool = False) -> dict[str, Any] | None:
+    def mapping(self, value: Any, path: tuple[Any, ...], required: bool = False) -> dict[str, Any] | None:
+        """`value` as a mapping (None counts as empty unless `required`), or None after a problem."""
         if value is None and not required:
             return {}
         if not isinstance(value, dict):
@@ -91,7 +79,8 @@ class Checker:
             return None
         return value
 
-    def _int(self, value: Any, path: tuple[Any, ...], minimum: int, maximum: int | None = None) -> int | None:
+    def integer(self, value: Any, path: tuple[Any, ...], minimum: int, maximum: int | None = None) -> int | None:
+        """`value` as an int in [minimum, maximum] (booleans refused), or None after a problem."""
         if not isinstance(value, int) or isinstance(value, bool):
             self.problem(path, f"must be an integer, got {_short(value)}")
             return None
@@ -109,7 +98,7 @@ class Checker:
         if not isinstance(data, dict):
             self.problem((), f"a manifest must be a mapping with keys {', '.join(TOP_KEYS)}, got {_kind(data)}")
             return None
-        self._keys(data, TOP_KEYS, ())
+        self.check_keys(data, TOP_KEYS, ())
         for key in ("campaign", "model", "experiments"):
             if key not in data:
                 self.problem((), f"missing required key {key!r}")
@@ -123,8 +112,8 @@ class Checker:
         if not prompts and len(self.problems) == before:
             self._no_prompts(data)
         site = self._site(data.get("site", "default"))
-        targets = self._targets(data.get("targets", ["cpu"]), ("targets",), site)
-        resources = self._resources(data.get("resources"), ("resources",), Resources())
+        targets = self.target_list(data.get("targets", ["cpu"]), ("targets",), site)
+        resources = self.resources_override(data.get("resources"), ("resources",), Resources())
         container = self._container(data.get("container"))
         experiments = self._experiments(data.get("experiments"), targets, numerics, resources, site)
         if (
@@ -178,11 +167,13 @@ class Checker:
     def _model(self, value: Any) -> tuple[ModelSpec | None, Numerics]:
         if value is None:  # missing or empty: already reported by check()
             return None, Numerics()
-        data = self._mapping(value, ("model",), required=True)
+        data = self.mapping(value, ("model",), required=True)
         if data is None:
             return None, Numerics()
-        self._keys(data, MODEL_KEYS, ("model",))
-        numerics = self._numerics({k: v for k, v in data.items() if k in NUMERICS_FIELDS}, ("model",), Numerics())
+        self.check_keys(data, MODEL_KEYS, ("model",))
+        numerics = self.numerics_override(
+            {k: v for k, v in data.items() if k in NUMERICS_FIELDS}, ("model",), Numerics()
+        )
         source = data.get("source")
         if not isinstance(source, str) or not source.strip():
             self.problem(
@@ -225,7 +216,8 @@ class Checker:
             return None
         return source
 
-    def _numerics(self, data: dict[str, Any], path: tuple[Any, ...], base: Numerics) -> Numerics:
+    def numerics_override(self, data: dict[str, Any], path: tuple[Any, ...], base: Numerics) -> Numerics:
+        """`base` with the numerics keys of `data` applied, each checked against its choices."""
         values = dataclasses.asdict(base)
         for key, value in data.items():
             choices = NUMERIC_CHOICES[key]
@@ -237,7 +229,7 @@ class Checker:
 
     def _prompts(self, value: Any) -> tuple[str, ...]:
         if isinstance(value, dict):
-            self._keys(value, ("file",), ("prompts",))
+            self.check_keys(value, ("file",), ("prompts",))
             name = value.get("file")
             if not isinstance(name, str) or not name.strip() or _bad_path(name):
                 self.problem(
@@ -333,7 +325,8 @@ class Checker:
         self.problems.extend(problems)
         return profile
 
-    def _targets(self, value: Any, path: tuple[Any, ...], site: SiteProfile | None) -> tuple[str, ...]:
+    def target_list(self, value: Any, path: tuple[Any, ...], site: SiteProfile | None) -> tuple[str, ...]:
+        """A non-empty list of target names that the site profile knows."""
         if not isinstance(value, list) or not value:
             self.problem(path, f"must be a non-empty list of GPU types, got {_short(value)}")
             return ()
@@ -353,18 +346,19 @@ class Checker:
                 seen.append(target)
         return tuple(seen)
 
-    def _resources(self, value: Any, path: tuple[Any, ...], base: Resources) -> Resources | None:
-        data = self._mapping(value, path)
+    def resources_override(self, value: Any, path: tuple[Any, ...], base: Resources) -> Resources | None:
+        """`base` with the resource keys of `value` applied and range-checked, or None after a problem."""
+        data = self.mapping(value, path)
         if data is None:
             return None
-        self._keys(data, RESOURCE_KEYS, path)
+        self.check_keys(data, RESOURCE_KEYS, path)
         values = dataclasses.asdict(base)
         bad = False
         for key in ("time_min", "cpus", "gpus", "array_parallelism"):
             if key == "array_parallelism" and key in data and data[key] is None:
                 values[key] = None  # null: no throttle
             elif key in data:
-                values[key] = self._int(data[key], path + (key,), 0 if key == "gpus" else 1, int(RESOURCE_MAX[key]))
+                values[key] = self.integer(data[key], path + (key,), 0 if key == "gpus" else 1, int(RESOURCE_MAX[key]))
                 bad |= values[key] is None
         if "mem_gb" in data:
             ok, mem = coerce(float, data["mem_gb"])
@@ -380,10 +374,10 @@ class Checker:
         return Resources(**values)
 
     def _container(self, value: Any) -> Container | None:
-        data = self._mapping(value, ("container",))
+        data = self.mapping(value, ("container",))
         if data is None:
             return None
-        self._keys(data, CONTAINER_KEYS, ("container",))
+        self.check_keys(data, CONTAINER_KEYS, ("container",))
         before = len(self.problems)
         runtime = data.get("runtime", "none")
         if runtime not in RUNTIMES:

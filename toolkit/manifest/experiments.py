@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.manifest.located import short
 from toolkit.manifest.model import NUMERICS_FIELDS, ExperimentSpec, Numerics, Resources, SiteProfile
 from toolkit.manifest.params import build_params, resolve_path
+from toolkit.manifest.rules import NAME_RE, NUMERIC_CHOICES, did_you_mean
 
 if TYPE_CHECKING:
     from toolkit.manifest.checker import Checker
@@ -116,13 +117,12 @@ def _check_one(
     site: SiteProfile | None,
 ) -> _Entry:
     from toolkit import experiments
-    from toolkit.manifest.checker import NAME_RE
 
     index = path[-1]
-    data = checker._mapping(entry, path, required=True)
+    data = checker.mapping(entry, path, required=True)
     if data is None:
         return _Entry(index, None, None, None, None, {})
-    checker._keys(data, EXPERIMENT_KEYS, path)
+    checker.check_keys(data, EXPERIMENT_KEYS, path)
     name = data.get("name")
     exp_id = data.get("id", name)
     known_id = exp_id if isinstance(exp_id, str) and NAME_RE.match(exp_id) else None
@@ -152,17 +152,17 @@ def _check_one(
         base_dir=checker.dir,
     )
     sweep = _check_sweep(checker, data.get("sweep"), path + ("sweep",), module.Params, raw_params)
-    repeats = checker._int(data.get("repeats", 1), path + ("repeats",), 1, MAX_REPEATS)
-    exp_targets = checker._targets(data["targets"], path + ("targets",), site) if "targets" in data else targets
+    repeats = checker.integer(data.get("repeats", 1), path + ("repeats",), 1, MAX_REPEATS)
+    exp_targets = checker.target_list(data["targets"], path + ("targets",), site) if "targets" in data else targets
     extra = [t for t in exp_targets if t not in targets]
     if extra:
         checker.problem(path + ("targets",), f"targets {extra} are not in the manifest's targets {list(targets)}")
-    overrides = checker._mapping(data.get("numerics"), path + ("numerics",)) or {}
-    checker._keys(overrides, NUMERICS_FIELDS, path + ("numerics",))
-    exp_numerics = checker._numerics(
+    overrides = checker.mapping(data.get("numerics"), path + ("numerics",)) or {}
+    checker.check_keys(overrides, NUMERICS_FIELDS, path + ("numerics",))
+    exp_numerics = checker.numerics_override(
         {k: v for k, v in overrides.items() if k in NUMERICS_FIELDS}, path + ("numerics",), numerics
     )
-    exp_resources = checker._resources(data.get("resources"), path + ("resources",), resources)
+    exp_resources = checker.resources_override(data.get("resources"), path + ("resources",), resources)
     if (
         known_id is None
         or params is None
@@ -192,9 +192,8 @@ def _check_one(
 def _check_sweep(
     checker: Checker, value: Any, path: tuple[Any, ...], params_cls: type, raw_params: Any
 ) -> dict[str, tuple[Any, ...]] | None:
-    from toolkit.manifest.checker import NUMERIC_CHOICES, _did_you_mean
 
-    data = checker._mapping(value, path)
+    data = checker.mapping(value, path)
     if data is None:
         return None
     fields = [f.name for f in dataclasses.fields(params_cls)]
@@ -202,7 +201,7 @@ def _check_sweep(
     ok = True
     for key, values in data.items():
         if key not in NUMERICS_FIELDS and key not in fields:
-            hint = _did_you_mean(key, fields + list(NUMERICS_FIELDS))
+            hint = did_you_mean(key, fields + list(NUMERICS_FIELDS))
             checker.problem(
                 path + (key,),
                 f"unknown sweep key; {hint}sweep a parameter "
@@ -260,7 +259,6 @@ def _check_needs(checker: Checker, entries: list[_Entry], by_id: dict[str, _Entr
     """Unknown, self, duplicate and cyclic `needs`, and a missing upstream, over every entry whose
     `needs` could be read (its other errors do not hide these); True if none of these was found."""
     from toolkit import experiments
-    from toolkit.manifest.checker import _did_you_mean
 
     before = len(checker.problems)
 
@@ -279,7 +277,7 @@ def _check_needs(checker: Checker, entries: list[_Entry], by_id: dict[str, _Entr
                 checker.problem(where, f"duplicate id {need!r} in needs")
             elif need not in by_id and all_ids_known:
                 checker.problem(
-                    where, f"unknown id {need!r}; {_did_you_mean(need, list(by_id))}ids: {', '.join(by_id) or '(none)'}"
+                    where, f"unknown id {need!r}; {did_you_mean(need, list(by_id))}ids: {', '.join(by_id) or '(none)'}"
                 )
         if entry.name is None:
             continue
