@@ -6,10 +6,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from toolkit.context import RunContext
+    from toolkit.manifest import Numerics
+    from toolkit.plan import Task
+    from toolkit.store.reader import Store
 
 REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["ci_guard"]  # under CI=true a skipped Slurm/container test fails the run
@@ -87,3 +95,109 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@dataclass
+class Campaign:
+    """A campaign submitted by `submit_campaign`: the manifest, the CLI result and the campaign folder."""
+
+    manifest: Path
+    result: Result
+    folder: Path
+
+    @property
+    def store_path(self) -> Path:
+        """The campaign's gathered store.h5."""
+        return self.folder / "store.h5"
+
+    def store(self) -> Store:
+        """The gathered store opened for reading (`toolkit.store.reader.Store`, a context manager)."""
+        from toolkit.store.reader import Store
+
+        return Store(self.store_path)
+
+
+def submit_campaign(
+    root: Path, template: str, name: str = "manifest.yaml", *, no_plot: bool = False, **fields: Any
+) -> Campaign:
+    """Write `template` formatted with `output=root/campaigns` (and `fields`) to root/name, submit it
+    with the real CLI on the local executor (one torch thread), assert it succeeded, and return it.
+
+    The one copy of "write a manifest, submit, open the store" for tests that check what a campaign
+    wrote; pass `tmp_path`, or a `tmp_path_factory.mktemp(...)` folder for a module-scoped fixture."""
+    import yaml
+
+    text = template.format(output=root / "campaigns", **fields)
+    manifest = root / name
+    manifest.write_text(text)
+    flags = ("--no-plot",) if no_plot else ()
+    result = run_cli("submit", str(manifest), "--executor", "local", *flags, env=ONE_THREAD)
+    assert result.code == 0, result.err
+    return Campaign(manifest, result, root / "campaigns" / str(yaml.safe_load(text)["campaign"]))
+
+
+def make_task(
+    experiment: str,
+    numerics: Numerics | None = None,
+    *,
+    task_id: str = "t0",
+    exp_id: str = "test",
+    target: str = "cpu",
+    inputs: tuple[str, ...] = (),
+) -> Task:
+    """A real `toolkit.plan.Task` (repeat 0, no params, no sweep point) for building a `RunContext`."""
+    from toolkit.manifest import Numerics
+    from toolkit.plan import Task
+
+    return Task(task_id, exp_id, experiment, target, 0, {}, numerics or Numerics(), inputs, 0, {})
+
+
+@pytest.fixture
+def run_context() -> Iterator[Callable[..., RunContext]]:
+    """Build a real `RunContext` for calling one experiment's `run` directly: a real `Task`, the tiny
+    random Llama loaded through the toolkit's loader under `numerics` (None with `model=False`),
+    `Inputs` over `store` limited to the experiment's declared reads, and `out` checked against its
+    `STORES` on an in-memory HDF5 file (closed after the test)."""
+    import h5py
+
+    from toolkit import experiments
+    from toolkit.context import Inputs, RunContext
+    from toolkit.manifest import ModelSpec
+    from toolkit.models.loading import load
+    from toolkit.store.writer import CheckedGroup
+
+    files: list[h5py.File] = []
+
+    def build(
+        experiment: str,
+        numerics: Numerics,
+        *,
+        model: bool = True,
+        store: Any = None,
+        inputs: tuple[str, ...] = (),
+        target: str = "cpu",
+        prompts: tuple[str, ...] = ("x",),
+    ) -> RunContext:
+        module = experiments.get(experiment)
+        loaded: tuple[Any, Any, Any] = (None, None, None)
+        if model:
+            loaded = load(ModelSpec("tiny-random-llama", device="cpu"), numerics)
+        files.append(h5py.File(f"ctx{len(files)}.h5", "w", driver="core", backing_store=False))
+        reads = tuple(module.READS) + tuple(getattr(module, "READS_OPTIONAL", ()))
+        return RunContext(
+            task=make_task(experiment, numerics, target=target, inputs=inputs),
+            model=loaded[0],
+            tokenizer=loaded[1],
+            device=loaded[2],
+            numerics=numerics,
+            prompts=prompts,
+            inputs=Inputs(store, inputs, experiment, reads),
+            out=CheckedGroup.for_experiment(files[-1], experiment, module.STORES),
+        )
+
+    yield build
+    for file in files:
+        file.close()

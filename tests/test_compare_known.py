@@ -16,11 +16,11 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
+from conftest import make_task
 
 K = 4  # top-k kept per step
 
@@ -147,7 +147,7 @@ def compared(tmp_path: Path) -> Iterator[tuple[dict[str, list[dict[str, object]]
                 for name, value in prompt.items():
                     out.create_dataset(f"prompts/{k:03d}/{name}", data=value)
     gather(tmp_path, manifest_text="")
-    task = SimpleNamespace(task_id="compare", label=lambda: "compare")
+    task = make_task("exp4.compare", task_id="compare", exp_id="compare", target="", inputs=tuple(runs))
     with Store(tmp_path / "store.h5") as store, h5py.File(tmp_path / "compare.h5", "w") as out:
         ctx = RunContext(
             task=task,

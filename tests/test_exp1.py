@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import REPO, run_cli
-
-from toolkit.store.reader import Store
+from conftest import REPO, run_cli, submit_campaign
 
 MANIFEST = """\
 campaign: layer-svd-tiny
@@ -24,12 +22,9 @@ experiments:
 def test_layer_svd_campaign_records_every_layer(tmp_path):
     from toolkit.numerics.perturb import perturb
 
-    manifest = tmp_path / "layer_svd.yaml"
-    manifest.write_text(MANIFEST.format(output=tmp_path / "campaigns"))
-    result = run_cli("submit", str(manifest), "--executor", "local", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    folder = tmp_path / "campaigns" / "layer-svd-tiny"
-    with Store(folder / "store.h5") as store:
+    campaign = submit_campaign(tmp_path, MANIFEST, "layer_svd.yaml")
+    folder = campaign.folder
+    with campaign.store() as store:
         runs = {r.numerics["dtype"]: r for r in store.runs("exp1.layer_svd")}
         assert sorted(runs) == ["float32", "float64"]
         for dtype, run in runs.items():

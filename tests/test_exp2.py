@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
-
-from toolkit.store.reader import Store
+from conftest import REPO, run_cli, submit_campaign
 
 MANIFEST = """\
 campaign: lipschitz-tiny
@@ -31,13 +28,9 @@ experiments:
 
 
 def test_lipschitz_campaign_stores_sigma_and_gains(tmp_path):
-    manifest = tmp_path / "lipschitz.yaml"
-    manifest.write_text(MANIFEST.format(output=tmp_path / "campaigns"))
-    # one torch thread in the worker: on a machine shared with other jobs, OpenMP waits made this 4x slower
-    result = run_cli("submit", str(manifest), "--executor", "local", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    folder = tmp_path / "campaigns" / "lipschitz-tiny"
-    with Store(folder / "store.h5") as store:
+    campaign = submit_campaign(tmp_path, MANIFEST, "lipschitz.yaml")
+    folder = campaign.folder
+    with campaign.store() as store:
         runs = {r.numerics["dtype"]: r for r in store.runs("exp2.lipschitz") if r.exp_id == "lipschitz"}
         assert sorted(runs) == ["float32", "float64"]
         other = [r for r in store.runs("exp2.lipschitz") if r.exp_id == "lipschitz-double-vjp"][0]
@@ -114,15 +107,10 @@ def test_params_are_validated_and_the_manifest_is_valid(write_manifest):
     assert "exp2.lipschitz" in run_cli("experiments").out
 
 
-def test_sdpa_fails_at_run_time_with_a_clear_message():
+def test_sdpa_fails_at_run_time_with_a_clear_message(run_context):
     from toolkit.experiments.exp2 import lipschitz
-    from toolkit.manifest import ModelSpec, Numerics
-    from toolkit.models.loading import load
+    from toolkit.manifest import Numerics
 
-    numerics = Numerics(dtype="float32", attn_implementation="sdpa")
-    model, tokenizer, device = load(ModelSpec("tiny-random-llama", device="cpu"), numerics)
-    ctx = SimpleNamespace(
-        model=model, tokenizer=tokenizer, device=device, numerics=numerics, prompts=("x",), out=None, progress=None
-    )
+    ctx = run_context("exp2.lipschitz", Numerics(dtype="float32", attn_implementation="sdpa"))
     with pytest.raises(ValueError, match="need attn_implementation 'eager'"):
         lipschitz.run(ctx, lipschitz.Params())

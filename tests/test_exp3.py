@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
-
-from toolkit.store.reader import Store
+from conftest import REPO, run_cli, submit_campaign
 
 MANIFEST = """\
 campaign: precision-tiny
@@ -41,13 +39,10 @@ def test_classify_known_case():
 
 
 def test_precision_campaign_finds_the_regimes(tmp_path):
-    manifest = tmp_path / "precision.yaml"
-    manifest.write_text(MANIFEST.format(output=tmp_path / "campaigns"))
-    result = run_cli("submit", str(manifest), "--executor", "local", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    folder = tmp_path / "campaigns" / "precision-tiny"
+    campaign = submit_campaign(tmp_path, MANIFEST, "precision.yaml")
+    folder = campaign.folder
     g = "prompts/000"
-    with Store(folder / "store.h5") as store:
+    with campaign.store() as store:
         runs = {r.numerics["dtype"]: r for r in store.runs("exp3.precision")}
         assert sorted(runs) == ["bfloat16", "float16", "float32", "float64"]
         for dtype, run in runs.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, submit_campaign
 
 from toolkit.experiments.exp4 import divergence
 from toolkit.store.reader import Store
@@ -39,12 +39,7 @@ experiments:
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
     """The fp32 + bf16 campaign, run once for this module; yields the campaign folder."""
-    root = tmp_path_factory.mktemp("exp4_analysis")
-    manifest = root / "m.yaml"
-    manifest.write_text(PACKAGED.format(output=root / "campaigns"))
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    return root / "campaigns" / "exp4-analysis"
+    return submit_campaign(tmp_path_factory.mktemp("exp4_analysis"), PACKAGED, "m.yaml", no_plot=True).folder
 
 
 def _pair_index(pairs, order, store, wanted):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, submit_campaign
 
 from toolkit.experiments.exp4 import embedding_similarity, perturb_until_divergence
 from toolkit.store.reader import Store
@@ -36,12 +36,7 @@ experiments:
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exp4_perturb")
-    manifest = root / "m.yaml"
-    manifest.write_text(MANIFEST.format(output=root / "campaigns"))
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    return root / "campaigns" / "exp4-perturb"
+    return submit_campaign(tmp_path_factory.mktemp("exp4_perturb"), MANIFEST, "m.yaml", no_plot=True).folder
 
 
 def test_threshold_brackets_the_flip_when_regenerated(campaign):

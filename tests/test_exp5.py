@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
-
-from toolkit.store.reader import Store
+from conftest import REPO, run_cli, submit_campaign
 
 MANIFEST = """\
 campaign: modules-tiny
@@ -34,12 +32,9 @@ def test_module_sigma_matches_the_full_jacobian_svd(tmp_path, one_torch_thread):
     from toolkit.numerics.jacobian import full_jacobian
     from toolkit.numerics.modules import layer_module_names, module_function
 
-    manifest = tmp_path / "modules.yaml"
-    manifest.write_text(MANIFEST.format(output=tmp_path / "campaigns"))
-    result = run_cli("submit", str(manifest), "--executor", "local", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    folder = tmp_path / "campaigns" / "modules-tiny"
-    with Store(folder / "store.h5") as store:
+    campaign = submit_campaign(tmp_path, MANIFEST, "modules.yaml")
+    folder = campaign.folder
+    with campaign.store() as store:
         (run,) = store.runs("exp5.module_lipschitz")
         names = [[n.decode() for n in row] for row in run["module_names"]]
         assert names == [[f"model.layers.{i}.{m}" for m in MODULES] for i in range(2)]

@@ -13,9 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
-
-from toolkit.store.reader import Store
+from conftest import REPO, run_cli, submit_campaign
 
 PACKAGED = """\
 campaign: tie-fp32
@@ -45,8 +43,6 @@ experiments:
     needs: [equal-logits]
     params: {{eps_max: 1.0e-6, n_steps: 8, n_log: 6, directions: [1, 3]}}
 """
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @functools.cache
@@ -90,12 +86,9 @@ def _check_certificate(run, key: str, model, tokenizer) -> None:
 
 
 def test_tie_is_certified_on_the_packaged_model_in_fp32(tmp_path, one_torch_thread):
-    manifest = tmp_path / "tie.yaml"
-    manifest.write_text(PACKAGED.format(output=tmp_path / "campaigns"))
-    result = run_cli("submit", str(manifest), "--executor", "local", env=ONE_THREAD)
-    assert result.code == 0, result.err
+    campaign = submit_campaign(tmp_path, PACKAGED, "tie.yaml")
     model, tokenizer, _ = _load("smollm2-135m")
-    with Store(tmp_path / "campaigns" / "tie-fp32" / "store.h5") as store:
+    with campaign.store() as store:
         (run,) = store.runs("exp6.equal_logits")
         assert run.attrs["dtype"] == "float32" and run.attrs["method"] == "geometric"
         assert run.attrs["attn_implementation"] == "eager" and "float64 master copy" in run.attrs["arithmetic"]
@@ -113,13 +106,10 @@ def test_both_methods_and_token_flip_on_the_tiny_model(tmp_path, one_torch_threa
     from toolkit.numerics.embedding_forward import forward_states
     from toolkit.numerics.perturb import perturb
 
-    manifest = tmp_path / "tiny.yaml"
-    manifest.write_text(TINY.format(output=tmp_path / "campaigns"))  # submit also draws the figures
-    result = run_cli("submit", str(manifest), "--executor", "local", env=ONE_THREAD)
-    assert result.code == 0, result.err
-    folder = tmp_path / "campaigns" / "tie-tiny"
+    campaign = submit_campaign(tmp_path, TINY, "tiny.yaml")  # submit also draws the figures
+    folder = campaign.folder
     model, tokenizer, _ = _load("tiny-random-llama")
-    with Store(folder / "store.h5") as store:
+    with campaign.store() as store:
         ups = {r.attrs["method"]: r for r in store.runs("exp6.equal_logits")}
         assert sorted(ups) == ["direct", "geometric"]
         for method, run in ups.items():
@@ -228,15 +218,14 @@ def test_params_are_validated_and_the_shipped_manifest_is_valid(write_manifest):
     assert shipped.code == 0, shipped.err
 
 
-def test_token_flip_refuses_upstream_runs_of_other_numerics():
-    from toolkit.context import Inputs
+def test_token_flip_refuses_upstream_runs_of_other_numerics(run_context):
     from toolkit.experiments.exp6 import token_flip
     from toolkit.manifest import Numerics
 
+    # a stand-in store (unit test of the selection): one upstream fp32 run on target cpu
     upstream = SimpleNamespace(target="cpu", numerics=Numerics(dtype="float32").to_dict(), task_id="abc")
     store = SimpleNamespace(runs=lambda experiment, ids: [upstream] if experiment == "exp6.equal_logits" else [])
-    inputs = Inputs(store, ("abc",), "exp6.token_flip", token_flip.READS)  # type: ignore[arg-type]
-    ctx = SimpleNamespace(inputs=inputs, task=SimpleNamespace(target="cpu"), numerics=Numerics(dtype="bfloat16"))
+    ctx = run_context("exp6.token_flip", Numerics(dtype="bfloat16"), model=False, store=store, inputs=("abc",))
     assert token_flip.matching_runs(ctx) == []
     with pytest.raises(
         ValueError, match="no exp6.equal_logits run with this task's target 'cpu' and numerics bfloat16/eager/kv"

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, submit_campaign
 
 from toolkit.numerics import grid
 from toolkit.store.reader import Store
@@ -52,13 +52,8 @@ experiments:
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     """Run the whole chain once; yield the campaign folder."""
-    folder = tmp_path_factory.mktemp("exp7")
-    manifest = folder / "exp7.yaml"
-    manifest.write_text(MANIFEST.format(output=folder / "campaigns"))
-    # --no-plot: the exp7 figures are made (and checked) from the store in test_zoom_and_randomness_read_the_store
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    yield folder / "campaigns" / "exp7-tiny"
+    # no_plot: the exp7 figures are made (and checked) from the store in test_zoom_and_randomness_read_the_store
+    yield submit_campaign(tmp_path_factory.mktemp("exp7"), MANIFEST, "exp7.yaml", no_plot=True).folder
 
 
 def _tiny(dtype: str):

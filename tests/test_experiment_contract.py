@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import submit_campaign
 
 from toolkit import experiments
 from toolkit.store.reader import Store
@@ -110,11 +110,9 @@ def _make_pdf(path: Path) -> Path:
 def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One campaign with every registered experiment at tiny settings; its store.h5."""
     folder = tmp_path_factory.mktemp("contract")
-    manifest = folder / "contract.yaml"
-    manifest.write_text(MANIFEST.format(output=folder / "campaigns", pdf=_make_pdf(folder / "text.pdf")))
-    result = run_cli("submit", str(manifest), "--executor", "local", "--no-plot", env={"OMP_NUM_THREADS": "1"})
-    assert result.code == 0, result.err
-    return folder / "campaigns" / "contract" / "store.h5"
+    return submit_campaign(
+        folder, MANIFEST, "contract.yaml", no_plot=True, pdf=_make_pdf(folder / "text.pdf")
+    ).store_path
 
 
 def test_the_campaign_runs_every_registered_experiment():
