@@ -35,6 +35,23 @@ from toolkit.store.files import pid_alive, temp_name
 HEARTBEAT_S = 15.0
 LEASE_S = 120.0
 
+# Slurm states after which a job holds nothing (launch.slurm_state.TERMINAL, and PREEMPTED: a
+# requeued job comes back as a new run of the same id, which re-takes its lock by job id).
+ENDED_JOB_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+        "REVOKED",
+    }
+)
+
 
 class LockBusy(StoreError):
     """Another live process holds the lock (exit 1: the command can be rerun once it is done)."""
@@ -196,19 +213,4 @@ def slurm_job_finished(job_id: str) -> bool | None:
     if proc.returncode != 0:
         return True if "Invalid job id" in proc.stderr else None
     states = proc.stdout.split()
-    return not states or all(
-        s
-        in {
-            "COMPLETED",
-            "FAILED",
-            "CANCELLED",
-            "TIMEOUT",
-            "OUT_OF_MEMORY",
-            "NODE_FAIL",
-            "BOOT_FAIL",
-            "DEADLINE",
-            "PREEMPTED",
-            "REVOKED",
-        }
-        for s in states
-    )
+    return not states or all(s in ENDED_JOB_STATES for s in states)
