@@ -181,11 +181,18 @@ def test_the_slurm_and_container_files_carry_their_markers():
 WALL = re.compile(r"CI wall time: \d+m \d+s \(exit (\d+)\)")
 
 
-def _ci_run(tmp_path: Path, tests: dict[str, str], *, keep_setup: bool = True) -> subprocess.CompletedProcess[str]:
-    """A copy of .ci/run and the Makefile in tmp_path, the venv's bin linked (make sees it installed)."""
+def _ci_run(
+    tmp_path: Path, tests: dict[str, str], *, keep_setup: bool = True, lint_status: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """A copy of .ci/run and the Makefile in tmp_path, the venv's bin linked (make sees it installed).
+
+    The copy's `lint` recipe is replaced by one that exits `lint_status` (the real one lints the
+    project's own tree, which this tiny folder is not); make warns that it overrides the recipe."""
     (tmp_path / ".ci").mkdir()
     shutil.copy2(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     shutil.copy2(REPO / "Makefile", tmp_path / "Makefile")
+    with (tmp_path / "Makefile").open("a") as makefile:
+        makefile.write(f"\nlint:\n\t@echo lint stand-in; exit {lint_status}\n")
     for name in ["setup.cfg", "pyproject.toml", "constraints.txt"] if keep_setup else []:
         (tmp_path / name).write_text("")
         os.utime(tmp_path / name, (0, 0))  # older than the venv's stamp: make installs nothing
@@ -251,3 +258,11 @@ def test_ci_run_reports_a_failure_before_pytest(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines()[-1] == ".ci/run: make test failed (exit 2) before pytest ran"
     assert WALL.fullmatch(result.stdout.splitlines()[-1]).group(1) == "2"
+
+
+def test_ci_run_fails_on_lint_findings_and_still_runs_the_tests(tmp_path):
+    result = _ci_run(tmp_path, {"test_ok.py": "def test_ok():\n    pass\n"}, lint_status=3)
+    assert result.returncode == 1
+    assert "lint stand-in" in result.stdout and "1 passed" in result.stdout
+    assert ".ci/run: make lint failed (exit 2): run make lint and fix what it says" in result.stderr
+    assert WALL.fullmatch(result.stdout.splitlines()[-1]).group(1) == "1"
