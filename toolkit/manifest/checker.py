@@ -317,7 +317,8 @@ class Checker:
         if path is None:
             self.problem(
                 ("site",),
-                f"unknown site profile {_short(name)}; {_did_you_mean(name, available_sites())}"
+                f"unknown site profile {_short(name, MAX_PATH_CHARS + 2) if not _bad_path(name) else _short(name)}; "
+                f"{_did_you_mean(name, available_sites())}"
                 f"known: {', '.join(available_sites()) or '(none)'}; or give a path to a .yaml file",
             )
             return None
