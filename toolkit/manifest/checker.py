@@ -201,8 +201,9 @@ class Checker:
                 f"path part at most 255 bytes), got {_short(source)}",
             )
             return None
+        candidate = self.dir / source
         try:
-            candidate = (self.dir / source).expanduser()
+            candidate = candidate.expanduser()
             if candidate.is_dir():
                 return str(candidate.resolve())
         except (OSError, RuntimeError, ValueError):
@@ -210,8 +211,8 @@ class Checker:
         if source.startswith((".", "/", "~")) or not HUB_ID_RE.match(source):
             self.problem(
                 ("model", "source"),
-                f"{_short(source)} is not a packaged model "
-                f"({', '.join(PACKAGED)}), an existing folder, or a hub id like org/name",
+                f"{source!r} is not a packaged model ({', '.join(PACKAGED)}), an existing folder (no folder "
+                f"{candidate}), or a hub id like org/name",
             )
             return None
         return source
