@@ -115,19 +115,18 @@ def main() -> None:
     if args.shards < 1 or args.mb_per_shard <= 0 or args.datasets < 1:
         parser.error("--shards and --datasets must be >= 1 and --mb-per-shard > 0")
 
-    from toolkit.store import schema
-    from toolkit.store.shard import completed_shards
+    from toolkit.store.campaign_dir import CampaignDir
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_gather_", dir=args.dir))
     try:
         campaign = tmp / "bench-gather"
         campaign.mkdir()
-        store = schema.store_path(campaign)
+        store = CampaignDir(campaign).store_path
 
         t0 = time.perf_counter()
         write_shards(campaign, 0, args.shards, args.mb_per_shard, args.datasets, args.seed)
         write_s = time.perf_counter() - t0
-        files = sorted(completed_shards(campaign).values())
+        files = sorted(CampaignDir(campaign).completed_shards().values())
         total_mb = sum(f.stat().st_size for f in files) / 1e6
         print(
             f"setup: {len(files)} shards x {args.datasets} float32 datasets, {total_mb:.1f} MB in all "

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 from toolkit.plan import Task
-from toolkit.store import schema
+from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.gather import SPACE_MARGIN, gather
 from toolkit.store.reader import Store
 
@@ -37,7 +37,7 @@ DATASET = "prompts/000/topk_logits"
 
 def _sha256s(folder: Path) -> dict[str, str]:
     """sha256 of store.h5 and of every shard (the files a gather must never damage)."""
-    files = [schema.store_path(folder), *sorted(schema.shards_dir(folder).glob("*.h5"))]
+    files = [CampaignDir(folder).store_path, *sorted(CampaignDir(folder).shards_dir.glob("*.h5"))]
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.exists()}
 
 
@@ -50,7 +50,7 @@ def _shards_only(tmp_path: Path, campaign: str) -> Path:
     )
     assert killed.code == -9, killed.err
     folder = tmp_path / "campaigns" / campaign
-    assert len(list(schema.shards_dir(folder).glob("*.h5"))) == 4 and not schema.store_path(folder).exists()
+    assert len(list(CampaignDir(folder).shards_dir.glob("*.h5"))) == 4 and not CampaignDir(folder).store_path.exists()
     return folder
 
 
@@ -72,7 +72,7 @@ def test_shard_that_no_longer_matches_its_checksums_is_refused_and_rerun(tmp_pat
     manifest = tmp_path / "flipped.yaml"
     labels = _labels(folder)
     bad = sorted(labels)[0]
-    shard = schema.shard_path(folder, bad)
+    shard = CampaignDir(folder).shard_path(bad)
     with h5py.File(shard, "r") as handle:
         offset = handle[DATASET].id.get_offset()
         run_uid = handle.attrs["run_uid"]
@@ -81,7 +81,7 @@ def test_shard_that_no_longer_matches_its_checksums_is_refused_and_rerun(tmp_pat
     shard.write_bytes(bytes(data))
 
     gathered = run_cli("gather", str(folder))
-    store = schema.store_path(folder)
+    store = CampaignDir(folder).store_path
     why = f"the shard's data no longer matches the checksums its worker recorded (dataset(s) {DATASET})"
     assert gathered.code == 1
     assert gathered.out == (
@@ -94,7 +94,7 @@ def test_shard_that_no_longer_matches_its_checksums_is_refused_and_rerun(tmp_pat
     )
     with Store(store) as opened:  # readable, with the three good tasks
         assert opened.task_ids() == sorted(set(labels) - {bad})
-    aside = schema.corrupt_path(folder, bad)
+    aside = CampaignDir(folder).corrupt_path(bad)
     assert not shard.exists() and aside.read_bytes() == bytes(data)  # kept aside, byte for byte
 
     status = run_cli("status", str(folder))
@@ -140,7 +140,7 @@ def _mount(mount: Path, size: int, remount: bool = False) -> None:
 
 def test_full_disk_during_gather_keeps_store_and_shards_and_a_later_gather_succeeds(tmp_path, tmpfs):
     source = _shards_only(tmp_path, "full")
-    shards = sorted(schema.shards_dir(source).glob("*.h5"))
+    shards = sorted(CampaignDir(source).shards_dir.glob("*.h5"))
     older = tmp_path / "older"  # the previous store: a gather of the first two shards
     (older / "shards").mkdir(parents=True)
     for path in shards[:2]:
@@ -150,11 +150,11 @@ def test_full_disk_during_gather_keeps_store_and_shards_and_a_later_gather_succe
     _mount(tmpfs, 1024 * 1024)
     folder = tmpfs / "full"
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("jobs", "*.lock"))
-    shutil.copy(schema.store_path(older), schema.store_path(folder))
+    shutil.copy(CampaignDir(older).store_path, CampaignDir(folder).store_path)
     used = shutil.disk_usage(tmpfs).used
     _mount(tmpfs, used + 8192, remount=True)  # two pages free: the lock fits, a new store does not
     before = _sha256s(folder)
-    need = schema.store_path(folder).stat().st_size + sum(p.stat().st_size for p in shards[2:]) + SPACE_MARGIN
+    need = CampaignDir(folder).store_path.stat().st_size + sum(p.stat().st_size for p in shards[2:]) + SPACE_MARGIN
 
     full = run_cli("gather", str(folder))
     free_while_locked = shutil.disk_usage(tmpfs).free - 4096  # gather.lock took one page of tmpfs
@@ -173,5 +173,5 @@ def test_full_disk_during_gather_keeps_store_and_shards_and_a_later_gather_succe
     roomy = run_cli("gather", str(folder))
     assert roomy.code == 0, roomy.err
     assert roomy.out.startswith("gathered 2 new and 0 rerun task(s), 2 already in")
-    with Store(schema.store_path(folder)) as store:
+    with Store(CampaignDir(folder).store_path) as store:
         assert store.task_ids() == sorted(p.name[:-3] for p in shards)

@@ -16,6 +16,7 @@ from conftest import run_cli
 
 from toolkit import __version__
 from toolkit.store import schema
+from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.reader import Store
 
 NEWER = (
@@ -50,7 +51,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path]:
 
 def _restamp(folder: Path, version: int | None, toolkit_version: str) -> Path:
     """Make the store look written by another toolkit: its schema_version and toolkit_version attrs."""
-    store = schema.store_path(folder)
+    store = CampaignDir(folder).store_path
     with h5py.File(store, "a") as handle:
         if version is None:
             del handle.attrs["schema_version"]
@@ -116,7 +117,7 @@ def test_unversioned_store_is_refused(finished, tmp_path):
 
 def test_gather_keeps_the_stores_schema_and_creation_stamp(finished, tmp_path):
     _, folder = _copy(finished, tmp_path)
-    store = schema.store_path(folder)
+    store = CampaignDir(folder).store_path
     with h5py.File(store, "r") as handle:
         created = handle.attrs["created_utc"]
     assert run_cli("gather", str(folder), "--rebuild").code == 0

@@ -16,11 +16,6 @@ from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.gather import gather
 
 
-def jobs_folder(campaign_dir: Path) -> Path:
-    """A fresh submitit folder per submission, so stale job results never come back."""
-    return CampaignDir(campaign_dir).new_jobs_dir()
-
-
 def run_local(
     plan: Plan,
     campaign_dir: Path,
@@ -37,7 +32,7 @@ def run_local(
 
     from toolkit.worker import run_tasks
 
-    folder = jobs_folder(campaign_dir)
+    folder = CampaignDir(campaign_dir).new_jobs_dir()  # fresh per submission: no stale results
     executor: Any = submitit.DebugExecutor(folder) if debug else submitit.LocalExecutor(folder)
     if image is not None and debug:
         say(f"note: the debug executor runs tasks in this process, not in the {image.runtime} image")

@@ -11,7 +11,6 @@ from typing import Any
 
 from toolkit.errors import LaunchError
 from toolkit.launch.container import TaskImage
-from toolkit.launch.local import jobs_folder
 from toolkit.launch.sites import gpu_target, sbatch_options
 from toolkit.plan import Plan
 from toolkit.store.campaign_dir import CampaignDir, SlurmArray, SlurmSubmission
@@ -97,7 +96,7 @@ def submit_slurm(
 
     from toolkit.launch.slurm_state import cancel, max_array_size
 
-    folder = jobs_folder(campaign_dir)
+    folder = CampaignDir(campaign_dir).new_jobs_dir()  # fresh per submission: no stale results
     limit = max_array_size()
     record: SlurmSubmission = {"folder": str(folder), "stages": []}
     if image is not None:
@@ -206,15 +205,10 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[-1] if text else type(err).__name__
 
 
-def load_record(campaign_dir: Path) -> list[SlurmSubmission]:
-    """All Slurm submissions of a campaign, oldest first (`CampaignDir.slurm_submissions`)."""
-    return CampaignDir(campaign_dir).slurm_submissions()
-
-
 def task_jobs(campaign_dir: Path) -> dict[str, tuple[str, int]]:
     """task_id → (array job id, index) of its latest submission."""
     out: dict[str, tuple[str, int]] = {}
-    for submission in load_record(campaign_dir):
+    for submission in CampaignDir(campaign_dir).slurm_submissions():
         for stage in submission["stages"]:
             for array in stage["arrays"]:
                 for index, task_id in enumerate(array["task_ids"]):
@@ -225,7 +219,7 @@ def task_jobs(campaign_dir: Path) -> dict[str, tuple[str, int]]:
 def all_job_ids(campaign_dir: Path) -> list[str]:
     """Every array and gather job id ever submitted for the campaign."""
     ids = []
-    for submission in load_record(campaign_dir):
+    for submission in CampaignDir(campaign_dir).slurm_submissions():
         for stage in submission["stages"]:
             ids += [a["job_id"] for a in stage["arrays"]] + [stage["gather"]]
     return ids

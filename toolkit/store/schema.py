@@ -1,6 +1,6 @@
 """The format of store.h5: its schema version, task attributes and the check every reader and
 gather makes on open (bump SCHEMA_VERSION on change).  The campaign folder's layout (store.h5,
-shards, records, locks) is owned by `toolkit.store.campaign_dir`; the path helpers here ask it.
+shards, records, locks) is owned by `toolkit.store.campaign_dir`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import StoreError
-from toolkit.store.campaign_dir import STORE_NAME, CampaignDir
+from toolkit.store.campaign_dir import STORE_NAME
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -19,12 +19,6 @@ __all__ = [
     "TASK_ATTRS",
     "SchemaMismatch",
     "check_schema",
-    "corrupt_path",
-    "failure_path",
-    "shard_path",
-    "shards_dir",
-    "store_path",
-    "task_lock_path",
     "utc_now",
 ]
 
@@ -83,36 +77,6 @@ def check_schema(path: Path, attrs: Mapping[str, Any]) -> None:
             f"schema {SCHEMA_VERSION} that this toolkit {__version__} reads, and there is no "
             f"migration; read it with toolkit {wrote} (the store was not changed)"
         )
-
-
-def shards_dir(campaign_dir: Path) -> Path:
-    """Folder of the per-task shard files (`CampaignDir.shards_dir`)."""
-    return CampaignDir(campaign_dir).shards_dir
-
-
-def shard_path(campaign_dir: Path, task_id: str) -> Path:
-    """The published shard of one task (`CampaignDir.shard_path`)."""
-    return CampaignDir(campaign_dir).shard_path(task_id)
-
-
-def failure_path(campaign_dir: Path, task_id: str) -> Path:
-    """The JSON report a failed task leaves instead of a shard (`CampaignDir.failure_path`)."""
-    return CampaignDir(campaign_dir).failure_path(task_id)
-
-
-def corrupt_path(campaign_dir: Path, task_id: str) -> Path:
-    """Where gather moves a shard that failed verification (`CampaignDir.corrupt_path`)."""
-    return CampaignDir(campaign_dir).corrupt_path(task_id)
-
-
-def task_lock_path(campaign_dir: Path, task_id: str) -> Path:
-    """The lock a worker holds while it runs the task (`CampaignDir.task_lock_path`)."""
-    return CampaignDir(campaign_dir).task_lock_path(task_id)
-
-
-def store_path(campaign_dir: Path) -> Path:
-    """The campaign store, written only by gather (`CampaignDir.store_path`)."""
-    return CampaignDir(campaign_dir).store_path
 
 
 def utc_now() -> str:

@@ -103,13 +103,3 @@ def record_failure(campaign_dir: Path, task_id: str, err: BaseException) -> None
 def _write_attrs(handle: Any, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         handle.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
-
-
-def completed_shards(campaign_dir: Path) -> dict[str, Path]:
-    """task_id → path of every published shard (`CampaignDir.completed_shards`)."""
-    return CampaignDir(campaign_dir).completed_shards()
-
-
-def failed_tasks(campaign_dir: Path) -> dict[str, dict[str, Any]]:
-    """task_id → failure report of every task whose last attempt failed (`CampaignDir.failed_tasks`)."""
-    return CampaignDir(campaign_dir).failed_tasks()
