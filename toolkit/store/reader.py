@@ -156,6 +156,13 @@ class Store:
     def __iter__(self) -> Iterator[RunView]:
         return iter(self.runs())
 
+    def table(self, name: str) -> Any:
+        """A pandas DataFrame: `runs` (one row per task) or an experiment's tidy table; see
+        `toolkit.store.tables` and docs/tables.md."""
+        from toolkit.store.tables import table
+
+        return table(self, name)
+
 
 def _numerics_key(view: RunView) -> str:
     return json.dumps(view.numerics, sort_keys=True)
