@@ -227,6 +227,26 @@ def show(store: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("campaign_dir", type=CampaignDir())
+@click.option("--format", "fmt", type=click.Choice(("parquet", "csv")), default="parquet", show_default=True)
+@click.option("--experiment", help="Only this table: runs or an experiment name (default: every table).")
+@click.option("--out", type=click.Path(path_type=Path), help="Tables folder (default CAMPAIGN_DIR/tables).")
+def export(campaign_dir: Path, fmt: str, experiment: str | None, out: Path | None) -> None:
+    """Write CAMPAIGN_DIR's store as tables (docs/tables.md): runs and one per experiment."""
+    from toolkit.experiments import names
+    from toolkit.manifest.rules import did_you_mean
+    from toolkit.store.tables import export_tables
+
+    if experiment is not None and experiment not in ("runs", *names()):
+        hint = did_you_mean(experiment, ["runs", *names()])
+        raise UsageError(
+            f"--experiment {experiment!r}: no such table or experiment; {hint}toolkit experiments lists the names"
+        )
+    for path in export_tables(store_file(campaign_dir), out or campaign_dir / "tables", fmt, experiment):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("campaign_dir", type=CampaignDir())
 @click.option("--out", type=click.Path(path_type=Path), help="Figures folder (default CAMPAIGN_DIR/figures).")
 def plot(campaign_dir: Path, out: Path | None) -> None:
     """Make the figures of every run in CAMPAIGN_DIR's store (no model, no GPU)."""

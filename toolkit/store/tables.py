@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,30 +204,36 @@ def table(store: Store, name: str) -> pd.DataFrame:
     return run_table(store) if name == "runs" else experiment_table(store, name)
 
 
-def export(store_path: Path, out_dir: Path, fmt: str = "parquet", names: Iterable[str] | None = None) -> list[Path]:
-    """Write `runs` and every experiment table the store has runs for (or just `names`) to
-    `out_dir/<name>.<fmt>`, each file written under a temporary name and renamed; the paths."""
+def export_tables(store_path: Path, out_dir: Path, fmt: str = "parquet", name: str | None = None) -> list[Path]:
+    """Write `runs` and the table of every experiment the store has runs of (or only table `name`)
+    to `out_dir/<name>.<fmt>`, each under a temporary name then renamed; returns the paths.
+    `UsageError` for a table the store cannot fill (an experiment without a table or without runs)."""
     from toolkit.store.experiment_tables import TABLES
     from toolkit.store.files import temp_name
     from toolkit.store.reader import Store
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     with Store(store_path) as store:
-        present = {run.experiment for run in store.runs()}
-        wanted = list(names) if names is not None else ["runs", *(n for n in TABLES if n in present)]
-        for name in wanted:
-            frame = table(store, name)
-            path = out_dir / f"{name}.{fmt}"
+        present = sorted({run.experiment for run in store.runs()})
+        if name is not None and name != "runs" and name not in present:
+            raise UsageError(
+                f"{store_path}: no {name} run in the store; its experiments: {', '.join(present) or 'none'}"
+            )
+        if name is not None and name != "runs" and name not in TABLES:
+            raise UsageError(f"{name} has no table (tables: {', '.join(table_names())}); read it with Store(path).run")
+        wanted = [name] if name is not None else ["runs", *(n for n in TABLES if n in present)]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for table_name in wanted:
+            path = out_dir / f"{table_name}.{fmt}"
             tmp = temp_name(path)
             try:
-                _write(frame, tmp, fmt)
+                _write(table(store, table_name), tmp, fmt)
                 os.replace(tmp, path)
             except OSError as err:
                 tmp.unlink(missing_ok=True)
-                raise StoreError(f"{path}: cannot write the table ({err}); free space or pass --out") from None
+                raise StoreError(f"{path}: cannot write the table ({err}); free space there or pass --out") from None
             written.append(path)
     return written
 
