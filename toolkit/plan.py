@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.manifest import ExperimentSpec, Manifest, Numerics, Resources
+from toolkit.models.device import TargetDevice
 
 ANY_TARGET = "any"
 
@@ -36,6 +37,8 @@ class Task:
     inputs: tuple[str, ...]
     stage: int
     sweep_point: dict[str, Any]
+    # what the target's device must be (site profile `device` / `expect`); a check, not identity
+    target_device: TargetDevice | None = None
 
     def label(self) -> str:
         """e.g. `generate a100 r1 dtype=bfloat16`."""
@@ -49,7 +52,14 @@ class Task:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Task:
-        return Task(**{**data, "numerics": Numerics(**data["numerics"]), "inputs": tuple(data["inputs"])})
+        return Task(
+            **{
+                **data,
+                "numerics": Numerics(**data["numerics"]),
+                "inputs": tuple(data["inputs"]),
+                "target_device": TargetDevice.from_json(data.get("target_device")),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,7 @@ def stage_order(manifest: Manifest) -> dict[str, int]:
 def build_plan(manifest: Manifest) -> Plan:
     """Expand experiments × targets × repeats × sweeps into tasks, stages and groups."""
     from toolkit import experiments
+    from toolkit.manifest.site import target_device
 
     stage_of = stage_order(manifest)
     model = model_identity(manifest)
@@ -172,6 +183,7 @@ def build_plan(manifest: Manifest) -> Plan:
                 prompts_sha,
                 getattr(module.Params, "PATH_FIELDS", ()),
             )
+            task = dataclasses.replace(task, target_device=target_device(manifest.site, target, spec.resources.gpus))
             tasks[task.task_id] = task
             by_exp[spec.id].append(task)
     stages = _stages(manifest, tasks, stage_of)

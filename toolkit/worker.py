@@ -98,6 +98,7 @@ def run_one(
 
     module = experiments.get(task.experiment)
     params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
+    _check_device(folder, task, models.spec)  # before loading: a wrong card stores nothing
     model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
     store = Store(CampaignDir(folder).store_path) if task.inputs else None
     attrs = {
@@ -109,7 +110,7 @@ def run_one(
         "numerics": task.numerics.to_dict(),
         "model": model_identity,
         "inputs": list(task.inputs),
-        "provenance": provenance.collect(device, flags),
+        "provenance": {**provenance.collect(device, flags), **_device_identity(device)},
     }
     checkpoint = Checkpoint(folder, task.task_id)
     reads = tuple(module.READS) + tuple(getattr(module, "READS_OPTIONAL", ()))
@@ -134,6 +135,35 @@ def run_one(
         models.release_extras()
         if store is not None:
             store.close()
+
+
+def _check_device(folder: Path, task: Task, spec: ModelSpec) -> None:
+    """Fail the task, recorded in its `.failed.json`, when its target's device promise (site
+    profile `device` / `expect`, `toolkit.models.device`) does not hold here."""
+    from toolkit.errors import ToolkitError
+    from toolkit.models import device as devices
+    from toolkit.models.loading import resolve_device
+    from toolkit.store.shard import record_failure
+
+    if not devices.applies_here(task.target_device):
+        return
+    try:
+        devices.check(task.target_device, _observe(str(resolve_device(spec.device))), spec.device)
+    except ToolkitError as err:
+        record_failure(folder, task.task_id, err)
+        raise
+
+
+@functools.lru_cache(maxsize=4)
+def _observe(device: str) -> Any:
+    from toolkit.models import device as devices
+
+    return devices.observe(device)
+
+
+def _device_identity(device: Any) -> dict[str, Any]:
+    """`device_identity` for provenance: SKU, SMs, driver, CUDA, cuBLAS, torch (or the CPU's)."""
+    return {} if device is None else {"device_identity": _observe(str(device)).identity}
 
 
 def _as_yaml_values(params: dict[str, Any]) -> dict[str, Any]:
