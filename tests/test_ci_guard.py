@@ -1,6 +1,6 @@
 """The CI guarantee: .ci/run sets CI=true, passes pytest's exit status on (5, no tests, a failure
-too) and always prints its wall time; under CI=true a skipped Slurm or container test fails the
-run (tests/ci_guard.py), and the Slurm and container test files carry those markers.
+too) and always prints its wall time; under CI=true a skipped Slurm, container or browser test fails the
+run (tests/ci_guard.py), and the Slurm, container and browser test files carry those markers.
 
 Each case is a real pytest (or a real .ci/run with the real Makefile) in a subprocess on a tiny
 generated test folder."""
@@ -47,6 +47,10 @@ def test_container_skip_mark(runtime):
 def test_both_marks():
     pass
 
+@pytest.mark.browser
+def test_browser_skips():
+    pytest.skip("no chromium")
+
 @pytest.mark.slurm
 @pytest.mark.xfail(reason="known", strict=True)
 def test_slurm_xfail():
@@ -65,18 +69,19 @@ def test_slurm_passes():
 """
 
 SUMMARY = [
-    "CI=true: 4 Slurm/container test(s) skipped; under CI they must run:",
+    "CI=true: 5 Slurm/container/browser test(s) skipped; under CI they must run:",
     "  test_guarded.py::test_slurm_skips_in_body [slurm]: needs root",
     "  test_guarded.py::test_slurm_skips_in_fixture [slurm]: no cluster here",
     "  test_guarded.py::test_container_skip_mark[docker] [container]: no docker CLI",
     "  test_guarded.py::test_both_marks [slurm,container]: not on this machine",
+    "  test_guarded.py::test_browser_skips [browser]: no chromium",
 ]
 
 
 def _pytest(folder: Path, ci: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     """A real pytest in `folder`, with the guard registered the way tests/conftest.py does."""
     (folder / "conftest.py").write_text('pytest_plugins = ["ci_guard"]\n')
-    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n    slurm: x\n    container: y\n")
+    (folder / "pytest.ini").write_text("[pytest]\nmarkers =\n    slurm: x\n    container: y\n    browser: z\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
     env["PYTHONPATH"] = str(TESTS)
     if ci is not None:
@@ -104,7 +109,7 @@ def test_under_ci_a_skipped_slurm_or_container_test_fails_the_run(tmp_path):
     assert _guard_section(result.stdout) == SUMMARY, result.stdout
     assert (
         result.stdout.splitlines()[-1]
-        == "2 passed, 6 skipped, 1 xfailed in " + result.stdout.splitlines()[-1].split(" in ")[-1]
+        == "2 passed, 7 skipped, 1 xfailed in " + result.stdout.splitlines()[-1].split(" in ")[-1]
     )
 
 
@@ -149,9 +154,14 @@ def test_the_guard_is_registered_by_the_suites_conftest(pytestconfig):
     assert pytestconfig.pluginmanager.get_plugin("toolkit-ci-guard") is not None
 
 
-def test_the_slurm_and_container_files_carry_their_markers():
-    """Every test of the Slurm and container suites is marked: deselecting both markers leaves none."""
-    files = ["tests/test_slurm.py", "tests/test_container_build.py", "tests/test_container_campaign.py"]
+def test_the_slurm_container_and_browser_files_carry_their_markers():
+    """Every test of the Slurm, container and browser suites is marked: deselecting the markers leaves none."""
+    files = [
+        "tests/test_slurm.py",
+        "tests/test_container_build.py",
+        "tests/test_container_campaign.py",
+        "tests/test_report_browser.py",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     result = subprocess.run(
         [
@@ -163,7 +173,7 @@ def test_the_slurm_and_container_files_carry_their_markers():
             "no:cacheprovider",
             "--collect-only",
             "-m",
-            "not slurm and not container",
+            "not slurm and not container and not browser",
             *files,
         ],
         cwd=REPO,

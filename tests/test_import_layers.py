@@ -24,6 +24,7 @@ RANK: dict[str, int] = {
     "launch": 7,
     "worker": 6,
     "figures": 6,
+    "report_html": 6,
     "context": 5,
     "plan": 5,
     "campaign": 5,

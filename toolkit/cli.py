@@ -141,7 +141,12 @@ def plan(manifest: Path, site: str | None, root: Path | None, executor: str | No
 @click.option("--site", callback=_site_path, help=SITE_HELP)
 @click.option("--force", is_flag=True, help="Rerun tasks that are already complete.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the campaign to its end.")
-@click.option("--plot/--no-plot", default=True, show_default=True, help="Make figures when the campaign ends.")
+@click.option(
+    "--plot/--no-plot",
+    default=True,
+    show_default=True,
+    help="Make figures and the HTML report (figures/report.html) when the campaign ends.",
+)
 def submit(
     manifest: Path, executor: str, root: Path | None, site: str | None, force: bool, wait: bool, plot: bool
 ) -> None:
@@ -255,6 +260,25 @@ def plot(campaign_dir: Path, out: Path | None) -> None:
     store_file(campaign_dir)
     for path in make_figures(campaign_dir, out):
         click.echo(str(path))
+
+
+@cli.command("report")
+@click.argument("campaign_dir", type=CampaignDir())
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="HTML file to write (default CAMPAIGN_DIR/figures/report.html)."
+)
+def report_command(campaign_dir: Path, out: Path | None) -> None:
+    """Write CAMPAIGN_DIR's report: one self-contained HTML file to open in any browser.
+
+    It holds the manifest, exp4.compare's class matrix and survival curves, every experiment's
+    figures with a caption each (drawn from the store now), the run table (click a header to
+    sort), failed tasks with their messages, and provenance (devices, versions, images).  Figures
+    are embedded; the page loads nothing from the network.  `toolkit submit` writes it at the end
+    of a campaign unless --no-plot.
+    """
+    from toolkit.report_html import write_report
+
+    click.echo(str(write_report(campaign_dir, out)))
 
 
 @cli.group()

@@ -89,6 +89,9 @@ def _submit_locked(
 
         figures = make_figures(folder)
         say(f"figures: {len(figures)} in {layout.figures_dir}")
+        from toolkit.report_html import write_report
+
+        say(f"report: {write_report(folder, figures_dir=layout.figures_dir)}")
     if not plot and layout.figures_dir.is_dir():
         say(f"figures: {layout.figures_dir}")
     say(f"store: {layout.store_path}")

@@ -9,11 +9,16 @@ Naming rule: `<out_dir>/<name>_<task_id>[_<part>].png` — `name` says which fig
 run's several figures (a prompt `p000`, a map `001`, `summary`).  The names in `docs/` and the
 tests follow this rule.
 
+Captions: the module that holds an experiment's `plot` defines `CAPTIONS`, figure name -> one line
+saying what is plotted and which colour is which; `captions(experiment)` reads it for
+`toolkit report`, which prints it under every figure of that name.
+
 Not registered: a helper for the experiments' figures modules (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -49,3 +54,17 @@ def save_figure(fig: Figure, out_dir: Path, name: str, task_id: str, part: str =
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def captions(experiment: str) -> Mapping[str, str]:
+    """Figure name -> caption for a registered experiment's figures: the `CAPTIONS` of the module its
+    `plot` comes from ({} for a name not in the registry or a module without captions)."""
+    import importlib
+
+    from toolkit import experiments
+
+    if experiment not in experiments.REGISTRY:
+        return {}
+    module = importlib.import_module(experiments.get(experiment).plot.__module__)
+    found: Mapping[str, str] = getattr(module, "CAPTIONS", {})
+    return found

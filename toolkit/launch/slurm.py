@@ -74,8 +74,10 @@ def gather_job(campaign_dir: str, expected: list[str], plot: bool) -> str:
         raise RuntimeError(f"{len(missing)} task(s) of this stage did not complete: {', '.join(missing)}")
     if plot:
         from toolkit.figures import make_figures
+        from toolkit.report_html import write_report
 
         make_figures(Path(campaign_dir))
+        write_report(Path(campaign_dir), figures_dir=CampaignDir(campaign_dir).figures_dir)
     return report.summary()
 
 

@@ -13,6 +13,19 @@ if TYPE_CHECKING:
     from toolkit.context import RunView
 
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "layer_svd": (
+        "Per prompt, input moved along v1 by ε: left, log10 relative L2 change of each row's hidden state "
+        "(rows × ε; viridis, bright = larger, grey = bitwise equal; white dotted/dashed lines: ε where the "
+        "first / half of the input coordinates can move); middle, the same change as one curve over rows per "
+        "ε (plasma, dark = smallest ε; open circles: bitwise equal); right, fraction of elements whose bits "
+        "changed (magma, bright = more)."
+    ),
+}
+
+
 def plot_layer_svd(run: RunView, out_dir: Path) -> list[Path]:
     """Per prompt, direction v1: heatmap rows × ε of relative divergence, curves over rows per ε,
     and the fraction of elements whose bits changed (rows × ε)."""

@@ -11,6 +11,17 @@ if TYPE_CHECKING:
     from toolkit.context import RunView
 
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "lipschitz": (
+        "Per prompt: left, finite-difference gain ‖f(x̃) − f(x)‖/‖x̃ − x‖ vs ε (log-log) along each singular "
+        "direction v_i (one colour each), random directions (grey dashed), v1 + noise (black dotted), and σ1 "
+        "(red line); right, the top singular values σ_i of the Jacobian."
+    ),
+}
+
+
 def plot_lipschitz(run: RunView, out_dir: Path) -> list[Path]:
     """Per prompt: gain vs ε (log-log) with σ₁ as a horizontal line, and the σ spectrum."""
     import numpy as np

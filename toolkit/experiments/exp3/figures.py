@@ -12,6 +12,24 @@ from toolkit.experiments.figsave import pyplot, save_figure
 if TYPE_CHECKING:
     from toolkit.context import RunView
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "precision": (
+        "Per prompt, direction v1: gain ‖Δf‖/‖δ‖ vs ε (black line), σ1 (black dashed), deviation from linear "
+        "‖Δf − Jδ‖/‖Jδ‖ (purple, right axis; dotted: signal tolerance), and the regime of each ε as a "
+        "background band (light grey absorbed_input, grey absorbed_output, green signal, blue nonlinear, red "
+        "chaotic)."
+    ),
+    "precision_compare": (
+        "Per prompt: left, regime of the response to x + ε·v1 for every dtype (rows) and ε (columns; light "
+        "grey absorbed_input, grey absorbed_output, green signal, blue nonlinear, red chaotic; black dots: "
+        "within tolerance of float64's response); right, gain vs ε, one colour per dtype, with that dtype's "
+        "σ1 dotted in the same colour."
+    ),
+}
+
+
 REGIME_COLORS = ("0.85", "0.55", "tab:green", "tab:blue", "tab:red")
 
 

@@ -14,6 +14,48 @@ if TYPE_CHECKING:
     from toolkit.context import RunView
 
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "compare_survival": (
+        "Fraction of prompts whose greedy outputs are still token-identical vs generation step, one coloured "
+        "step curve per pair of classes of bit-identical runs (the legend box lists each class's runs); grey "
+        "dashed at 1: pairs inside a class (controls)."
+    ),
+    "compare_matrix": (
+        "For every pair of runs (rows × columns), the fraction of prompts whose greedy outputs diverged "
+        "(viridis: dark = 0, yellow = 1) and d~, the median first step where they diverged."
+    ),
+    "divergence_scatter": (
+        "At the first divergent step d of each pair and prompt: run i's top-1 − top-2 logit margin (x) vs the"
+        " cross-run change of that difference (y), log-log; one colour per pair of runs, grey dots: steps "
+        "where the runs agreed, red dashed: change = margin (a flip is possible above it)."
+    ),
+    "divergence_margins": (
+        "Histogram of the top-1 − top-2 margin at d in ULPs of the top-1 logit (log bins), one colour per "
+        "logits dtype (blue first, orange second); exact ties counted in the legend."
+    ),
+    "embedding_similarity": (
+        "Rows: prompts, columns: perturbation directions; relative L2 difference of the last position's "
+        "hidden state over depth for each ε (viridis, dark = smallest ε; dashed: the first ε that diverged), "
+        "with the cross-run differences at the divergent step in red."
+    ),
+    "generate_margins": (
+        "Top-1 − top-2 logit margin at each generation step (log scale), one colour per prompt: where it is "
+        "small, a rounding difference can flip the greedy token."
+    ),
+    "internals": (
+        "Per prompt for one pair of runs: left, relative L2 difference ‖h_i − h_j‖/‖h_i‖ over depth, one "
+        "colour per replayed step (the step marked = d is the first divergence); right, the same as a layer ×"
+        " step heatmap (magma, bright = larger, blank = identical)."
+    ),
+    "perturb_until_divergence": (
+        "Per prompt and direction (one colour per direction): the bracket of the threshold ε between the last"
+        " identical ε (▼) and the first that diverged (▲), annotated with the divergence step d, log scale."
+    ),
+}
+
+
 def plot_compare(run: RunView, out_dir: Path) -> list[Path]:
     """Survival curves (fraction of prompts still identical vs step) and the N×N matrix."""
     return [_survival(run, out_dir), _matrix(run, out_dir)]

@@ -11,6 +11,17 @@ if TYPE_CHECKING:
     from toolkit.context import RunView
 
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "module_lipschitz": (
+        "Per prompt: left, σ1 of each module's Jacobian at the last position per decoder layer (viridis, "
+        "bright = larger, value written in each cell); right, σ1 per layer as one coloured line per module, "
+        "with the finite-difference gain at the largest ε as × in the same colour."
+    ),
+}
+
+
 def plot_module_lipschitz(run: RunView, out_dir: Path) -> list[Path]:
     """Per prompt: heatmap of σ1 (layers × modules, log colour) and σ1 per layer with FD gains."""
     import numpy as np

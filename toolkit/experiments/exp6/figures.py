@@ -12,6 +12,22 @@ if TYPE_CHECKING:
     from toolkit.context import RunView
 
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "token_flip": (
+        "One row per upstream run and prompt: left, logit a − logit b in ULPs vs ε along each singular "
+        "direction v_i (one colour per direction; | ticks: argmax flips, ★: the nearest flip); right, |ε| of "
+        "the nearest argmax flip per direction (bars in the direction's colour)."
+    ),
+    "equal_logits": (
+        "Per prompt: left, |logit a − logit b| in ULPs per forward evaluation of the search (blue circles: "
+        "gradient phase, orange ×: lattice polish; red ring: the kept point, its certified gap in the "
+        "legend); right, the top singular values of the Jacobian at x0 (the directions stored)."
+    ),
+}
+
+
 def plot_token_flip(run: RunView, out_dir: Path) -> list[Path]:
     """One row per (upstream run, prompt): gap vs ε per direction (flips marked), and nearest-flip |ε|
     per direction."""

@@ -18,6 +18,28 @@ from toolkit.experiments.figsave import pyplot, save_figure
 if TYPE_CHECKING:
     from toolkit.context import RunView
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "exp7_heatmap": (
+        "Per map over the plane x0 + e1·v_i + e2·v_j: left, logit[a] − logit[b] (RdBu, red: a higher, blue: b"
+        " higher, white: tie); middle, which token the model picks (blue: a, orange: b; shares in the "
+        "legend); right, cells of identical rounded input (one random colour per distinct input)."
+    ),
+    "exp7_zoom": (
+        "A window of a stored map (part _stored) or a map recomputed on a finer grid (part _recomputed), "
+        "drawn as exp7.heatmap: logit gap (red: a higher, blue: b higher, white: tie), the picked token "
+        "(blue: a, orange: b), and the cells of identical rounded input (one random colour each)."
+    ),
+    "exp7_randomness": (
+        "Per map: the picked token (blue: a, orange: b), local binary entropy (viridis, bright = more mixed),"
+        " gradient magnitude of the logit gap (magma, bright = steeper) and Moran's I of the sign map (red "
+        "line) against shuffles of the same classes (grey histogram); part _summary: the metrics of every map"
+        " as a table."
+    ),
+}
+
+
 COLOUR_A = "#2166ac"  # blue: the model picks token a (gap > 0, or a tie with a < b)
 COLOUR_B = "#f4a582"  # orange: the model picks token b
 

@@ -12,6 +12,18 @@ from toolkit.experiments.figsave import pyplot, save_figure
 if TYPE_CHECKING:
     from toolkit.context import RunView
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "words": (
+        "Top: probability of each word's first token given the text before it (grey dots: one word; blue: "
+        "rolling mean; orange: rolling top-1 accuracy; dotted lines: page breaks); bottom left, histogram of "
+        "the true token's rank (1 = greedy prediction); bottom right, cosine of the lm_head input with the "
+        "true token's unembedding vs ln p (green: top-1 hit, red: miss)."
+    ),
+}
+
+
 CSV_COLUMNS = (
     "word_index",
     "word",
