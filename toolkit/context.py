@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from toolkit.errors import ContractError, UpstreamError
+from toolkit.errors import ContractError, ModelError, UpstreamError
 from toolkit.manifest import Numerics
 from toolkit.plan import Task
 from toolkit.progress import Progress
@@ -142,6 +142,19 @@ class Inputs:
         return f"{self.consumer or 'this experiment'} {what}; {fix}"
 
 
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> torch.Tensor:
+    """Token ids [1, T] of `prompt`: `tokenizer(prompt)`, or with `chat_template` the tokenizer's
+    chat template around it (one user message, the generation prompt added), tokenised without
+    adding special tokens (the template writes its own, so a BOS is never doubled)."""
+    if not chat_template:
+        return tokenizer(prompt, return_tensors="pt").input_ids
+    if not tokenizer.chat_template:
+        raise ModelError("model.chat_template is true but this tokenizer has no chat template; set it to false")
+    message = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+    return tokenizer(str(text), add_special_tokens=False, return_tensors="pt").input_ids
+
+
 def _matches(run: RunView, target: str | None, dtype: str | None, numerics: Numerics | None) -> bool:
     if target is not None and run.target != target:
         return False
@@ -171,6 +184,12 @@ class RunContext:
     checkpoint: Checkpoint | None = None
     progress_stream: TextIO | None = None
     models: Models | None = None
+    chat_template: bool = False
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        """A prompt's token ids [1, T] on the task's device, as every experiment tokenises prompts:
+        plainly, or with `model.chat_template` inside the tokenizer's chat template."""
+        return encode_prompt(self.tokenizer, prompt, self.chat_template).to(self.device)
 
     def progress(self, total: int, label: str | None = None) -> Progress:
         """A progress reporter for `total` units of this task's work."""

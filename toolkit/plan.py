@@ -111,8 +111,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def model_identity(manifest: Manifest) -> dict[str, Any]:
-    """What identifies the weights: the source plus, for packaged models, the package version."""
+    """What identifies the weights: the source plus, for packaged models, the package version, and
+    for a folder or cached hub id the sha256 of its weight files (`toolkit.models.identity`: hashed
+    here, on the submitting host, once per file version), so replaced weights make new task ids."""
+    from toolkit.models import identity as weights
+
     identity: dict[str, Any] = manifest.model.to_dict()
+    folder = weights.model_folder(manifest.model)
+    if folder is not None:
+        identity["weights_sha256"] = weights.weights_sha256(folder)
     if manifest.model.source == "smollm2-135m":
         from importlib import metadata
 

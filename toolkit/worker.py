@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from toolkit.context import Inputs, RunContext
+from toolkit.errors import ModelError
 from toolkit.manifest import ModelSpec, Numerics
 from toolkit.plan import Task
 from toolkit.store.campaign_dir import CampaignDir, PlanFile
@@ -99,7 +100,13 @@ def run_one(
     module = experiments.get(task.experiment)
     params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
     _check_device(folder, task, models.spec)  # before loading: a wrong card stores nothing
-    model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
+    try:
+        model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
+    except ModelError as err:  # cannot load, or does not fit (toolkit.models.fit): before any shard
+        from toolkit.store.shard import record_failure
+
+        record_failure(folder, task.task_id, err)
+        raise
     store = Store(CampaignDir(folder).store_path) if task.inputs else None
     attrs = {
         "experiment": task.experiment,
@@ -128,6 +135,7 @@ def run_one(
                 out=out,
                 checkpoint=checkpoint,
                 models=_TaskModels(models, task.numerics, model),
+                chat_template=models.spec.chat_template,
             )
             module.run(ctx, params)
         checkpoint.clear()
@@ -185,10 +193,11 @@ class _ModelCache:
 
     def extra(self, numerics: Numerics) -> PreTrainedModel:
         """The model under `numerics`, loaded once for the running task (see `release_extras`)."""
-        from toolkit.models import loading
+        from toolkit.models import fit, loading
 
         key = (numerics.dtype, numerics.attn_implementation)
         if key not in self.extras:
+            fit.check_model_fits(self.spec, numerics.dtype)  # one line, not an out-of-memory crash
             self.extras[key] = loading.load(self.spec, numerics)[0]
         return self.extras[key]
 
@@ -197,7 +206,7 @@ class _ModelCache:
         self.extras.clear()
 
     def get(self, numerics: Numerics, needs_model: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
-        from toolkit.models import loading
+        from toolkit.models import fit, loading
         from toolkit.models import numerics as numerics_flags
 
         flags = numerics_flags.apply(numerics)
@@ -206,6 +215,7 @@ class _ModelCache:
         key = (numerics.dtype, numerics.attn_implementation)
         if key not in self.loaded:
             self.loaded.clear()
+            fit.check_model_fits(self.spec, numerics.dtype)
             self.loaded[key] = loading.load(self.spec, numerics)
         model, tokenizer, device = self.loaded[key]
         return model, tokenizer, device, flags

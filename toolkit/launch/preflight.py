@@ -57,6 +57,8 @@ def preflight(plan: Plan, executor: str | None, campaign_dir: Path) -> Checked:
     executor = resolve_executor(executor)
     where = _Where(plan.manifest)
     problems = model_problems(plan.manifest, where) + folder_problems(campaign_dir, where)
+    if not problems:  # the model is there: can its tokenizer template prompts, do its weights fit here
+        problems += model_fit_problems(plan, where, local=executor == "local")
     image, container = _container(plan, campaign_dir, where)
     problems += container
     notes: list[str] = []
@@ -168,6 +170,30 @@ def model_problems(manifest: Manifest, where: _Where) -> list[str]:
             "save_pretrained writes them) or name a packaged model or a cached hub id"
         ]
     return _hub_problems(manifest, at)
+
+
+def model_fit_problems(plan: Plan, where: _Where, local: bool) -> list[str]:
+    """`model.chat_template` needs a tokenizer with one; with the local executor (tasks run on this
+    host) the weights must fit in this host's memory at the largest dtype of the model's tasks."""
+    from toolkit import experiments
+    from toolkit.errors import ModelError
+    from toolkit.models import fit, identity
+
+    spec = plan.manifest.model
+    folder = identity.model_folder(spec)
+    if spec.chat_template and folder is not None and not identity.has_chat_template(folder):
+        return [
+            f"{where('model', 'chat_template')}: is true but the tokenizer in {folder} has no chat template; "
+            "set it to false (or add the template to the tokenizer's files)"
+        ]
+    dtypes = {t.numerics.dtype for t in plan.tasks.values() if experiments.get(t.experiment).NEEDS_MODEL}
+    if not local or not dtypes:
+        return []
+    try:
+        fit.check_model_fits(spec, max(dtypes, key=fit.ITEMSIZE.__getitem__), packaged=False)
+    except ModelError as err:
+        return [f"{where('model', 'source')}: {err}"]
+    return []
 
 
 def _hub_problems(manifest: Manifest, at: str) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 from toolkit.manifest.located import Located
 from toolkit.manifest.located import short as _short
 from toolkit.manifest.model import (
+    DEVICE_MAPS,
     GPU_MODES,
     NUMERICS_FIELDS,
     RUNTIMES,
@@ -36,7 +37,7 @@ RESOURCE_MAX = {"time_min": 366 * 24 * 60, "cpus": 4096, "gpus": 64, "array_para
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 TOP_KEYS = ("campaign", "output", "model", "prompts", "targets", "experiments", "resources", "container", "site")
-MODEL_KEYS = ("source", "revision", "device") + NUMERICS_FIELDS
+MODEL_KEYS = ("source", "revision", "device", "chat_template", "device_map") + NUMERICS_FIELDS
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
 CONTAINER_KEYS = ("runtime", "image", "network", "gpu", "extra_args")
 
@@ -116,6 +117,8 @@ class Checker:
         resources = self.resources_override(data.get("resources"), ("resources",), Resources())
         container = self._container(data.get("container"))
         experiments = self._experiments(data.get("experiments"), targets, numerics, resources, site)
+        if model is not None and model.device_map is not None and experiments is not None:
+            self._check_sharded(experiments)
         if (
             self.problems
             or campaign is None
@@ -187,7 +190,30 @@ class Checker:
         revision = data.get("revision")
         if revision is not None and not isinstance(revision, str):
             self.problem(("model", "revision"), f"must be a string, got {_short(revision)}")
-        return ModelSpec(source=source or "", revision=revision, device=str(device)), numerics
+        chat_template = data.get("chat_template", False)
+        if not isinstance(chat_template, bool):
+            self.problem(("model", "chat_template"), f"must be true or false, got {_short(chat_template)}")
+        device_map = data.get("device_map")
+        if device_map not in DEVICE_MAPS:
+            self.problem(("model", "device_map"), f"must be auto or null, got {_short(device_map)}")
+        spec = ModelSpec(source or "", revision, str(device), chat_template is True, device_map or None)
+        return spec, numerics
+
+    def _check_sharded(self, experiments: tuple[ExperimentSpec, ...]) -> None:
+        """`device_map: auto` splits the model over devices; an experiment taking JVPs through the
+        model (its NEEDS_EAGER_ATTENTION, torch.func.jvp) cannot run on a model split by accelerate."""
+        from toolkit import experiments as registry
+        from toolkit.manifest.experiments import _param_points  # every sweep point's Params
+
+        for spec in experiments:
+            module = registry.get(spec.name)
+            if any(registry.needs_eager_attention(module, p) for p, _ in _param_points(spec, module)):
+                self.problem(
+                    ("model", "device_map"),
+                    f"is auto, but {spec.name} (entry {spec.id!r}) takes JVPs through the model "
+                    "(torch.func.jvp), which cannot run on a model split over devices; remove device_map "
+                    "or run that entry from a manifest without it",
+                )
 
     def _resolve_source(self, source: str) -> str | None:
         from toolkit.models.packaged import PACKAGED

@@ -43,9 +43,20 @@ class ModelSpec:
     source: str
     revision: str | None = None
     device: str = "auto"
+    # Apply the tokenizer's chat template to each prompt (one user message, generation prompt added).
+    chat_template: bool = False
+    # "auto": spread the weights over the task's GPUs with accelerate (null: the whole model on `device`).
+    device_map: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as plain values; the keys added since the first release (chat_template,
+        device_map) only where they differ from their default, so task ids planned before stay."""
+        values = asdict(self)
+        return {k: v for k, v in values.items() if k not in _MODEL_NEWER or v != _MODEL_NEWER[k]}
+
+
+_MODEL_NEWER: dict[str, Any] = {"chat_template": False, "device_map": None}
+DEVICE_MAPS = (None, "auto")
 
 
 @dataclass(frozen=True)

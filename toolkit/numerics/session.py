@@ -47,6 +47,7 @@ class Session(Protocol):
     def numerics(self) -> _Numerics: ...
     @property
     def out(self) -> _Attrs: ...
+    def encode(self, prompt: str) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def prompt_singular(ctx: Session, prompt: str, p: Any, tick: Callable[[], None])
     and jvp_mode; ValueError when top_k exceeds the embedding dimension; `tick` per iteration."""
     from toolkit.numerics.jacobian import JacobianOperator, top_singular
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    ids = ctx.encode(prompt)
     op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=p.jvp_mode)
     if p.top_k > op.in_dim:
         raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {op.in_dim}")

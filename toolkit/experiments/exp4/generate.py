@@ -105,7 +105,7 @@ def _generate(
     from toolkit.numerics.greedy import ranked
     from toolkit.numerics.hooks import capture
 
-    prompt_ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    prompt_ids = ctx.encode(prompt)
     context = prompt_ids
     past = None
     steps: dict[str, list[Any]] = {"ids": [], "topk_ids": [], "topk_logits": [], "margin": [], "hash": [], "hidden": []}

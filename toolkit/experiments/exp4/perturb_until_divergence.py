@@ -195,7 +195,7 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGrou
 
     from toolkit.numerics.greedy import greedy_from_embeds
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    ids = ctx.encode(prompt)
     embeds, x = scoped_embeddings(ctx.model, ids, params.scope)
     reference = greedy_from_embeds(ctx.model, embeds, params.n_tokens, params.kv_cache).ids
     bar.update()

@@ -139,7 +139,7 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, names: list[list[s
 
     from toolkit.numerics.hooks import capture_calls
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    ids = ctx.encode(prompt)
     flat = [n for row in names for n in row]
     with torch.no_grad(), capture_calls(ctx.model, flat) as calls:
         ctx.model(input_ids=ids, use_cache=False, logits_to_keep=1)

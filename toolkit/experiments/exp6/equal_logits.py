@@ -158,7 +158,7 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, group: CheckedGrou
     from toolkit.numerics.tie import certify, top_two
     from toolkit.numerics.tie_search import SearchSettings, TieObjective, search_tie
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    ids = ctx.encode(prompt)
     embeds = prompt_embeddings(ctx.model, ids)
     if params.n_directions > embeds.shape[-1]:
         raise ValueError(f"n_directions = {params.n_directions} exceeds the embedding dimension {embeds.shape[-1]}")
