@@ -116,3 +116,49 @@ def test_the_worker_refuses_it_before_loading(tmp_path: Path, model: Path):
     error = json.loads(layout.failure_path(task_id).read_text())["error"]
     assert error.startswith("ModelError: ")
     assert _sentence(_need_gb(model)).fullmatch(error.removeprefix("ModelError: ")), error
+
+
+SHARDED = """\
+campaign: sharded
+model: {{source: tiny-random-llama, device_map: auto}}
+prompts: ["The capital of France is"]
+resources: {{gpus: 2}}
+experiments:
+  - name: exp4.generate
+  - name: {second}
+"""
+
+
+def test_device_map_auto_refuses_experiments_taking_jvps(tmp_path: Path):
+    """A split model cannot take JVPs: exp2.lipschitz is refused, in one located line."""
+    from toolkit.errors import ManifestError
+    from toolkit.manifest import load_manifest
+
+    path = tmp_path / "manifest.yaml"
+    path.write_text(SHARDED.format(second="exp4.generate\n    id: again"))
+    assert load_manifest(path).model.device_map == "auto"
+    path.write_text(SHARDED.format(second="exp2.lipschitz"))
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(path)
+    column = path.read_text().splitlines()[1].index("auto") + 1
+    assert refused.value.problems == [
+        f"{path}:2:{column}: model.device_map: is auto, but exp2.lipschitz (entry 'exp2.lipschitz') takes JVPs "
+        "through the model (torch.func.jvp), which cannot run on a model split over devices; remove "
+        "device_map or run that entry from a manifest without it"
+    ]
+
+
+def test_device_map_auto_on_a_cpu_only_host_loads_the_same_model():
+    """Without GPUs, accelerate's auto map puts every layer on the CPU: the logits are bitwise those
+    of a plain load.  (Spreading over several GPUs needs GPUs: untested here.)"""
+    import torch
+
+    from toolkit.manifest import ModelSpec, Numerics
+    from toolkit.models.loading import load
+
+    plain, tokenizer, _ = load(ModelSpec("tiny-random-llama", device="cpu"), Numerics())
+    mapped, _, device = load(ModelSpec("tiny-random-llama", device="cpu", device_map="auto"), Numerics())
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, mapped(ids).logits)
+    assert device == torch.device("cpu") and {p.device for p in mapped.parameters()} == {torch.device("cpu")}

@@ -154,3 +154,41 @@ def test_resubmit_after_replacing_the_weights_runs_the_new_task(
     assert planned.code == 0, planned.err
     [line] = [row for row in planned.out.splitlines() if "exp4.generate cpu r0" in row]
     assert old_id not in line and "(done)" not in line, planned.out
+
+
+def test_a_cached_hub_id_is_identified_by_the_weights_of_its_revision(
+    tmp_path: Path, cache: Path, saved: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two revisions of one hub id in the offline cache (the layout huggingface_hub writes:
+    snapshots/<commit>/, refs/<branch>): each revision's task ids follow its own weights."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--toolkit-test--tiny"
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for branch, commit in commits.items():
+        shutil.copytree(saved, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / branch).write_text(commit)
+    from safetensors.torch import load_file, save_file
+
+    v2 = repo / "snapshots" / commits["v2"] / "model.safetensors"
+    tensors = load_file(v2)
+    name = sorted(tensors)[0]
+    tensors[name] = -tensors[name]
+    save_file(tensors, v2, metadata={"format": "pt"})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+
+    ids, shas = {}, {}
+    for revision in ("main", "v2", commits["v2"]):
+        manifest = tmp_path / f"{revision}.yaml"
+        text = MANIFEST.format(output=tmp_path / "campaigns", source="toolkit-test/tiny")
+        manifest.write_text(text.replace("tiny}", f"tiny, revision: '{revision}'}}"))
+        loaded = load_manifest(manifest)
+        assert loaded.model.revision == revision
+        ids[revision] = set(build_plan(loaded).tasks)
+        shas[revision] = model_identity(loaded)["weights_sha256"]
+    file = repo / "snapshots" / commits["main"] / "model.safetensors"
+    main_sha, v2_sha = _weights_sha(_sha(file)), _weights_sha(_sha(v2))
+    assert shas == {"main": main_sha, "v2": v2_sha, commits["v2"]: v2_sha} and main_sha != v2_sha
+    assert ids["main"].isdisjoint(ids["v2"])
