@@ -41,9 +41,11 @@ from toolkit.store.reader import Store
 pytestmark = pytest.mark.container
 
 TOKENS = 5
-# with the container's start and the model load, the preempted task needs well over the ~7 s that
-# preemption takes (the tiny model makes ~30 tokens/s on an idle 2-core VM)
+# the preempted task must outlast the ~7 s preemption takes after its container starts: the tiny
+# model makes 75-150 tokens/s on a 2-core VM, so 6 prompts of 300 tokens need 12-24 s of generation
+# (one prompt alone lost that race in CI: the task ended before the kill, and nothing was requeued)
 PREEMPT_TOKENS = 300
+PREEMPT_PROMPTS = "[" + ", ".join(f'"Prompt {i}: the capital of France is"' for i in range(6)) + "]"
 
 
 def _manifest(folder: Path, campaign: str, container: str = "", output: str | None = None) -> Path:
@@ -249,7 +251,7 @@ def test_preempted_container_task_is_requeued_by_slurm(tmp_path, image, slurm_cl
         targets="[h100]",
         repeats=1,
         tokens=PREEMPT_TOKENS,
-        prompts='["The capital of France is"]',
+        prompts=PREEMPT_PROMPTS,
         compare=False,
         resources="{time_min: 20, cpus: 1, mem_gb: 2}",
     )
@@ -299,9 +301,14 @@ def test_preempted_container_task_is_requeued_by_slurm(tmp_path, image, slurm_cl
             check=True,
             timeout=30,
         )
-        wait_until(
-            lambda: int((re.findall(r"Restarts=(\d+)", scontrol_job(job)) or ["0"])[0]), 60, f"job {job} to be requeued"
-        )
+
+        def requeued() -> int:
+            assert state(job) not in ("COMPLETED", "FAILED"), (
+                f"job {job} ended before its preemption: raise PREEMPT_TOKENS"
+            )
+            return int((re.findall(r"Restarts=(\d+)", scontrol_job(job)) or ["0"])[0])
+
+        wait_until(requeued, 60, f"job {job} to be requeued")
         wait_until(lambda: first not in _leftover_containers(), 30, "the preempted job's container to go")
         wait_until(
             lambda: state(gather) == "COMPLETED" or state(gather) in ("FAILED", "CANCELLED"),
