@@ -51,9 +51,23 @@ def show_tree(store: Any) -> str:
     for run in store.runs():
         device = run.attrs.get("provenance", {}).get("device_name")
         lines.append(f"  {run.task_id}  {run.experiment:<20} {run.label()}  {run.attrs.get('status')}  device={device}")
+        identity = run.attrs.get("provenance", {}).get("device_identity")
+        if identity:
+            lines.append(f"      {identity_text(identity)}")
         for name, (shape, dtype) in run.datasets().items():
             lines.append(f"      {name:<36} {shape!s:<16} {dtype}")
     return "\n".join(lines)
+
+
+IDENTITY_ORDER = ("sku", "processor", "sm_count", "compute_capability", "driver", "cuda", "cublas", "torch", "blas")
+
+
+def identity_text(identity: dict[str, Any]) -> str:
+    """A run's device identity in one line, e.g. `identity: sku NVIDIA H100 80GB HBM3, sm_count 132,
+    driver 550.54.15, cuda 12.4, cublas 12.4.5.8, torch 2.6.0` (on a CPU: processor, torch, blas):
+    what must match for two runs to be bitwise comparable."""
+    keys = [k for k in IDENTITY_ORDER if k in identity] + sorted(set(identity) - set(IDENTITY_ORDER) - {"device"})
+    return "identity: " + ", ".join(f"{k} {identity[k]}" for k in keys)
 
 
 def show_json(store: Any) -> str:

@@ -83,6 +83,13 @@ def input_files(plan: Plan) -> set[str]:
     }
 
 
+def model_folders(plan: Plan) -> set[str]:
+    """The user's model folder (`model.source: /path`, absolute after validation), bound read-only
+    into a container like the input files: the image holds only the packaged model."""
+    folder = Path(plan.manifest.model.source)
+    return {str(folder)} if folder.is_absolute() and folder.is_dir() else set()
+
+
 class _Where:
     """`file:line:col: key` of a manifest key (the manifest's text is parsed again for its marks)."""
 
@@ -243,7 +250,7 @@ def _container(plan: Plan, campaign_dir: Path, where: _Where) -> tuple[TaskImage
         spec.network,
         spec.gpu,
         tuple(spec.extra_args),
-        tuple(sorted(input_files(plan))),
+        tuple(sorted(input_files(plan) | model_folders(plan))),
     )
     try:
         image.python(gpu_target=False)  # a folder or input file that cannot be bound

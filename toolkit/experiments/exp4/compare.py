@@ -64,10 +64,30 @@ def run(ctx: RunContext, params: Params) -> None:
                     tables[name][i, j, k] = value
                 bar.update()
     ctx.out.create_dataset("run_task_ids", data=np.array([r.task_id for r in runs], dtype="S"))
-    ctx.out.create_dataset("run_labels", data=np.array([r.label() for r in runs], dtype="S"))
+    labels = identity_labels(runs)
+    ctx.out.create_dataset("run_labels", data=np.array(labels, dtype="S"))
     for name, table in tables.items():
         ctx.out.create_dataset(name, data=table)
-    ctx.out.attrs["summary"] = summary_table([r.label() for r in runs], tables)
+    ctx.out.attrs["summary"] = summary_table(labels, tables)
+
+
+# provenance `device_identity` fields that decide whether two runs may be bitwise equal (cuBLAS
+# promises it only for the same architecture, SM count and library versions), in label order
+IDENTITY_FIELDS = ("sku", "processor", "sm_count", "driver", "cuda", "cublas", "torch", "blas")
+
+
+def identity_labels(runs: list[Any]) -> list[str]:
+    """Each run's label, followed by the device identity fields (SKU, SMs, driver, CUDA, cuBLAS,
+    torch; on a CPU processor and BLAS) that differ between the runs, e.g.
+    `a100 r0 float32/eager/kv {sku NVIDIA A100-SXM4-80GB, sm_count 108}`; the plain label when
+    every run has the same identity (or none is recorded)."""
+    identities = [dict(r.attrs.get("provenance", {}).get("device_identity") or {}) for r in runs]
+    differ = [f for f in IDENTITY_FIELDS if len({str(i.get(f, "-")) for i in identities}) > 1]
+    labels = []
+    for run, identity in zip(runs, identities):
+        extra = ", ".join(f"{f} {identity.get(f, '-')}" for f in differ)
+        labels.append(f"{run.label()} {{{extra}}}" if extra else run.label())
+    return labels
 
 
 def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
