@@ -11,6 +11,7 @@ under CI=true (tests/ci_guard.py), like the Slurm and container suites.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -129,6 +130,28 @@ def test_report_cli(campaign: Campaign, tmp_path: Path) -> None:
     )
     result = run_cli("report", "--help")
     assert result.code == 0 and "self-contained HTML" in result.out and "--out" in result.out
+
+
+def test_a_campaign_without_a_store_reports_its_manifest_and_failures(campaign: Campaign, tmp_path: Path) -> None:
+    """Every task failed before a gather: the page says so and still shows what failed."""
+    from toolkit.report_html import write_report
+    from toolkit.store.shard import record_failure
+
+    for name in ("plan.json", "manifest.yaml"):
+        shutil.copy(campaign.folder / name, tmp_path / name)
+    task_id = sorted(json.loads((tmp_path / "plan.json").read_text())["tasks"])[0]
+    (tmp_path / "shards").mkdir()  # made by campaign.prepare before any task runs
+    record_failure(tmp_path, task_id, RuntimeError("out of memory"))
+    text = write_report(tmp_path).read_text()
+    assert (tmp_path / "figures" / "report.html").read_text() == text
+    assert "<p>No store yet: no task has been gathered.</p>" in text
+    page = Page(text)
+    assert page.text["manifest-text"] == (campaign.folder / "manifest.yaml").read_text()
+    assert (
+        f"{task_id} (exp4." in page.text["failure-list"]
+        and "): RuntimeError: out of memory" in page.text["failure-list"]
+    )
+    assert page.images == [] and page.rows == []
 
 
 def _check_page(tools: DevTools, rows: int, images: int) -> None:
