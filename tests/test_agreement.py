@@ -91,3 +91,56 @@ def test_survival_curve():
     # t=0: all 4; t=1: d=0 gone -> 3; t=2: 3 (d=2 still identical for its first 2); t=3: 2; t=4: 1
     assert curve.tolist() == [1.0, 0.75, 0.75, 0.5, 0.25]
     assert np.isnan(ag.survival_curve([], 2)).all() and ag.survival_curve([], 2).shape == (3,)
+
+
+def test_replicate_classes_and_axis_pairs():
+    settings = [
+        {"target": "a100", "dtype": "float32"},
+        {"target": "a100", "dtype": "float32"},
+        {"target": "h100", "dtype": "float32"},
+        {"target": "a100", "dtype": "bfloat16"},
+        {"target": "h100", "dtype": "bfloat16"},
+    ]
+    assert ag.replicate_classes(settings).tolist() == [0, 0, 1, 2, 3]
+    assert ag.axis_pairs(settings) == {
+        "target": [(0, 2), (1, 2), (3, 4)],
+        "dtype": [(0, 3), (1, 3), (2, 4)],
+        "replicates": [(0, 1)],
+    }  # (0, 4), (1, 4), (2, 3) differ in both: no axis
+
+
+# exp4.compare on the hand-made runs of tests/test_compare_known.py: A and B are replicates on a100
+# (bit-identical), C runs on h100 and flips at step 3 of prompt 0, never on prompt 1.
+from test_compare_known import base_rows, c_rows, compared, trace  # noqa: E402,F401 (fixture reused)
+
+
+def test_compare_stores_the_field_metrics_of_the_known_runs(compared):
+    _, table, info = compared
+    order = info["order"]
+    rows = {"aaaa000000000001": base_rows(), "aaaa000000000002": base_rows(), "cccc000000000003": c_rows()}
+    runs = [[trace(steps, [0])["generated_ids"] for steps in rows[t]] for t in order]
+    margins = [[trace(steps, [0])["margin"] for steps in rows[t]] for t in order]
+    c = order.index("cccc000000000003")
+    a, b = (order.index(t) for t in ("aaaa000000000001", "aaaa000000000002"))
+    # prompt 0: A = B, C differs at step 3 -> 2 unique; prompt 1: C keeps A's tokens -> 1 unique
+    assert table["unique_completions"][()].tolist() == [2, 1]
+    klass = table["replicate_class"][()]
+    assert klass[a] == klass[b] != klass[c]
+    sizes, tarr = table["class_size"][()], table["tarr"][()]
+    assert sorted(zip(sizes.tolist(), tarr.tolist())) == [(1, 1.0), (2, 1.0)]
+    # free running: A vs C has identical contexts at steps 0..3 of prompt 0 (flip at 3) and at all 4
+    # steps of prompt 1 (no flip); replicates: 5 + 4 steps, no flip
+    flips, steps = table["flip_count"][()], table["flip_steps"][()]
+    for x in (a, b):
+        assert (flips[x, c], steps[x, c], flips[c, x], steps[c, x]) == (1, 8, 1, 8)
+    assert (flips[a, b], steps[a, b], flips[a, a], steps[a, a]) == (0, 9, 0, 9)
+    want_at = [(margins[min(x, c)][0][3], margins[max(x, c)][0][3]) for x in sorted((a, b))]
+    assert sorted(map(tuple, table["margin_at_flips"][()].tolist())) == sorted(want_at)
+    every = np.concatenate([m for run in margins for m in run])
+    assert np.array_equal(table["margin_all_steps"][()], every)
+    # axes: target pairs (A, C), (B, C) over 2 prompts diverge at 3 and never; horizon 5 steps
+    assert sorted(map(tuple, table["pairs/target"][()].tolist())) == sorted(tuple(sorted((x, c))) for x in (a, b))
+    assert table["survival/target"][()].tolist() == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    assert table["survival/replicates"][()].tolist() == [1.0] * 6
+    assert runs[a][0].tolist() != runs[c][0].tolist() and runs[a][1].tolist() == runs[c][1].tolist()
+    assert "axis target: 2 pair(s) x 2 prompt(s); identical to the end 50%" in table.attrs["field_summary"]

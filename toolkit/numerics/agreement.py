@@ -22,7 +22,7 @@ numbers the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np  # numpy only (like toolkit.numerics.fpunits): cheap to import, no torch
@@ -137,6 +137,27 @@ def margin_split(margins: np.ndarray | Sequence[float], flips: np.ndarray | Sequ
     return m[keep & f], m[keep]
 
 
+def replicate_classes(settings: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Class id [N] int64 per run: runs with equal settings (every key, compared by `repr`) are
+    replicates of one configuration; ids numbered in order of first occurrence."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(repr(sorted(s.items())), len(ids)) for s in settings], dtype=np.int64)
+
+
+def axis_pairs(settings: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """The pairs of runs (i < j) that differ in exactly one setting, per setting (the axis), plus
+    `replicates`: the pairs with equal settings.  Pairs differing in two or more settings belong to
+    no axis.  Axes in the order their key first appears in `settings`."""
+    keys = list(dict.fromkeys(k for s in settings for k in s))
+    out: dict[str, list[tuple[int, int]]] = {}
+    for i in range(len(settings)):
+        for j in range(i + 1, len(settings)):
+            differ = [k for k in keys if repr(settings[i].get(k)) != repr(settings[j].get(k))]
+            if len(differ) <= 1:
+                out.setdefault(differ[0] if differ else "replicates", []).append((i, j))
+    return {k: out[k] for k in [*keys, "replicates"] if k in out}
+
+
 def survival_curve(divergences: np.ndarray | Sequence[int], length: int) -> np.ndarray:
     """S[t] for t = 0..length, float64: the fraction of pairs whose first t tokens are identical.
 
@@ -149,3 +170,78 @@ def survival_curve(divergences: np.ndarray | Sequence[int], length: int) -> np.n
         return np.full(length + 1, np.nan)
     alive = (d[None, :] < 0) | (d[None, :] >= t[:, None])
     return alive.mean(axis=1)
+
+
+def run_agreement(
+    settings: Sequence[Mapping[str, Any]], generated: Sequence[Sequence[Completion]], margins: Sequence[Sequence[Any]]
+) -> dict[str, Any]:
+    """The field's metrics over N runs × P prompts of free-running greedy generation (exp4.compare).
+
+    `settings[r]` says what run r was computed with (target, numerics, params: not the repeat), and
+    `generated[r][p]` / `margins[r][p]` are its token ids and per-step margins on prompt p.
+    Returns numpy arrays: `unique_completions` [P]; `replicate_class` [N] and per class `tarr` [C]
+    (TARr@N_c over the P prompts) and `class_size` [C]; `flip_count` / `flip_steps` [N, N]
+    (`free_running_flips` summed over prompts); `margin_at_flips` [F, 2] (run i's and run j's margin
+    at each flip, i < j) and `margin_all_steps` [S] (every step of every run); and per axis of
+    `axis_pairs` its pairs `pairs/<axis>` [Q, 2] and `survival/<axis>` [T+1] over pairs × prompts
+    (T: the longest completion).
+    """
+    n, p = len(generated), len(generated[0]) if generated else 0
+    classes = replicate_classes(settings)
+    members = [np.flatnonzero(classes == c).tolist() for c in range(int(classes.max()) + 1 if n else 0)]
+    out: dict[str, Any] = {
+        "unique_completions": np.array([unique_completions([g[k] for g in generated]) for k in range(p)], np.int32),
+        "replicate_class": classes.astype(np.int32),
+        "class_size": np.array([len(m) for m in members], np.int32),
+        "tarr": np.array([tarr_at_n([[generated[r][k] for r in m] for k in range(p)]) for m in members]),
+        "flip_count": np.zeros((n, n), np.int64),
+        "flip_steps": np.zeros((n, n), np.int64),
+    }
+    at_flips = []
+    for i in range(n):
+        for j in range(n):
+            for k in range(p):
+                flips, steps = free_running_flips(generated[i][k], generated[j][k])
+                out["flip_count"][i, j] += flips
+                out["flip_steps"][i, j] += steps
+                if flips and i < j:
+                    at = first_divergence(generated[i][k], generated[j][k])
+                    at_flips.append((margins[i][k][at], margins[j][k][at]))
+    out["margin_at_flips"] = np.array(at_flips, np.float64).reshape(-1, 2)
+    every = [np.asarray(m, np.float64).ravel() for run in margins for m in run]
+    out["margin_all_steps"] = np.concatenate(every) if every else np.zeros(0)
+    horizon = max((len(g) for run in generated for g in run), default=0)
+    for axis, pairs in axis_pairs(settings).items():
+        where = [first_divergence(generated[i][k], generated[j][k]) for i, j in pairs for k in range(p)]
+        out[f"pairs/{axis}"] = np.array(pairs, np.int32).reshape(-1, 2)
+        out[f"survival/{axis}"] = survival_curve(where, horizon)
+    return out
+
+
+def agreement_summary(metrics: dict[str, Any], p: int) -> list[str]:
+    """Text lines for `run_agreement`'s result over `p` prompts: unique completions, TARr@N per
+    class size, per axis the pairs, survival at the end and the free-running flip rate, margins."""
+    sizes, tarr = metrics["class_size"], metrics["tarr"]
+    lines = [
+        f"unique completions per prompt (of {len(metrics['replicate_class'])} runs): "
+        f"{metrics['unique_completions'].tolist()}"
+    ]
+    for size in sorted(set(sizes.tolist())):
+        chosen = tarr[sizes == size]
+        lines.append(f"TARr@{size} over {p} prompts, {chosen.size} replicate class(es): {np.round(chosen, 3).tolist()}")
+    for key in metrics:
+        if not key.startswith("pairs/"):
+            continue
+        axis, pairs = key.split("/", 1)[1], metrics[key]
+        flips = sum(int(metrics["flip_count"][i, j]) for i, j in pairs)
+        steps = sum(int(metrics["flip_steps"][i, j]) for i, j in pairs)
+        survival = metrics[f"survival/{axis}"]
+        rate = f"{100 * flips / steps:.2f}%" if steps else "n/a"
+        lines.append(
+            f"axis {axis}: {len(pairs)} pair(s) x {p} prompt(s); identical to the end {survival[-1]:.0%}; "
+            f"free-running flips {flips}/{steps} identical-context steps ({rate})"
+        )
+    at, every = metrics["margin_at_flips"], metrics["margin_all_steps"]
+    if at.size:
+        lines.append(f"margin at {len(at)} flip(s): median {np.median(at):.3g} vs all steps {np.median(every):.3g}")
+    return lines

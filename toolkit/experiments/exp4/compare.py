@@ -4,6 +4,12 @@ Per pair and prompt: the first step whose generated token ids differ (d), the fi
 full logits rows differ in any bit, the largest token-aligned logit difference in fp32 ULPs over
 the steps with identical contexts (0..d), and both runs' top-1/top-2 margins at row d — the step
 computed from identical inputs whose argmax differs (the upstream scripts looked at d-1).
+
+The field's metrics over all runs (`toolkit.numerics.agreement.run_agreement`, definitions and
+sources in docs/field_metrics.md): unique completions of N per prompt, TARr@N per class of
+replicates, the free-running per-step flip rate over the steps with identical context (0..d of
+each pair: at most one flip per pair and prompt), margins at flips against all steps, and per
+axis (the one setting two runs differ in) its pairs and survival curve; attr `field_summary`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.experiments.exp4.figures import plot_compare as plot  # noqa: F401 (re-export for the registry)
 
 if TYPE_CHECKING:
-    from toolkit.context import RunContext
+    from toolkit.context import RunContext, RunView
 
 PER_TARGET = False
 NEEDS_MODEL = False
@@ -22,6 +28,7 @@ READS: tuple[str, ...] = ("exp4.generate",)
 READS_PROMPTS = False
 NEEDS_EAGER_ATTENTION = False
 UPSTREAM_MIN_RUNS = 2  # N x N pairs of runs: one run has nothing to compare with
+DIMS = {"2": "side"}  # names of the STORES letters (toolkit.store.dims): run i, run j
 STORES = {
     "run_task_ids / run_labels": "[N] the compared exp4.generate runs, in matrix order",
     "first_divergence": "[N,N,P] int32 first step with different token ids (-1: none within common length)",
@@ -30,6 +37,15 @@ STORES = {
     "max_ulp_identical_context": "[N,N,P] int64 max fp32-ULP distance of token-aligned top-k logits, steps 0..d",
     "margin_at_divergence": "[N,N,P,2] float64 top-1 − top-2 of run i and run j at row d (NaN: no divergence)",
     "tokens_at_divergence": "[N,N,P,2] int64 token chosen by run i and run j at row d (-1: none)",
+    # the field's metrics (toolkit.numerics.agreement.run_agreement; docs/field_metrics.md)
+    "unique_completions": "[P] int32 distinct generated sequences per prompt among the N runs",
+    "replicate_class": "[N] int32 class of replicates (equal target, numerics and params) of each run",
+    "class_size / tarr": "[C], [C] runs per replicate class (int32); its TARr@N over the prompts (float64)",
+    "flip_count / flip_steps": "[N,N] int64 free-running flips; steps with identical context (all prompts)",
+    "margin_at_flips": "[F,2] float64 margins of run i and run j (i < j) at each flip",
+    "margin_all_steps": "[S] float64 the margin of every step of every run",
+    "pairs/<axis>": "[Q,2] int32 pairs of runs differing only in <axis> (or replicates)",
+    "survival/<axis>": "[T] float64 fraction of those pairs x prompts identical over the first t tokens",
 }
 
 
@@ -43,6 +59,7 @@ def run(ctx: RunContext, params: Params) -> None:
     import numpy as np
 
     from toolkit.experiments.exp4.upstream import TRACE_FIELDS, check_same_prompts, load_traces
+    from toolkit.numerics.agreement import agreement_summary
 
     runs = ctx.inputs.matching("exp4.generate", min_runs=2)
     traces = [load_traces(r, (*TRACE_FIELDS, "logits_hash")) for r in runs]
@@ -68,7 +85,20 @@ def run(ctx: RunContext, params: Params) -> None:
     ctx.out.create_dataset("run_labels", data=np.array(labels, dtype="S"))
     for name, table in tables.items():
         ctx.out.create_dataset(name, data=table)
+    field = _field_metrics(runs, traces)
+    for name, value in field.items():
+        ctx.out.create_dataset(name, data=value)
     ctx.out.attrs["summary"] = summary_table(labels, tables)
+    ctx.out.attrs["field_summary"] = "\n".join(agreement_summary(field, p))
+
+
+def _field_metrics(runs: list[RunView], traces: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """The field's agreement metrics; a run's settings are its target, numerics and params."""
+    from toolkit.numerics.agreement import run_agreement
+
+    settings = [{"target": r.target, **r.numerics, "params": r.params} for r in runs]
+    ids = [[t["generated_ids"] for t in run] for run in traces]
+    return run_agreement(settings, ids, [[t["margin"] for t in run] for run in traces])
 
 
 # provenance `device_identity` fields that decide whether two runs may be bitwise equal (cuBLAS
