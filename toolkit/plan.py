@@ -224,7 +224,7 @@ def _make_task(
         "params": params,
         "target": target,
         "repeat": repeat,
-        "numerics": numerics.to_dict(),
+        "numerics": numerics.identity(),  # newer keys only when not default: old task ids stay
         "model": model,
         "prompts_sha256": prompts_sha,
         "inputs": list(inputs),

@@ -100,6 +100,8 @@ def run_one(
     module = experiments.get(task.experiment)
     params = build_params(module.Params, _as_yaml_values(task.params), (), _raise)
     _check_device(folder, task, models.spec)  # before loading: a wrong card stores nothing
+    from toolkit.models import numerics as numerics_flags
+
     try:
         model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
     except ModelError as err:  # cannot load, or does not fit (toolkit.models.fit): before any shard
@@ -123,7 +125,7 @@ def run_one(
     reads = tuple(module.READS) + tuple(getattr(module, "READS_OPTIONAL", ()))
     try:
         with open_shard(folder, task.task_id, attrs) as shard:
-            out = CheckedGroup.for_experiment(shard, task.experiment, module.STORES)
+            out = CheckedGroup.for_experiment(shard, task.experiment, module.STORES, getattr(module, "DIMS", None))
             ctx = RunContext(
                 task=task,
                 model=model,
@@ -137,7 +139,10 @@ def run_one(
                 models=_TaskModels(models, task.numerics, model),
                 chat_template=models.spec.chat_template,
             )
-            module.run(ctx, params)
+            if module.NEEDS_MODEL:  # an attention this machine cannot run fails here, in one line
+                numerics_flags.check_runnable(task.numerics, device)
+            with numerics_flags.attention_context(task.numerics):  # the SDPA backend an sdpa_* variant forces
+                module.run(ctx, params)
         checkpoint.clear()
     finally:
         models.release_extras()
@@ -183,22 +188,31 @@ def _raise(path: tuple[Any, ...], message: str) -> None:
 
 
 class _ModelCache:
-    """One loaded model per (dtype, attention) in this process, plus the extra copies a task asks for
-    through `ctx.models` (other numerics of the same weights), freed when the task ends."""
+    """One loaded model per (dtype, attention loaded, weights format) in this process
+    (`toolkit.models.numerics.model_key`), plus the extra copies a task asks for through
+    `ctx.models` (other numerics of the same weights), freed when the task ends."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.loaded: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self.extras: dict[tuple[str, str], PreTrainedModel] = {}
+        self.loaded: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self.extras: dict[tuple[str, str, str], PreTrainedModel] = {}
+
+    def _load(self, numerics: Numerics) -> tuple[Any, Any, Any]:
+        from toolkit.models import fit, loading
+        from toolkit.models import numerics as numerics_flags
+
+        fit.check_model_fits(self.spec, numerics.dtype)  # one line, not an out-of-memory crash
+        model, tokenizer, device = loading.load(self.spec, numerics_flags.load_numerics(numerics))
+        numerics_flags.cast_weights(model, numerics)
+        return model, tokenizer, device
 
     def extra(self, numerics: Numerics) -> PreTrainedModel:
         """The model under `numerics`, loaded once for the running task (see `release_extras`)."""
-        from toolkit.models import fit, loading
+        from toolkit.models import numerics as numerics_flags
 
-        key = (numerics.dtype, numerics.attn_implementation)
+        key = numerics_flags.model_key(numerics)
         if key not in self.extras:
-            fit.check_model_fits(self.spec, numerics.dtype)  # one line, not an out-of-memory crash
-            self.extras[key] = loading.load(self.spec, numerics)[0]
+            self.extras[key] = self._load(numerics)[0]
         return self.extras[key]
 
     def release_extras(self) -> None:
@@ -206,24 +220,22 @@ class _ModelCache:
         self.extras.clear()
 
     def get(self, numerics: Numerics, needs_model: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
-        from toolkit.models import fit, loading
         from toolkit.models import numerics as numerics_flags
 
         flags = numerics_flags.apply(numerics)
         if not needs_model:
             return None, None, None, flags
-        key = (numerics.dtype, numerics.attn_implementation)
+        key = numerics_flags.model_key(numerics)
         if key not in self.loaded:
             self.loaded.clear()
-            fit.check_model_fits(self.spec, numerics.dtype)
-            self.loaded[key] = loading.load(self.spec, numerics)
+            self.loaded[key] = self._load(numerics)
         model, tokenizer, device = self.loaded[key]
         return model, tokenizer, device, flags
 
 
 class _TaskModels:
-    """`ctx.models` of one task: its own model for its own (dtype, attention), else an extra copy
-    from the worker's cache (`toolkit.context.Models`)."""
+    """`ctx.models` of one task: its own model for its own (dtype, attention, weights), else an
+    extra copy from the worker's cache (`toolkit.context.Models`)."""
 
     def __init__(self, cache: _ModelCache, numerics: Numerics, model: PreTrainedModel | None) -> None:
         self.cache = cache
@@ -232,8 +244,9 @@ class _TaskModels:
 
     def get(self, numerics: Numerics | Mapping[str, Any]) -> PreTrainedModel:
         """The model under `numerics` (a `Numerics` or a stored run's numerics dict)."""
+        from toolkit.models import numerics as numerics_flags
+
         wanted = numerics if isinstance(numerics, Numerics) else Numerics(**numerics)
-        own = (self.numerics.dtype, self.numerics.attn_implementation)
-        if self.model is not None and (wanted.dtype, wanted.attn_implementation) == own:
+        if self.model is not None and numerics_flags.model_key(wanted) == numerics_flags.model_key(self.numerics):
             return self.model
         return self.cache.extra(wanted)

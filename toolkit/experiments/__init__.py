@@ -20,6 +20,11 @@ explicitly (a test checks it); the upstream rules are optional:
 `NEEDS_EAGER_ATTENTION`  True if it takes JVPs through the model (`torch.func.jvp`, which SDPA
                          attention does not support), or a function of its `Params` saying so
                          (e.g. only for some directions): `attn_implementation` must then be eager.
+`HONOURS_NUMERICS`       the forward-path numerics keys (`PATH_NUMERICS`: batch composition,
+                         logits path) it implements; a non-default value of another is refused
+                         at validation for an experiment that runs the model (default: none).
+                         The other keys (dtype, attention, weights, flags) act on the model and
+                         torch's flags in the worker, so every experiment honours them.
 `UPSTREAM_MIN_RUNS`      the fewest upstream runs (of its `READS`) one task needs (default 1).
 `UPSTREAM_MIN_NUMERICS`  the fewest distinct numerics among them (default 1), told apart by the
                          numerics keys in `UPSTREAM_DISTINCT` (default: all of them).
@@ -48,6 +53,7 @@ REGISTRY: dict[str, str] = {
     "exp3.compare": "toolkit.experiments.exp3.compare",
     "exp5.module_lipschitz": "toolkit.experiments.exp5.module_lipschitz",
     "exp4.generate": "toolkit.experiments.exp4.generate",
+    "exp4.census": "toolkit.experiments.exp4.census",
     "exp4.compare": "toolkit.experiments.exp4.compare",
     "exp4.divergence": "toolkit.experiments.exp4.divergence",
     "exp4.internals": "toolkit.experiments.exp4.internals",
@@ -99,7 +105,31 @@ def get(name: str) -> ModuleType:
 
 
 UPSTREAM_FIELDS = ("target", "dtype", "numerics")
-NUMERICS_KEYS = ("dtype", "attn_implementation", "kv_cache", "tf32", "deterministic")
+NUMERICS_KEYS = (
+    "dtype",
+    "attn_implementation",
+    "kv_cache",
+    "tf32",
+    "deterministic",
+    "batch_size",
+    "batch_fill",
+    "batch_position",
+    "padding_side",
+    "logits_path",
+    "weights_dtype",
+    "reduced_precision_reduction",
+)
+# Numerics keys an experiment's own forward loop must implement (declared in HONOURS_NUMERICS).
+PATH_NUMERICS = ("batch_size", "batch_fill", "batch_position", "padding_side", "logits_path")
+
+
+def honours_numerics(module: ModuleType) -> frozenset[str]:
+    """The `PATH_NUMERICS` keys the experiment implements (its optional `HONOURS_NUMERICS`)."""
+    declared = frozenset(getattr(module, "HONOURS_NUMERICS", frozenset()))
+    unknown = sorted(declared - set(PATH_NUMERICS))
+    if unknown:
+        raise TypeError(f"{module.__name__}: HONOURS_NUMERICS names {unknown}, not among {PATH_NUMERICS}")
+    return declared
 
 
 def _declared(module: ModuleType, name: str) -> Any:

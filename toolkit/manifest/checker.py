@@ -25,7 +25,7 @@ from toolkit.manifest.model import (
 )
 from toolkit.manifest.params import MAX_PATH_CHARS, coerce
 from toolkit.manifest.params import bad_path as _bad_path
-from toolkit.manifest.rules import NAME_RE, NUMERIC_CHOICES
+from toolkit.manifest.rules import NAME_RE, numeric_problem
 from toolkit.manifest.rules import did_you_mean as _did_you_mean
 from toolkit.manifest.site import available_sites, find_site, load_site
 
@@ -247,9 +247,9 @@ class Checker:
         """`base` with the numerics keys of `data` applied, each checked against its choices."""
         values = dataclasses.asdict(base)
         for key, value in data.items():
-            choices = NUMERIC_CHOICES[key]
-            if value not in choices or type(value) is not type(choices[0]):
-                self.problem(path + (key,), f"must be one of {', '.join(map(str, choices))}, got {_short(value)}")
+            why = numeric_problem(key, value)
+            if why is not None:
+                self.problem(path + (key,), why)
             else:
                 values[key] = value
         return Numerics(**values)

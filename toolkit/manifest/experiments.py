@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.manifest.located import short
 from toolkit.manifest.model import NUMERICS_FIELDS, ExperimentSpec, Numerics, Resources, SiteProfile
 from toolkit.manifest.params import build_params, resolve_path
-from toolkit.manifest.rules import NAME_RE, NUMERIC_CHOICES, did_you_mean
+from toolkit.manifest.rules import NAME_RE, did_you_mean, numeric_problem, numerics_conflict
 
 if TYPE_CHECKING:
     from toolkit.manifest.checker import Checker
@@ -71,6 +71,7 @@ def check_experiments(
     sized = _check_size(checker, checked)
     for entry in sized:  # entries valid on their own, whatever the others hold
         _check_eager(checker, entry)
+        _check_numerics(checker, entry)
     if needs_ok:  # the entries whose own spec and upstream specs are all valid
         fine = {id(e) for e in sized}
         _check_upstream(checker, [e for e in sized if all(id(by_id[n]) in fine for n in e.needs or ())], by_id)
@@ -217,10 +218,10 @@ def _check_sweep(
             ok = False
             continue
         if key in NUMERICS_FIELDS:
-            choices = NUMERIC_CHOICES[key]
             for i, v in enumerate(values):
-                if v not in choices or type(v) is not type(choices[0]):
-                    checker.problem(path + (key, i), f"must be one of {', '.join(map(str, choices))}, got {short(v)}")
+                why = numeric_problem(key, v)
+                if why is not None:
+                    checker.problem(path + (key, i), why)
                     ok = False
         else:
             base = raw_params if isinstance(raw_params, dict) else {}
@@ -367,6 +368,56 @@ def _check_eager(checker: Checker, entry: _Entry) -> None:
             f"attn_implementation is {value!r} (model.attn_implementation, {where}), but {why}: "
             "set attn_implementation: eager under model: or in this entry's numerics:",
         )
+
+
+def _check_numerics(checker: Checker, entry: _Entry) -> None:
+    """Forward-path numerics keys the experiment does not implement stay at their defaults, and
+    no task's numerics contradict themselves (a row beyond the batch, weights the dtype cannot hold)."""
+    from toolkit import experiments
+
+    spec = entry.spec
+    assert spec is not None
+    module = experiments.get(spec.name)
+    defaults = Numerics()
+    if module.NEEDS_MODEL:
+        honoured = experiments.honours_numerics(module)
+        for key in experiments.PATH_NUMERICS:
+            default = getattr(defaults, key)
+            if key in honoured:
+                continue
+            why = (
+                f"{spec.name} does not implement numerics key {key} (it honours "
+                f"{', '.join(sorted(honoured)) or 'none of ' + ', '.join(experiments.PATH_NUMERICS)}): "
+                f"leave it at its default {'null' if default is None else default}"
+            )
+            if key in spec.sweep:
+                for i, value in enumerate(spec.sweep[key]):
+                    if value != default:
+                        checker.problem(("experiments", entry.index, "sweep", key, i), f"is {value!r}, but {why}")
+            elif getattr(spec.numerics, key) != default:
+                _numerics_problem(checker, entry, key, (), f"is {getattr(spec.numerics, key)!r}, but {why}")
+    for numerics, point in _numerics_points(spec):
+        conflict = numerics_conflict(numerics)
+        if conflict is not None:
+            _numerics_problem(checker, entry, conflict[0], point, conflict[1])
+            return
+
+
+def _numerics_problem(checker: Checker, entry: _Entry, key: str, point: tuple[Any, ...], message: str) -> None:
+    """Report `message` where numerics key `key` of the entry was set: its sweep value at `point`,
+    its `numerics:` override, or (set under `model:`) the entry, naming the model key's place."""
+    base = ("experiments", entry.index)
+    swept = dict(point)
+    overrides = entry.raw.get("numerics")
+    if key in swept:
+        checker.problem(base + ("sweep", key, swept[key]), message)
+    elif isinstance(overrides, dict) and key in overrides:
+        checker.problem(base + ("numerics", key), message)
+    elif ("model", key) in checker.located.marks:
+        where = checker.located.where(("model", key))
+        checker.problem(base, f"{key} (model.{key}, {where}) {message}")
+    else:
+        checker.problem(base, f"{key} {message}")
 
 
 def _run_keys(spec: ExperimentSpec, per_target: bool) -> dict[tuple[str, Numerics], int]:

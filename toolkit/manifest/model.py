@@ -8,7 +8,19 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+# `sdpa_*` load the model with "sdpa" and force that SDPA backend around the task's forwards.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "sdpa_math", "sdpa_efficient", "sdpa_flash", "flash_attention_2")
+BATCH_FILLS = ("same", "others", "random")
+PADDING_SIDES = ("left", "right")
+# null: the experiment's own path (recorded in its attrs; exp4.generate: the last row only).
+LOGITS_PATHS = (None, "last_row", "all_rows")
+# The formats a compute dtype holds exactly: weights rounded to one of them keep their values when cast.
+EXACT_IN = {
+    "float64": ("float64", "float32", "bfloat16", "float16"),
+    "float32": ("float32", "bfloat16", "float16"),
+    "bfloat16": ("bfloat16",),
+    "float16": ("float16",),
+}
 RUNTIMES = ("none", "apptainer", "docker", "podman")
 # A target (GPU type) name, as manifests and site profiles write it: lower case, so that the one
 # spelling a profile accepts is the one a manifest can name.
@@ -24,16 +36,37 @@ class Numerics:
     kv_cache: bool = True
     tf32: bool = False
     deterministic: bool = True
+    # Batch composition (toolkit.numerics.batching): the prompt is row `batch_position` of
+    # `batch_size` rows, the others filled by `batch_fill`, pads on `padding_side`.
+    batch_size: int = 1
+    batch_fill: str = "same"
+    batch_position: int = 0
+    padding_side: str = "left"
+    logits_path: str | None = None
+    # LayerCast: weights rounded to `weights_dtype`, computed in `dtype` (null: weights in `dtype`).
+    weights_dtype: str | None = None
+    # torch.backends.cuda.matmul.allow_{bf16,fp16}_reduced_precision_reduction (torch's default: on).
+    reduced_precision_reduction: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """The part of a task's identity (its id hash): the original keys always, the keys added
+        since (batch, logits path, weights, reduction) only where they differ from their default,
+        so a campaign planned before they existed keeps its task ids."""
+        values = asdict(self)
+        return {k: v for k, v in values.items() if k in IDENTITY_ALWAYS or v != _DEFAULTS[k]}
+
     def label(self) -> str:
-        """Short human label, e.g. `bfloat16/eager/kv`."""
-        return f"{self.dtype}/{self.attn_implementation}/{'kv' if self.kv_cache else 'full'}"
+        """Short human label, e.g. `bfloat16/eager/kv`, plus every non-default newer key."""
+        extra = [f"{k}={v}" for k, v in self.identity().items() if k not in IDENTITY_ALWAYS]
+        return "/".join([self.dtype, self.attn_implementation, "kv" if self.kv_cache else "full", *extra])
 
 
 NUMERICS_FIELDS = tuple(Numerics.__dataclass_fields__)
+IDENTITY_ALWAYS = ("dtype", "attn_implementation", "kv_cache", "tf32", "deterministic")
+_DEFAULTS = asdict(Numerics())
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,16 @@
 """exp4.generate — greedy generation with per-step numeric traces, one run per (target, repeat).
 
 Each step appends the argmax token id to the context (never re-tokenizing text), with a KV cache
-or a full recompute as `numerics.kv_cache` says.  Row i of every per-step array is the prediction
-for generated token i.  Logits are read in the model's native dtype: top-k values are stored as
-exact fp32 copies and every full logits row is hashed bit-exactly, so a later comparison finds the
-first step whose logits differ in any bit.  The final hidden state is captured at the output of
-the model's final norm — the true `lm_head` input (the upstream script normalised it twice).
+or a full recompute as `numerics.kv_cache` says.  Each prompt is computed as row
+`numerics.batch_position` of a batch of `numerics.batch_size` rows filled by `numerics.batch_fill`
+(`toolkit.numerics.batching`; random co-requests are drawn from the prompt's index, so replicates
+share them), padded on `numerics.padding_side`; `numerics.logits_path` says whether `lm_head` is
+applied to the last row only (null: the default, today's path) or to all rows.  Row i of every
+per-step array is the prediction for generated token i. Logits are read in the model's native
+dtype: top-k values are stored as exact fp32 copies and every full logits row is hashed
+bit-exactly, so a later comparison finds the first step whose logits differ in any bit. The final
+hidden state is captured at the output of the model's final norm — the true `lm_head` input (the
+upstream script normalised it twice).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
 READS_PROMPTS = True  # its tasks read the manifest's prompts
 NEEDS_EAGER_ATTENTION = False
+HONOURS_NUMERICS = frozenset({"batch_size", "batch_fill", "batch_position", "padding_side", "logits_path"})
+DIMS = {"T": "step", "L": "token"}  # names of the STORES letters (toolkit.store.dims)
 STORES = {
     "prompts/<k>/prompt_ids": "[L] int64 token ids of prompt k (tokenizer defaults)",
     "prompts/<k>/generated_ids": "[T] int64 greedy token ids (argmax, lowest id wins a tie)",
@@ -71,6 +78,12 @@ def run(ctx: RunContext, params: Params) -> None:
     ctx.out.attrs["path"] = "kv_cache" if ctx.numerics.kv_cache else "full_recompute"
     ctx.out.attrs["stop_ids"] = sorted(stop_ids)
     ctx.out.attrs["logits_dtype"] = str(ctx.numerics.dtype)
+    ctx.out.attrs["logits_path"] = ctx.numerics.logits_path or "last_row"
+    ctx.out.attrs["batch"] = (
+        f"row {ctx.numerics.batch_position} of {ctx.numerics.batch_size}, fill {ctx.numerics.batch_fill}, "
+        f"padding {ctx.numerics.padding_side}, random co-requests seeded by the prompt index"
+    )
+    others = _other_prompts(ctx)
     resumed = 0
     with torch.inference_mode():
         for index, prompt in enumerate(ctx.prompts):
@@ -79,7 +92,8 @@ def run(ctx: RunContext, params: Params) -> None:
                 arrays, attrs = ctx.checkpoint.load(key)
                 resumed += 1
             else:
-                arrays, attrs = _arrays(prompt, _generate(ctx, prompt, params, stop_ids, norm, bar))
+                steps = _generate(ctx, index, prompt, others, params, stop_ids, norm, bar)
+                arrays, attrs = _arrays(prompt, steps)
                 if ctx.checkpoint is not None:
                     ctx.checkpoint.save(key, arrays, attrs)
                 faults.checkpoint("generate-prompt")  # crash tests: TOOLKIT_FAULT=generate-prompt:<n>
@@ -95,41 +109,44 @@ def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set
     return {int(i) for i in ids}
 
 
+def _other_prompts(ctx: RunContext) -> list[Any]:
+    """Token ids of every prompt (CPU), read by an `others` fill; [] when no batch needs them."""
+    if ctx.numerics.batch_size == 1 or ctx.numerics.batch_fill != "others":
+        return []
+    return [ctx.encode(p)[0].cpu() for p in ctx.prompts]
+
+
 def _generate(
-    ctx: RunContext, prompt: str, params: Params, stop_ids: set[int], norm: str, bar: Progress
+    ctx: RunContext,
+    index: int,
+    prompt: str,
+    every_prompt: list[Any],
+    params: Params,
+    stop_ids: set[int],
+    norm: str,
+    bar: Progress,
 ) -> dict[str, Any]:
-    import torch
+    """The per-step trace of prompt `index`, generated as its row of the task's batch."""
+    from toolkit.numerics.batching import BatchDraw, build_batch, greedy_in_batch
 
-    from toolkit.numerics.forward import last_logits
-    from toolkit.numerics.fpunits import tensor_hash
-    from toolkit.numerics.greedy import ranked
-    from toolkit.numerics.hooks import capture
-
+    n = ctx.numerics
     prompt_ids = ctx.encode(prompt)
-    context = prompt_ids
-    past = None
-    steps: dict[str, list[Any]] = {"ids": [], "topk_ids": [], "topk_logits": [], "margin": [], "hash": [], "hidden": []}
-    with capture(ctx.model, [norm]) as captured:
-        for _ in range(params.max_new_tokens):
-            feed = context[:, -1:] if past is not None else context
-            row, past = last_logits(ctx.model, feed, past, use_cache=ctx.numerics.kv_cache)
-            row = row[0]
-            values, ids = ranked(row)
-            next_id = int(ids[0])
-            steps["ids"].append(next_id)
-            steps["topk_ids"].append(ids[: params.top_k].cpu())
-            steps["topk_logits"].append(values[: params.top_k].cpu())
-            steps["margin"].append(float(values[0].double() - values[1].double()))
-            steps["hash"].append(tensor_hash(row))
-            steps["hidden"].append(captured[norm][0].cpu() if params.store_hidden else None)
-            bar.update()
-            context = torch.cat([context, torch.tensor([[next_id]], device=ctx.device)], dim=1)
-            if next_id in stop_ids:
-                steps["stop_reason"] = ["eos"]
-                break
-    steps.setdefault("stop_reason", ["max_new_tokens"])
-    steps["prompt_ids"] = [prompt_ids[0].cpu()]
-    return steps
+    draw = BatchDraw(n.batch_size, n.batch_fill, n.batch_position, n.padding_side, seed=index)
+    others = every_prompt[index + 1 :] + every_prompt[:index]  # the other prompts, from the next one on
+    pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
+    vocab = int(ctx.model.config.vocab_size)
+    batch = build_batch(prompt_ids, draw, others, int(pad_id or 0), vocab)
+    return greedy_in_batch(
+        ctx.model,
+        batch,
+        params.max_new_tokens,
+        kv_cache=n.kv_cache,
+        logits_path=n.logits_path or "last_row",
+        stop_ids=stop_ids,
+        top_k=params.top_k,
+        on_step=bar.update,
+        hidden=norm if params.store_hidden else None,
+    )
 
 
 def _arrays(prompt: str, steps: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
