@@ -52,6 +52,9 @@ experiments:
     id: generate
     params: {{max_new_tokens: 2, top_k: 2, stop_at_eos: false}}
     sweep: {{dtype: [float32, bfloat16]}}
+  - name: exp4.census
+    id: census
+    params: {{completions: 3, max_new_tokens: 2, batch_sizes: [1, 2], top_k: 2, stop_at_eos: false}}
   - name: exp4.compare
     id: compare
     needs: [generate]
@@ -106,13 +109,22 @@ def _make_pdf(path: Path) -> Path:
     return path
 
 
+def contract_campaign(factory: pytest.TempPathFactory) -> Path:
+    """The campaign folder of MANIFEST (every registered experiment at tiny settings), run once per
+    test session and shared with the tests of its tables and its xarray view (tests/test_tables.py,
+    tests/test_xarray.py)."""
+    folder = factory.getbasetemp() / "contract_campaign"
+    campaign = folder / "campaigns" / "contract"
+    if not (campaign / "store.h5").exists():
+        folder.mkdir(exist_ok=True)
+        submit_campaign(folder, MANIFEST, "contract.yaml", no_plot=True, pdf=_make_pdf(folder / "text.pdf"))
+    return campaign
+
+
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One campaign with every registered experiment at tiny settings; its store.h5."""
-    folder = tmp_path_factory.mktemp("contract")
-    return submit_campaign(
-        folder, MANIFEST, "contract.yaml", no_plot=True, pdf=_make_pdf(folder / "text.pdf")
-    ).store_path
+    return contract_campaign(tmp_path_factory) / "store.h5"
 
 
 def test_the_campaign_runs_every_registered_experiment():
@@ -177,6 +189,19 @@ def test_every_stated_rank_is_seen_in_the_campaign(store_path: Path):
                 ranks = [p.ranks for p in patterns if p.regex.match(path) and p.ranks]
                 checked += bool(ranks) and any(len(shape) in r for r in ranks)
     assert checked >= 100
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_group_of_a_run_opens_in_xarray_with_named_dims(store_path: Path, name: str):
+    """#16: each experiment's stored groups open with `xarray.open_dataset(..., engine="h5netcdf")`,
+    named dimensions from STORES / DIMS, and the values h5py reads (tests/test_xarray.py)."""
+    pytest.importorskip("xarray")
+    from test_xarray import assert_opens_in_xarray, groups_with_datasets
+
+    groups = [g for e, g in groups_with_datasets(store_path) if e == name]
+    assert groups, f"the campaign stored no {name} group with datasets"
+    for group in groups:
+        assert_opens_in_xarray(store_path, group)
 
 
 def test_writer_refuses_an_undeclared_dataset_and_a_wrong_rank(tmp_path: Path):
