@@ -21,6 +21,24 @@ if TYPE_CHECKING:
     from toolkit.context import RunView
 
 
+# One line per figure name (figsave's naming rule): what is plotted and which colour is which;
+# `toolkit report` prints it under the figure.
+CAPTIONS: dict[str, str] = {
+    "census_unique": (
+        "Per prompt: unique completions among the first N completions against N (blue step line; flat "
+        "where a new completion repeats one seen before)."
+    ),
+    "census_divergence": (
+        "Per prompt: histogram (orange) of the step where each completion first differs from the modal "
+        "completion; completions equal to it are counted in the title."
+    ),
+    "census_margins": (
+        "Per prompt: density of the top-1 − top-2 logit margin over all steps (blue) and at the divergence "
+        "step, both sides (orange), on shared log-spaced bins; exact ties (0, not drawn) counted in the title."
+    ),
+}
+
+
 def plot_census(run: RunView, out_dir: Path) -> list[Path]:
     """The three census figures of every prompt of an exp4.census run."""
     paths = []
