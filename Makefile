@@ -6,11 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-IMAGE_BASE ?= pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+IMAGE_BASE ?= pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 IMAGE_TAG ?= localhost/toolkit:$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' toolkit/__init__.py)
 SIF ?= toolkit.sif
 
-.PHONY: demo test model bench clean image image-ci sif sif-ci lint lint-docker
+.PHONY: demo test model bench clean image image-ci sif sif-ci lint lint-docker gpu-check
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: model
 
 bench: model
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+gpu-check: model  # benchmarks/gpu_check.py: the numerics on this machine's GPU (< 8 min); CPU parts only without CUDA
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) campaigns .pytest_cache

@@ -1,13 +1,14 @@
 """Check that the production image's torch fits the transformers it installs, without network.
 
 The image keeps its base's torch (containers/Dockerfile, `ARG BASE=pytorch/pytorch:<torch>-...`;
-`ARG TORCH_SPEC=torch==<torch>` for a base without torch) and installs transformers at the
+`ARG TORCH_SPEC=torch==<torch>` for a base without torch; the Makefile's `IMAGE_BASE`, which
+`make image` passes as --base) and installs transformers at the
 version pinned by containers/build.sh (the host venv's).  transformers declares the torch it needs
 (its `torch` extra, e.g. `torch>=2.6`) and disables PyTorch below that, so an image that pairs them
 wrongly builds fine and then cannot load a model.  This reads both pins and that requirement and
 fails with one line when they do not fit.
 
-    python containers/check_pins.py [DOCKERFILE] [--transformers VERSION]
+    python containers/check_pins.py [DOCKERFILE] [--makefile MAKEFILE] [--transformers VERSION]
 
 Without --transformers the installed transformers (the host venv's, which build.sh pins) is read.
 Exit 0 and one `ok:` line when they fit; 1 and one line per problem otherwise.
@@ -25,6 +26,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+MAKE_BASE = re.compile(r"^IMAGE_BASE \?= pytorch/pytorch:(\d+\.\d+(?:\.\d+)?)-", re.MULTILINE)
 BASE_TORCH = re.compile(r"^ARG BASE=pytorch/pytorch:(\d+\.\d+(?:\.\d+)?)-", re.MULTILINE)
 SPEC_TORCH = re.compile(r"^ARG TORCH_SPEC=torch==(\d+\.\d+(?:\.\d+)?)\s*$", re.MULTILINE)
 
@@ -55,9 +58,14 @@ def transformers_torch_requirement(version: str | None = None) -> tuple[str, str
     return installed, ""
 
 
-def problems(dockerfile: Path, transformers: str | None = None) -> tuple[list[str], str]:
-    """(problems, the ok line): one line per torch pin of the Dockerfile that transformers refuses."""
+def problems(dockerfile: Path, transformers: str | None = None, makefile: Path | None = None) -> tuple[list[str], str]:
+    """(problems, the ok line): one line per torch pin of the Dockerfile (and the Makefile's
+    IMAGE_BASE) that transformers refuses."""
     pins = dockerfile_torch(dockerfile.read_text())
+    where = {name: dockerfile for name in pins}
+    make_base = MAKE_BASE.search(makefile.read_text()) if makefile is not None and makefile.is_file() else None
+    if make_base:
+        pins["IMAGE_BASE"], where["IMAGE_BASE"] = make_base.group(1), makefile
     version, spec = transformers_torch_requirement(transformers)
     if "BASE" not in pins:
         return [f"{dockerfile}: ARG BASE names no pytorch/pytorch:<torch>-... image; cannot check its torch"], ""
@@ -65,7 +73,8 @@ def problems(dockerfile: Path, transformers: str | None = None) -> tuple[list[st
 
     wanted = SpecifierSet(spec)
     out = [
-        f"{dockerfile}: ARG {name} pins torch {torch} but transformers {version} needs torch{spec} (it disables "
+        f"{where[name]}: {'' if name == 'IMAGE_BASE' else 'ARG '}{name} pins torch {torch} "
+        f"but transformers {version} needs torch{spec} (it disables "
         f"PyTorch below that): pin a base (and TORCH_SPEC) with torch{spec}, or pin an older transformers"
         for name, torch in pins.items()
         if Version(torch) not in wanted
@@ -80,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     """The command line: print the problems (exit 1) or the ok line (exit 0)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dockerfile", nargs="?", type=Path, default=DOCKERFILE)
+    parser.add_argument(
+        "--makefile", type=Path, default=MAKEFILE, help="Makefile with IMAGE_BASE (default: the repo's)"
+    )
     parser.add_argument("--transformers", help="the transformers version the image installs (default: installed)")
     args = parser.parse_args(argv)
-    found, ok = problems(args.dockerfile, args.transformers)
+    found, ok = problems(args.dockerfile, args.transformers, args.makefile)
     print("\n".join(found) if found else ok)
     return 1 if found else 0
 

@@ -39,12 +39,13 @@ def test_the_dockerfile_pins_a_torch_transformers_accepts():
     spec = _torch_spec()
     base = re.search(r"^ARG BASE=pytorch/pytorch:([0-9.]+)-", DOCKERFILE.read_text(), re.MULTILINE).group(1)
     pinned = re.search(r"^ARG TORCH_SPEC=torch==([0-9.]+)$", DOCKERFILE.read_text(), re.MULTILINE).group(1)
-    assert Version(base) in SpecifierSet(spec) and pinned == base
+    make = re.search(r"^IMAGE_BASE \?= pytorch/pytorch:([0-9.]+)-", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert Version(base) in SpecifierSet(spec) and pinned == base == make.group(1)
     result = _check()
     assert (result.returncode, result.stdout) == (
         0,
-        f"ok: BASE torch {base}, TORCH_SPEC torch {pinned} fit transformers {metadata.version('transformers')} "
-        f"(torch{spec})\n",
+        f"ok: BASE torch {base}, TORCH_SPEC torch {pinned}, IMAGE_BASE torch {base} "
+        f"fit transformers {metadata.version('transformers')} (torch{spec})\n",
     )
 
 
@@ -56,7 +57,9 @@ def test_the_old_base_is_refused_with_one_line_per_pin(tmp_path):
         r"(?m)^ARG BASE=.*$", "ARG BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", DOCKERFILE.read_text()
     )
     old.write_text(re.sub(r"(?m)^ARG TORCH_SPEC=.*$", "ARG TORCH_SPEC=torch==2.5.1", text))
-    result = _check(str(old))
+    makefile = tmp_path / "Makefile"
+    makefile.write_text("IMAGE_BASE ?= pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime\n")
+    result = _check(str(old), "--makefile", str(makefile))
     advice = (
         f"(it disables PyTorch below that): pin a base (and TORCH_SPEC) with torch{spec}, or pin an older transformers"
     )
@@ -65,6 +68,7 @@ def test_the_old_base_is_refused_with_one_line_per_pin(tmp_path):
         [
             f"{old}: ARG BASE pins torch 2.5.1 but transformers {version} needs torch{spec} {advice}",
             f"{old}: ARG TORCH_SPEC pins torch 2.5.1 but transformers {version} needs torch{spec} {advice}",
+            f"{makefile}: IMAGE_BASE pins torch 2.5.1 but transformers {version} needs torch{spec} {advice}",
         ],
     )
 
