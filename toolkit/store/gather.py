@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit import __version__, faults
 from toolkit.errors import StoreError
-from toolkit.store import schema
+from toolkit.store import dims, schema
 from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.files import fsync_path, temp_name
 from toolkit.store.shard import dataset_checksums, record_failure
@@ -255,6 +255,7 @@ def _merge_shard(tasks: Any, task_id: str, path: Path, report: GatherReport) -> 
             group.attrs[key] = value
         for name in shard:
             shard.copy(shard[name], group, name=name)
+        dims.attach(group)  # HDF5's copy loses the scales' references between files
         expected = json.loads(shard.attrs["checksums"])
     if dataset_checksums(group) != expected:
         raise StoreError(

@@ -95,13 +95,19 @@ class RunView:
         return path in self.group
 
     def datasets(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Relative path → (shape, dtype) of every dataset."""
+        """Relative path → (shape, dtype) of every dataset the experiment wrote (the index
+        coordinates that name dimensions for xarray, `toolkit.store.dims`, left out)."""
         import h5py
 
+        from toolkit.store.dims import COORD_ATTR
+
         out: dict[str, tuple[tuple[int, ...], str]] = {}
-        self.group.visititems(
-            lambda n, o: out.__setitem__(n, (o.shape, str(o.dtype))) if isinstance(o, h5py.Dataset) else None
-        )
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and not obj.attrs.get(COORD_ATTR, False):
+                out[name] = (obj.shape, str(obj.dtype))
+
+        self.group.visititems(visit)
         return out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import faults
-from toolkit.store import schema
+from toolkit.store import dims, schema
 from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.files import atomic_write_text, fsync_path, temp_name
 
@@ -69,6 +69,7 @@ def open_shard(campaign_dir: Path, task_id: str, attrs: dict[str, Any]) -> Itera
             handle, {**attrs, "status": "running", "run_uid": uuid.uuid4().hex, "started_utc": schema.utc_now()}
         )
         yield handle
+        dims.attach(handle)  # before the checksums: the index coordinates it makes are data too
         handle.attrs["finished_utc"] = schema.utc_now()
         handle.attrs["checksums"] = json.dumps(dataset_checksums(handle))
         handle.attrs["status"] = schema.STATUS_COMPLETE

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import ContractError
+from toolkit.store import dims
 
 _SEPARATORS = re.compile(r" / | \| |, ")
 _SHAPE = re.compile(r"\[[^\]]*\]")
@@ -37,6 +38,7 @@ class Pattern:
     text: str
     regex: re.Pattern[str]
     ranks: frozenset[int]
+    shapes: tuple[tuple[str, ...], ...] = ()
 
 
 def _part_regex(part: str) -> str:
@@ -76,24 +78,71 @@ def parse_stores(stores: Mapping[str, str]) -> tuple[Pattern, ...]:
         names = _SEPARATORS.split(key)
         folder = names[0].rsplit("/", 1)[0] + "/" if "/" in names[0] else ""
         paths = [names[0]] + [n if "/" in n else folder + n for n in names[1:]]
-        for path, ranks in zip(paths, _ranks(description, len(paths))):
-            patterns.append(Pattern(path, _path_regex(path), ranks))
+        stated = dims.shapes(description, len(paths))
+        for path, ranks, options in zip(paths, _ranks(description, len(paths)), stated):
+            patterns.append(Pattern(path, _path_regex(path), ranks, tuple(tuple(o) for o in options)))
     return tuple(patterns)
+
+
+#: Arrays of at least this many bytes are chunked and compressed (smaller ones stay contiguous:
+#: the filter pipeline costs more than it saves).  Chosen by benchmarks/bench_compression.py.
+COMPRESS_MIN_BYTES = 64 * 1024
+#: Byte shuffle + the filter below; both lossless, so the values and their checksums are unchanged.
+COMPRESSION: dict[str, Any] = {"shuffle": True, "compression": "gzip", "compression_opts": 4}
+_LAYOUT_KEYS = ("chunks", "compression", "compression_opts", "shuffle", "maxshape", "scaleoffset", "fletcher32")
+
+
+def compression_options(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Chunking and compression for a new dataset of `create_dataset(name, *args, **kwargs)`: for a
+    numeric array of `COMPRESS_MIN_BYTES` or more whose caller chose no layout; else none."""
+    import numpy as np
+
+    if any(key in kwargs for key in _LAYOUT_KEYS):
+        return {}
+    data = kwargs.get("data", args[2] if len(args) > 2 else None)
+    if data is not None:
+        if not hasattr(data, "dtype") or not hasattr(data, "nbytes"):
+            return {}
+        kind, nbytes, rank = data.dtype.kind, int(data.nbytes), data.ndim
+    else:
+        shape = kwargs.get("shape", args[0] if args else None)
+        dtype = np.dtype(kwargs.get("dtype", args[1] if len(args) > 1 else "f4"))
+        if shape is None:
+            return {}
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        kind, nbytes, rank = dtype.kind, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, len(shape)
+    if rank == 0 or kind not in "biuf" or nbytes < COMPRESS_MIN_BYTES:
+        return {}
+    return {"chunks": True, **COMPRESSION}
 
 
 class CheckedGroup:
     """An h5py group of a task's shard whose new datasets must match the experiment's `STORES`."""
 
-    def __init__(self, group: Any, experiment: str, patterns: tuple[Pattern, ...], prefix: str = "") -> None:
+    def __init__(
+        self,
+        group: Any,
+        experiment: str,
+        patterns: tuple[Pattern, ...],
+        prefix: str = "",
+        letters: Mapping[str, str] | None = None,
+    ) -> None:
         self._group = group
         self._experiment = experiment
         self._patterns = patterns
         self._prefix = prefix
+        self._letters = dict(letters or {})
 
     @classmethod
-    def for_experiment(cls, group: Any, experiment: str, stores: Mapping[str, str]) -> CheckedGroup:
-        """The root of a shard for `experiment`, which declares `stores`."""
-        return cls(group, experiment, parse_stores(stores))
+    def for_experiment(
+        cls, group: Any, experiment: str, stores: Mapping[str, str], letters: Mapping[str, str] | None = None
+    ) -> CheckedGroup:
+        """The root of a shard for `experiment`, which declares `stores` and, optionally, its own
+        names for the letters of their shapes (`DIMS`, see `toolkit.store.dims`)."""
+        return cls(group, experiment, parse_stores(stores), letters=letters)
+
+    def _child(self, group: Any, name: str) -> CheckedGroup:
+        return CheckedGroup(group, self._experiment, self._patterns, self._path(name) + "/", self._letters)
 
     @property
     def attrs(self) -> Any:
@@ -124,27 +173,33 @@ class CheckedGroup:
             )
 
     def create_dataset(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """h5py's `create_dataset`, refused unless `STORES` declares the name and rank."""
+        """h5py's `create_dataset`, refused unless `STORES` declares the name and rank; a large
+        numeric array is chunked and compressed (`compression_options`, lossless) unless the
+        caller chose its layout; its dimension names are recorded (`toolkit.store.dims`)."""
         path = self._path(name)
         self.check(path)
-        dataset = self._group.create_dataset(name, *args, **kwargs)
-        self.check(path, len(dataset.shape) if dataset.shape is not None else 0)
+        dataset = self._group.create_dataset(name, *args, **compression_options(args, kwargs), **kwargs)
+        rank = len(dataset.shape) if dataset.shape is not None else 0
+        self.check(path, rank)
+        found = [p for p in self._patterns if p.regex.match(path)]
+        options = [list(shape) for p in found for shape in p.shapes]
+        dims.record(dataset, dims.names_for(options, rank, path.rsplit("/", 1)[-1], self._letters))
         return dataset
 
     def create_group(self, name: str) -> CheckedGroup:
         """A new subgroup, checked the same way."""
-        return CheckedGroup(self._group.create_group(name), self._experiment, self._patterns, self._path(name) + "/")
+        return self._child(self._group.create_group(name), name)
 
     def require_group(self, name: str) -> CheckedGroup:
         """The subgroup `name`, created if absent, checked the same way."""
-        return CheckedGroup(self._group.require_group(name), self._experiment, self._patterns, self._path(name) + "/")
+        return self._child(self._group.require_group(name), name)
 
     def __getitem__(self, name: str) -> Any:
         import h5py
 
         item = self._group[name]
         if isinstance(item, h5py.Group):
-            return CheckedGroup(item, self._experiment, self._patterns, self._path(name) + "/")
+            return self._child(item, name)
         return item
 
     def __contains__(self, name: str) -> bool:

@@ -36,6 +36,7 @@ READS: tuple[str, ...] = ("exp4.generate",)
 READS_PROMPTS = False
 NEEDS_EAGER_ATTENTION = False
 UPSTREAM_MIN_RUNS = 2  # pairs of runs
+DIMS = {"2": "side"}  # names of the STORES letters (toolkit.store.dims): run i, run j
 STORES = {
     "run_task_ids / run_labels / run_dtypes": "[N] the exp4.generate runs, in order",
     "pairs": "[Q,2] int32 run indices (i < j) of each pair",

@@ -44,6 +44,7 @@ NEEDS_EAGER_ATTENTION = False
 UPSTREAM_MIN_NUMERICS = 2  # pairs of runs whose replays differ: see numerics_key
 UPSTREAM_DISTINCT = ("dtype", "attn_implementation")
 UPSTREAM_MATCH = ("target",)  # the exp4.generate runs of its own target
+DIMS = {"S": "steps"}  # names of the STORES letters (toolkit.store.dims): `steps` is the coordinate
 STORES = {
     "run_task_ids / run_labels": "[N] the exp4.generate runs",
     "pairs/<q>/prompts/<k>/steps": "[S] int64 replayed steps (context = prompt + generated[:s])",

@@ -34,6 +34,7 @@ NEEDS_MODEL = True
 READS: tuple[str, ...] = ()
 READS_PROMPTS = False
 NEEDS_EAGER_ATTENTION = False
+DIMS = {"N": "word", "T": "token", "C": "char"}  # names of the STORES letters (toolkit.store.dims)
 STORES = {
     "words": "[N] fixed-length UTF-8 strings: the whitespace-separated words, in text order",
     "word_index / char_start / char_end / page": "[N] int: position, [start, end) code points in text, page",
