@@ -12,13 +12,14 @@ other rows (the co-requests) are, by `fill`:
   within ±25 % of the prompt's), reproducible on every machine (torch's CPU generator).
 
 Rows of unequal length are padded on `padding_side` with `pad_id`, and `attention_mask` marks the
-real tokens.  `greedy_in_batch` then generates greedily for every row at once — each row appends
-its own argmax (lowest id wins a tie), finished rows keep being fed their own argmax so the batch
-shape is the same at every step — and returns the per-step trace of the prompt's row only, in the
-form of exp4.generate's traces.  Padding is handled exactly: pads are masked, position ids count
-real tokens only (so a row's positions equal the prompt's alone), generated tokens follow the
-pads on the right (the KV cache keeps the masked pads), and at the first step of a right-padded
-batch each row's logits are read at its last real token.
+real tokens (fed as a 4-D additive mask, `additive_mask`). `greedy_in_batch` then generates
+greedily for every row at once — each row appends its own argmax (lowest id wins a tie), finished
+rows keep being fed their own argmax so the batch shape is the same at every step — and returns
+the per-step trace of the prompt's row only, in the form of exp4.generate's traces. Padding is
+handled exactly: pads are masked, position ids count real tokens only (so a row's positions equal
+the prompt's alone), generated tokens follow the pads on the right (the KV cache keeps the masked
+pads), and at the first step of a right-padded batch each row's logits are read at its last real
+token.
 
 A batch without padding (size 1, or rows of one length) is fed exactly as a single prompt is fed
 today (no attention mask, no position ids): batch size 1 gives the bits of exp4.generate's
@@ -114,6 +115,21 @@ def build_batch(
     return Batch(input_ids=ids.to(device), attention_mask=mask.to(device), row=draw.position)
 
 
+def additive_mask(mask: torch.Tensor, queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """The [B, 1, queries, K] additive attention mask of the last `queries` of K positions: a query
+    sees the real keys up to itself, and a pad query sees itself too, so that no row is fully
+    masked (transformers' own mask from a 2-D one makes fp64 eager attention NaN at pad rows, and
+    the NaN reaches the real rows through zero weights).  0 where seen, the dtype's minimum elsewhere."""
+    import torch
+
+    keys = mask.shape[1]
+    query_at = torch.arange(keys - queries, keys, device=mask.device)[:, None]
+    key_at = torch.arange(keys, device=mask.device)[None, :]
+    seen = ((key_at <= query_at)[None] & mask.bool()[:, None, :]) | (key_at == query_at)[None]
+    blocked = torch.zeros(seen.shape, dtype=dtype, device=mask.device).masked_fill(~seen, torch.finfo(dtype).min)
+    return blocked[:, None]
+
+
 def _forward(
     model: Any, ids: torch.Tensor, cache: Any, kv_cache: bool, keep: Any, mask: torch.Tensor | None, positions: Any
 ) -> tuple[torch.Tensor, Any]:
@@ -124,7 +140,7 @@ def _forward(
     if kv_cache and cache is not None:
         kwargs[cache_keyword(model.__class__)] = cache
     if mask is not None:
-        kwargs["attention_mask"] = mask
+        kwargs["attention_mask"] = additive_mask(mask, ids.shape[1], model.dtype)
         kwargs["position_ids"] = positions
     out = model(input_ids=ids, **kwargs)
     new_cache = None
