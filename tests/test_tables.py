@@ -205,3 +205,21 @@ def test_export_refuses_bad_input_in_one_line(campaign: Path, tmp_path: Path):
     assert result.code == 0 and pd.read_csv(tmp_path / "runs.csv")["task_id"].tolist() == sorted(
         pd.read_csv(tmp_path / "runs.csv")["task_id"].tolist()
     )
+
+
+def test_exp4_census_table_is_one_row_per_completion(campaign: Path):
+    from toolkit.store.reader import Store
+
+    with Store(campaign / "store.h5") as store:
+        table = store.table("exp4.census")
+    with _h5(campaign) as handle:
+        (task,) = _tasks(handle, "exp4.census")
+        group = handle["tasks"][task]["prompts/000"]
+        n = group["completion_ids"].shape[0]
+        assert len(table) == n and list(table.completion) == list(range(n))
+        for name in ("completion_length", "completion_class", "first_divergence", "batch_size", "batch_seed"):
+            assert table[name].dtype == group[name].dtype and np.array_equal(table[name].to_numpy(), group[name][()])
+        assert list(table.batch_fill) == [f.decode() for f in group["batch_fill"][()]]
+        margins = group["margin_at_divergence"][()]
+        assert _bits_equal(table.margin_at_divergence.to_numpy(), margins[:, 0])
+        assert list(table.is_modal) == [i == int(group["modal_index"][()]) for i in range(n)]

@@ -42,6 +42,7 @@ READS_PROMPTS = True
 NEEDS_EAGER_ATTENTION = False
 # The batch itself is drawn per completion (batch_size / batch_fill / batch_position are refused).
 HONOURS_NUMERICS = frozenset({"padding_side", "logits_path"})
+DIMS = {"L": "token", "T": "step", "M": "modal_step"}  # names of the STORES letters (toolkit.store.dims)
 STORES = {
     "prompts/<k>/prompt_ids": "[L] int64 token ids of prompt k",
     "prompts/<k>/completion_ids": "[C,T] int64 greedy ids of every completion (-1 after its end)",
