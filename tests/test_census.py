@@ -46,12 +46,12 @@ def census(one_torch_thread: None) -> Any:
     params = module.Params(completions=8, max_new_tokens=3, batch_sizes=(1, 2, 3), top_k=2, stop_at_eos=False)
     module.run(ctx, params)
     stored = [{k: v[()] for k, v in handle[f"prompts/{i:03d}"].items()} for i in range(len(PROMPTS))]
-    yield stored, ctx, params, handle.attrs["summary"]
+    yield stored, ctx, params, handle.attrs["summary"], handle
     handle.close()
 
 
 def test_stored_unique_count_equals_a_recount(census):
-    stored, _, params, _ = census
+    stored, _, params, _, _ = census
     for arrays in stored:
         ids = arrays["completion_ids"]
         assert ids.shape == (params.completions, params.max_new_tokens)
@@ -73,7 +73,7 @@ def test_stored_unique_count_equals_a_recount(census):
 def test_draws_are_seeded_and_within_the_params(census):
     from toolkit.experiments.exp4.census import draws
 
-    stored, _, params, _ = census
+    stored, _, params, _, _ = census
     for index, arrays in enumerate(stored):
         again = draws(params, "left", index)
         assert arrays["batch_size"].tolist() == [d.size for d in again]
@@ -89,7 +89,7 @@ def test_draws_are_seeded_and_within_the_params(census):
 def test_teacher_forced_flips_recount_and_alone_equals_a_plain_forward(census):
     import torch
 
-    stored, ctx, _, summary = census
+    stored, ctx, _, summary, _ = census
     for index, arrays in enumerate(stored):
         modal = arrays["completion_ids"][int(arrays["modal_index"])]
         prompt = torch.as_tensor(arrays["prompt_ids"])
@@ -115,3 +115,15 @@ def test_params_check_names_the_bad_values():
         ("batch_sizes", "must be a non-empty list of sizes in 1..4096, got []"),
         ("fills", "must be a non-empty list of same, others, random, got ['same', 'mixed']"),
     ]
+
+
+def test_figures_one_set_per_prompt(census, tmp_path):
+    from toolkit.experiments.exp4.census import plot
+    from toolkit.store.reader import RunView
+
+    *_, handle = census
+    run = RunView(handle["/"])
+    paths = plot(run, tmp_path)
+    names = ("census_unique", "census_divergence", "census_margins")
+    assert [p.name for p in paths] == [f"{n}_{run.task_id}_p{k:03d}.png" for k in range(2) for n in names]
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -104,12 +104,19 @@ def _margins(run: RunView, key: str, out_dir: Path, part: str) -> Path:
     hi = positive.max() if positive.size else 1.0
     bins = np.geomspace(lo, hi * 1.0001, 40) if hi > lo else np.array([lo * 0.5, lo * 2])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(every[every > 0], bins=bins, density=True, alpha=0.5, label=f"all steps ({every.size})")
-    if at.size:
-        ax.hist(at[at > 0], bins=bins, density=True, alpha=0.7, label=f"at divergence, both sides ({at.size})")
+    for values, alpha, label in ((every, 0.5, "all steps"), (at, 0.7, "at divergence, both sides")):
+        if values.size:  # each set's bars sum to 1: the two distributions side by side whatever their sizes
+            shown = values[values > 0]
+            ax.hist(
+                shown,
+                bins=bins,
+                weights=np.full(shown.size, 1 / values.size),
+                alpha=alpha,
+                label=f"{label} ({values.size})",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("top-1 − top-2 logit")
-    ax.set_ylabel("density")
+    ax.set_ylabel("fraction of the set")
     zeros = int((every == 0).sum() + (at == 0).sum())
     ax.set_title(f"margins; exact ties (0, not drawn): {zeros}", fontsize=9)
     ax.legend(fontsize=8)
