@@ -56,7 +56,11 @@ def _bad_paths(tmp_path: Path) -> list[tuple[tuple[str, ...], str]]:
             "error: unknown experiment 'zzzz'; known experiments: "
             + ", ".join(sorted(__import__("toolkit.experiments", fromlist=["names"]).names())),
         ),
-        (("model", "prepare", "gpt-9"), "error: only the packaged smollm2-135m needs preparing, got 'gpt-9'"),
+        (
+            ("model", "prepare", "gpt-9"),
+            "error: 'gpt-9' is not a packaged model; choose one of "
+            + ", ".join(__import__("toolkit.models.packaged", fromlist=["PACKAGED"]).PACKAGED),
+        ),
         (("frobnicate",), "error: No such command 'frobnicate'."),
         (("status",), "error: Missing argument 'CAMPAIGN_DIR'."),
         (("gather", str(campaign), "--rebiuld"), "error: No such option '--rebiuld'. Did you mean '--rebuild'?"),

@@ -289,12 +289,20 @@ def model() -> None:
 @model.command("prepare")
 @click.argument("name", default="smollm2-135m")
 def model_prepare(name: str) -> None:
-    """Convert the packaged model once into the local cache (about 45 s)."""
+    """Write a packaged model once into the local cache as a model folder; its path is the last line.
+
+    smollm2-135m is converted from the wheel (about 45 s); tiny-random-<arch> is built locally."""
+    from toolkit.manifest.rules import did_you_mean
+    from toolkit.models.packaged import PACKAGED
+
+    if name not in PACKAGED:
+        raise UsageError(
+            f"{did_you_mean(name, list(PACKAGED))}{name!r} is not a packaged model; choose one of {', '.join(PACKAGED)}"
+        )
+    from toolkit.models import tiny_random
     from toolkit.models.loading import prepare_packaged
 
-    if name != "smollm2-135m":
-        raise UsageError(f"only the packaged smollm2-135m needs preparing, got {name!r}")
-    click.echo(str(prepare_packaged()))
+    click.echo(str(tiny_random.prepare(name) if name in tiny_random.NAMES else prepare_packaged()))
 
 
 def _wait_for_children(timeout_s: float = 10.0) -> None:

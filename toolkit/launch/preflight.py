@@ -4,6 +4,8 @@
 The manifest layer checks values only; what depends on this host and its cluster is checked here:
 - the model source: the packaged model's wheel, a model folder that holds a saved model, a hub id
   present in the offline cache (a mistyped relative folder would otherwise be taken for one);
+- the model's architecture (config.json `model_type`) can run every experiment, attention
+  implementation and exp5 module the plan names (`toolkit.models.architectures`);
 - the container runtime and image (resolved once, with its digest, for the submission);
 - with the Slurm executor, every job the plan would submit against what the cluster's nodes and
   partitions offer (`toolkit.launch.slurm_resources`).
@@ -57,6 +59,7 @@ def preflight(plan: Plan, executor: str | None, campaign_dir: Path) -> Checked:
     executor = resolve_executor(executor)
     where = _Where(plan.manifest)
     problems = model_problems(plan.manifest, where) + folder_problems(campaign_dir, where)
+    problems += architecture_problems(plan, where)
     if not problems:  # the model is there: can its tokenizer template prompts, do its weights fit here
         problems += model_fit_problems(plan, where, local=executor == "local")
     image, container = _container(plan, campaign_dir, where)
@@ -201,6 +204,30 @@ def model_fit_problems(plan: Plan, where: _Where, local: bool) -> list[str]:
     except ModelError as err:
         return [f"{where('model', 'source')}: {err}"]
     return []
+
+
+def architecture_problems(plan: Plan, where: _Where) -> list[str]:
+    """Every task that loads the model can run on its architecture (`toolkit.models.architectures`:
+    refused experiments, attention implementations, exp5 module names); an unreadable model_type is
+    left to `model_problems` and the loader."""
+    from toolkit import experiments
+    from toolkit.models import architectures
+
+    model = plan.manifest.model
+    model_type = architectures.model_type_of(model.source, model.revision)
+    if model_type is None:
+        return []
+    tasks = [
+        (task.exp_id, task.experiment, task.numerics.attn_implementation, task.params)
+        for task in plan.tasks.values()
+        if experiments.get(task.experiment).NEEDS_MODEL
+    ]
+    lines = []
+    for exp_id, message in architectures.problems(model_type, tasks):
+        index = where.experiment_index(exp_id)
+        at = where("experiments", index, "name") if index is not None else where("model", "source")
+        lines.append(f"{at}: {message}")
+    return lines
 
 
 def _hub_problems(manifest: Manifest, at: str) -> list[str]:

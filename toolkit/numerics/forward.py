@@ -40,3 +40,19 @@ def last_logits(
     if use_cache:
         new_cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
     return out.logits[:, -1], new_cache
+
+
+def head_logits(model: Any, hidden: Any) -> Any:
+    """Logits from final-norm hidden states exactly as the model's own forward makes them: `lm_head`,
+    then the final soft-cap where the config has one (Gemma-2: cap·tanh(logits/cap), same ops in the
+    same order as `Gemma2ForCausalLM.forward`).  Code that applies `lm_head` itself goes through here,
+    so a soft-capping model never yields uncapped logits."""
+    import torch
+
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = logits / cap
+        logits = torch.tanh(logits)
+        logits = logits * cap
+    return logits

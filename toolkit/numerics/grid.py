@@ -153,11 +153,11 @@ def faithful_logits(model: Any, prefix: Any, xs: Any) -> Any:
     import torch
 
     from toolkit.numerics.embedding_forward import base_model
+    from toolkit.numerics.forward import head_logits
 
-    head = model.get_output_embeddings()
     with torch.no_grad():
         hidden = base_model(model)(inputs_embeds=with_last_rows(prefix, xs), use_cache=False).last_hidden_state
-        return torch.cat([head(hidden[i : i + 1, -1:, :])[:, -1] for i in range(hidden.shape[0])], dim=0)
+        return torch.cat([head_logits(model, hidden[i : i + 1, -1:, :])[:, -1] for i in range(hidden.shape[0])], dim=0)
 
 
 def gap_and_argmax(logits: Any, pair: tuple[int, int]) -> tuple[Any, Any]:

@@ -4,10 +4,13 @@
 places compute in float32 and cast back, so the model is only fp32-accurate where it matters:
 
 * every `LlamaRMSNorm` casts its input to float32, normalises, and casts back (65 on the path of
-  an 8B Llama, 61 in SmolLM2-135M) — including the final norm that produces f;
+  an 8B Llama, 61 in SmolLM2-135M) — including the final norm that produces f; the same holds
+  for the per-head q/k norms of Qwen3, the q/k and post-norms of OLMo-2 (weight applied before
+  the cast back) and Gemma-2's norms, which multiply by (1 + w) and keep `eps`;
 * `LlamaRotaryEmbedding.forward` computes cos/sin from `inv_freq` in float32 (and `inv_freq`
   itself was computed in float32 at construction);
-* `eager_attention_forward` takes the softmax in float32 and casts the weights back.
+* `eager_attention_forward` takes the softmax in float32 and casts the weights back (Gemma-2's
+  also soft-caps the scores, `softcap`, which the float64 copy applies the same way).
 
 `true_fp64(model)` is a context manager that, for the duration of the block, replaces the
 `forward` of each such module instance (found by exact name in `named_modules()`, class name
@@ -37,6 +40,26 @@ def _rmsnorm_forward(self: Any, hidden_states: Any) -> Any:
     return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
 
 
+def _gemma_rmsnorm_forward(self: Any, hidden_states: Any) -> Any:
+    import torch
+
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return (hidden_states * torch.rsqrt(variance + self.eps)) * (1.0 + self.weight)
+
+
+def _norm_forward(name: str, module: Any) -> Any:
+    """The float64 forward for an RMSNorm: Llama style (x·w, `variance_epsilon`) or Gemma style
+    (x·(1 + w), `eps`, recognised from its source); ValueError for anything else."""
+    if hasattr(module, "weight") and hasattr(module, "variance_epsilon"):
+        return _rmsnorm_forward
+    if hasattr(module, "weight") and hasattr(module, "eps") and "1.0 + self.weight" in inspect.getsource(type(module)):
+        return _gemma_rmsnorm_forward
+    raise ValueError(
+        f"true_fp64: {name} ({type(module).__name__}) is neither a Llama-style RMSNorm (weight, variance_epsilon) "
+        "nor a Gemma-style one (weight, eps, 1 + w)"
+    )
+
+
 def _rotary_forward_factory(inv_freq: Any, scaling: float) -> Any:
     def forward(self: Any, x: Any, position_ids: Any) -> Any:
         import torch
@@ -58,7 +81,8 @@ def eager_attention_fp64(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """transformers' Llama eager attention with the softmax kept in the input dtype."""
+    """transformers' eager attention with the softmax kept in the input dtype; a `softcap` keyword
+    (Gemma-2) soft-caps the scores before the mask, as Gemma-2's eager attention does."""
     import torch
 
     groups = getattr(module, "num_key_value_groups", 1)
@@ -66,6 +90,9 @@ def eager_attention_fp64(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask
     weights = torch.nn.functional.softmax(weights, dim=-1)
@@ -105,6 +132,7 @@ def _rope_inv_freq(name: str, module: Any) -> tuple[Any, str]:
     config = module.config
     base = config.rope_parameters["rope_theta"]
     dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(dim * config.rope_parameters.get("partial_rotary_factor", 1.0))  # Phi-3 family: part of each head
     exact = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     if exact.shape != stored.shape or not _close(exact, stored):
         raise ValueError(f"true_fp64: recomputed inv_freq of {name} does not match the stored one; unknown RoPE")
@@ -140,17 +168,14 @@ def true_fp64(model: Any, check: bool = True) -> Iterator[list[str]]:
         for name, module in model.named_modules():
             cls = type(module).__name__
             if "RMSNorm" in cls:
-                if not hasattr(module, "variance_epsilon") or not hasattr(module, "weight"):
-                    raise ValueError(
-                        f"true_fp64: {name} ({cls}) is not a Llama-style RMSNorm (weight, variance_epsilon)"
-                    )
+                forward = _norm_forward(name, module)
                 probe = torch.randn(3, module.weight.shape[-1], generator=generator, dtype=torch.float64).to(device)
                 with torch.no_grad():
                     before = module(probe)
-                    install(module, _rmsnorm_forward)
+                    install(module, forward)
                     after = module(probe)
                 if check and not _close(after, before):
-                    raise ValueError(f"true_fp64: {name} ({cls}) does not behave like a Llama RMSNorm; not patched")
+                    raise ValueError(f"true_fp64: {name} ({cls}) does not behave like an RMSNorm; not patched")
                 patched.append(f"{name} ({cls}): computes in the input dtype (was float32)")
             elif "RotaryEmbedding" in cls:
                 source = inspect.getsource(type(module).forward)
