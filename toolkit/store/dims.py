@@ -145,7 +145,10 @@ def _scale(group: Any, name: str, size: int) -> Any | None:
         name = f"{name}_{size}"
         existing = group.get(name)
     if existing is None:
-        existing = group.create_dataset(name, data=np.arange(size, dtype=np.int64))
+        from toolkit.store.writer import compression_options
+
+        index = np.arange(size, dtype=np.int64)
+        existing = group.create_dataset(name, data=index, **compression_options((), {"data": index}))
         existing.attrs[COORD_ATTR] = True
         existing.make_scale(name)
     return existing if _fits(existing, size) else None
