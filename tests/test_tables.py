@@ -223,3 +223,30 @@ def test_exp4_census_table_is_one_row_per_completion(campaign: Path):
         margins = group["margin_at_divergence"][()]
         assert _bits_equal(table.margin_at_divergence.to_numpy(), margins[:, 0])
         assert list(table.is_modal) == [i == int(group["modal_index"][()]) for i in range(n)]
+
+
+def test_gpu_identity_slurm_node_and_image_digest_columns(tmp_path: Path):
+    """A run as a GPU worker under Slurm in a container records it (written here by hand, no GPU
+    on this machine): the run table's columns take the values from provenance."""
+    from toolkit.store.gather import gather
+    from toolkit.store.reader import Store
+    from toolkit.store.shard import open_shard
+
+    (tmp_path / "plan.json").write_text("{}")
+    provenance = {
+        "host": "login1",
+        "device": "cuda:0",
+        "slurm": {"slurmd_nodename": "gpu-node-07"},
+        "container": {"image": "toolkit:0.1.0", "image_digest": "sha256:" + "ab" * 32},
+        "device_identity": {"sku": "NVIDIA H100 80GB HBM3", "sm_count": 132, "driver": "570.86"},
+    }
+    attrs = {"experiment": "exp4.generate", "exp_id": "g", "target": "h100", "repeat": 1, "params": {"top_k": 5}}
+    with open_shard(tmp_path, "t0", {**attrs, "numerics": {"dtype": "bfloat16"}, "provenance": provenance}):
+        pass
+    gather(tmp_path)
+    with Store(tmp_path / "store.h5") as store:
+        row = store.table("runs").iloc[0]
+    assert (row.device_name, row.sm_count, row.node) == ("NVIDIA H100 80GB HBM3", 132, "gpu-node-07")
+    assert (row.image, row.image_digest) == ("toolkit:0.1.0", "sha256:" + "ab" * 32)
+    assert row["provenance.device_identity.driver"] == "570.86" and row["numerics.dtype"] == "bfloat16"
+    assert (row["target"], row["repeat"], row["params.top_k"]) == ("h100", 1, 5)

@@ -103,6 +103,7 @@ def _run_row(run: RunView) -> dict[str, Any]:
     prov = run.attrs.get("provenance", {}) or {}
     slurm = prov.get("slurm", {}) or {}
     container = prov.get("container", {}) or {}
+    identity = prov.get("device_identity", {}) or {}  # SKU, SM count, driver, CUDA (toolkit.models.device)
     row: dict[str, Any] = {
         "task_id": run.task_id,
         "experiment": run.experiment,
@@ -115,8 +116,8 @@ def _run_row(run: RunView) -> dict[str, Any]:
         "model": (run.attrs.get("model") or {}).get("source"),
         "inputs": " ".join(run.attrs.get("inputs") or []),
         "device": prov.get("device"),
-        "device_name": prov.get("device_name"),
-        "sm_count": prov.get("sm_count"),
+        "device_name": prov.get("device_name") or identity.get("sku") or identity.get("processor"),
+        "sm_count": prov.get("sm_count", identity.get("sm_count")),
         "node": slurm.get("slurmd_nodename") or prov.get("host"),
         "image": container.get("image"),
         "image_digest": container.get("image_digest"),
