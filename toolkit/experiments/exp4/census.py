@@ -307,4 +307,11 @@ def summary_line(arrays: dict[str, Any]) -> str:
             f"; teacher-forced flips vs alone {int(arrays['tf_flips_alone'].sum())}/{steps} steps, "
             f"vs modal tokens {int(arrays['tf_flips_modal'].sum())}/{steps}"
         )
+        per_step = arrays["tf_argmax"].shape[1]
+        sizes, flips = arrays["batch_size"], arrays["tf_flips_alone"]
+        by_size = [
+            f"{s}: {int(flips[sizes == s].sum())}/{int((sizes == s).sum()) * per_step}"
+            for s in sorted(set(sizes.tolist()))
+        ]
+        text += f" (by batch size {', '.join(by_size)})"
     return text
