@@ -139,3 +139,21 @@ def test_padding_keeps_every_rows_greedy_tokens_in_fp64(
             batch = build_batch(ids[row], BatchDraw(3, "others", row, padding_side, 0), others, 0, VOCAB)
             assert batch.padded
             assert _run(smollm64, batch, 3, kv_cache)["ids"] == alone, (row, kv_cache)
+
+
+def test_logits_path_changes_bits_only_where_lm_head_sees_other_rows(smollm: tuple[Any, Any]) -> None:
+    """`last_row` vs `all_rows`: with the KV cache, every step after the prefill feeds one position,
+    so both paths apply lm_head to the same one row and agree bit for bit; the prefill (and every
+    full-recompute step) applies it to a [L, D] matrix instead of [1, D], and on this CPU that
+    changes bits at some step (FACTS.md: 46 of 49 exp7 cells) while keeping the tokens here."""
+    model, tokenizer = smollm
+    batch = build_batch(_ids(tokenizer)[0], BatchDraw(), [], 0, VOCAB)
+    differs = []
+    for kv_cache in (True, False):
+        last = _run(model, batch, 4, kv_cache, "last_row")
+        every = _run(model, batch, 4, kv_cache, "all_rows")
+        assert last["ids"] == every["ids"]
+        if kv_cache:
+            assert last["hash"][1:] == every["hash"][1:]
+        differs += [a != b for a, b in zip(last["hash"], every["hash"])]
+    assert any(differs)

@@ -145,6 +145,19 @@ def test_module_declares_the_contract(name: str):
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in module.STORES.items())
     assert parse_stores(module.STORES), "STORES declares no dataset"
     experiments.upstream_rule(module)  # the UPSTREAM_* declarations name known fields
+    declared = getattr(module, "HONOURS_NUMERICS", frozenset())
+    assert isinstance(declared, frozenset) and experiments.honours_numerics(module) == declared
+
+
+def test_honours_numerics_names_only_forward_path_keys():
+    """HONOURS_NUMERICS lists forward-path keys only; exp4.generate honours all of them (#14)."""
+    import types
+
+    assert experiments.honours_numerics(experiments.get("exp4.generate")) == set(experiments.PATH_NUMERICS)
+    odd = types.ModuleType("odd")
+    odd.HONOURS_NUMERICS = frozenset({"batch_size", "dtype"})  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match=r"odd: HONOURS_NUMERICS names \['dtype'\], not among"):
+        experiments.honours_numerics(odd)
 
 
 @pytest.mark.parametrize("name", NAMES)
