@@ -222,3 +222,20 @@ def test_every_key_is_recorded_in_the_store(tmp_path: Path) -> None:
         assert run.attrs["logits_path"] == "all_rows"
         assert run.attrs["batch"].startswith("row 2 of 3, fill random, padding right")
         assert run["prompts/000/generated_ids"].shape == (3,)
+
+
+def test_toolkit_experiments_lists_the_keys_each_experiment_honours() -> None:
+    from toolkit import experiments
+    from toolkit.report import experiment_text
+
+    generate = experiment_text("exp4.generate", experiments.get("exp4.generate")).splitlines()
+    assert (
+        "numerics: dtype, attn_implementation, kv_cache, tf32, deterministic, batch_size, batch_fill, "
+        "batch_position, padding_side, logits_path, weights_dtype, reduced_precision_reduction"
+    ) in generate
+    lipschitz = experiment_text("exp2.lipschitz", experiments.get("exp2.lipschitz")).splitlines()
+    assert (
+        "numerics: dtype, attn_implementation, kv_cache, tf32, deterministic, weights_dtype, "
+        "reduced_precision_reduction (not implemented, refused unless default: batch_size, batch_fill, "
+        "batch_position, padding_side, logits_path)"
+    ) in lipschitz

@@ -125,6 +125,17 @@ def status_text(rows: list[Any], slurm: dict[str, tuple[str, str]] | None = None
     return "\n".join([f"{len(rows)} task(s): {summary}"] + lines)
 
 
+def numerics_text(module: Any) -> str:
+    """Which numerics keys (sweepable, part of the task identity) the experiment honours."""
+    from toolkit import experiments
+    from toolkit.manifest.model import NUMERICS_FIELDS
+
+    honoured = experiments.honours_numerics(module)
+    refused = [k for k in experiments.PATH_NUMERICS if k not in honoured]
+    line = f"numerics: {', '.join(k for k in NUMERICS_FIELDS if k not in refused)}"
+    return line + (f" (not implemented, refused unless default: {', '.join(refused)})" if refused else "")
+
+
 def experiment_text(name: str, module: Any) -> str:
     """Purpose, params (type, default), what it stores and reads."""
     from toolkit.manifest.params import describe
@@ -139,6 +150,8 @@ def experiment_text(name: str, module: Any) -> str:
         f"{', loads the model' if module.NEEDS_MODEL else ', no model (reads the store)'}"
     )
     lines.append(f"reads: {', '.join(module.READS) or 'nothing upstream'}")
+    if module.NEEDS_MODEL:
+        lines.append(numerics_text(module))
     lines.append("stores:")
     width = max(34, *(len(k) for k in module.STORES))
     lines += [f"  {k:<{width}} {v}" for k, v in module.STORES.items()]
