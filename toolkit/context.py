@@ -94,7 +94,7 @@ class Inputs:
         self._check_declared(wanted)
         every = [run for name in wanted for run in self.runs(name)]
         found = [run for run in every if _matches(run, target, dtype, numerics)]
-        kinds = {tuple(str(run.numerics.get(key)) for key in distinct) for run in found}
+        kinds = {tuple(str(_numerics_of(run).get(key)) for key in distinct) for run in found}
         if len(found) >= min_runs and (len(kinds) >= min_distinct or not found):
             return found
         raise UpstreamError(
@@ -160,7 +160,13 @@ def _matches(run: RunView, target: str | None, dtype: str | None, numerics: Nume
         return False
     if dtype is not None and run.numerics.get("dtype") != dtype:
         return False
-    return numerics is None or run.numerics == numerics.to_dict()
+    return numerics is None or _numerics_of(run) == numerics.to_dict()
+
+
+def _numerics_of(run: RunView) -> dict[str, Any]:
+    """A stored run's numerics with the keys added since it was stored at their defaults (a run
+    stored before #14 has no batch_size: it ran as batch 1)."""
+    return {**Numerics().to_dict(), **run.numerics}
 
 
 @dataclass

@@ -103,6 +103,8 @@ def run_one(
     from toolkit.models import numerics as numerics_flags
 
     try:
+        if module.NEEDS_MODEL:  # before loading: an attention this machine cannot run, in one line
+            numerics_flags.check_runnable(task.numerics, _resolve(models.spec.device))
         model, tokenizer, device, flags = models.get(task.numerics, module.NEEDS_MODEL)
     except ModelError as err:  # cannot load, or does not fit (toolkit.models.fit): before any shard
         from toolkit.store.shard import record_failure
@@ -139,8 +141,6 @@ def run_one(
                 models=_TaskModels(models, task.numerics, model),
                 chat_template=models.spec.chat_template,
             )
-            if module.NEEDS_MODEL:  # an attention this machine cannot run fails here, in one line
-                numerics_flags.check_runnable(task.numerics, device)
             with numerics_flags.attention_context(task.numerics):  # the SDPA backend an sdpa_* variant forces
                 module.run(ctx, params)
         checkpoint.clear()
@@ -148,6 +148,12 @@ def run_one(
         models.release_extras()
         if store is not None:
             store.close()
+
+
+def _resolve(device: str) -> Any:
+    from toolkit.models.loading import resolve_device
+
+    return resolve_device(device)
 
 
 def _check_device(folder: Path, task: Task, spec: ModelSpec) -> None:
