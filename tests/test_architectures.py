@@ -11,8 +11,9 @@ The known answers are computed here with plain transformers on the same saved fo
   plus generation (13 tokens) is longer than Mistral's and Gemma-2's 4-token sliding window;
 * exp2's σ₁ equals the largest singular value of the full Jacobian (torch.autograd.functional
   .jacobian + torch.linalg.svdvals in float64) within 1e-4 relative: exp2 runs in true fp64, the
-  reference in transformers' float64 (whose norms and softmax round to float32: ~1e-7), and
-  subspace iteration converges far below 1e-4 on a 64-dimensional input;
+  reference in transformers' float64 (whose norms and softmax round to float32: ~1e-7), and 60
+  subspace iterations with a block of 5 converge below 1e-4 on a 64-dimensional input (20 with a
+  block of 3 left Qwen2 and Phi-3, whose σ₁ and σ₂ are close, 2e-3 short);
 * exp7.heatmap's faithful map equals a per-point loop (test_exp7_heatmap.plain_loop: one full
   forward per point) in every cell, bitwise — float64, where the batched decoder stack is
   batch-invariant (see test_exp7_heatmap); Gemma-2's soft-capped logits included;
@@ -56,14 +57,14 @@ experiments:
     params: {{max_new_tokens: {new_tokens}, top_k: 2, stop_at_eos: false, store_hidden: false}}
   - name: exp2.lipschitz
     id: lipschitz
-    params: {{top_k: 1, iterations: 30, oversample: 2, eps_min: 1.0e-6, eps_max: 1.0e-3, eps_steps: 2, n_random: 1,
+    params: {{top_k: 1, iterations: 60, oversample: 4, eps_min: 1.0e-6, eps_max: 1.0e-3, eps_steps: 2, n_random: 1,
               n_noise: 0}}
   - name: exp5.module_lipschitz
     id: modules
     params: {{modules: {modules}, layers: [1], top_k: 1, iterations: 2, oversample: 1, eps: [1.0e-3]}}
   - name: exp6.equal_logits
     id: tie
-    params: {{method: geometric, n_directions: 2, svd_iterations: 4, true_fp64: false}}
+    params: {{method: geometric, iterations: 3, polish_steps: 2, n_directions: 2, svd_iterations: 4, true_fp64: false}}
   - name: exp7.heatmap
     id: heatmap
     needs: [tie]
@@ -227,6 +228,70 @@ def test_true_fp64_finite_differences_converge(arch: str):
                 p = perturb(op.x, v, eps, "fp64_then_round")
                 gain = float(torch.linalg.vector_norm(op.f(p.x_tilde).double() - base)) / p.delta_norm
                 errors.append(abs(gain - sigma) / sigma)
-    # truncation error ∝ ε: at least 5x smaller per decade, below 1e-7 at ε = 1e-8
-    assert all(later < earlier / 5 for earlier, later in zip(errors, errors[1:])), errors
+    # truncation error ∝ ε: at least 5x smaller per decade from ε = 1e-3 down to 1e-7 (from 1e-2 the
+    # curvature is not yet in its linear regime on every model); at 1e-8 rounding (~1e-16·‖f‖/ε)
+    # starts to show, but the error stays below 1e-7 (in plain .double() the float32 norms stall it
+    # near 1e-4, tests/test_numerics_true_fp64.py)
+    assert all(later < earlier / 5 for earlier, later in zip(errors[1:5], errors[2:6])), errors
     assert errors[-1] < 1e-7, errors
+
+
+REFUSED = """\
+campaign: refused
+output: {output}
+model: {{source: {source}}}
+prompts: ["x"]
+targets: [cpu]
+experiments:
+  - name: exp5.module_lipschitz
+    id: modules
+  - name: exp4.generate
+    id: generate
+    numerics: {{attn_implementation: sdpa}}
+"""
+
+
+def _validate(tmp_path: Path, source: str) -> tuple[int, list[str]]:
+    path = tmp_path / "m.yaml"
+    path.write_text(REFUSED.format(output=tmp_path / "out", source=source))
+    result = run_cli("validate", str(path))
+    return result.code, result.err.strip().splitlines()
+
+
+def test_validation_refuses_an_exp5_module_the_layers_lack(tmp_path: Path):
+    code, lines = _validate(tmp_path, "tiny-random-olmo2")
+    assert code == 2
+    assert lines == [
+        f"error: {tmp_path / 'm.yaml'}:7:11: experiments[0].name: params.modules: OLMo-2 decoder layers have no "
+        "input_layernorm; name some of " + ", ".join(ARCHITECTURES["olmo2"].layer_modules)
+    ]
+
+
+def test_validation_refuses_an_attention_the_architecture_lacks(tmp_path: Path):
+    code, lines = _validate(tmp_path, "tiny-random-gemma2")
+    assert code == 2
+    assert lines == [
+        f"error: {tmp_path / 'm.yaml'}:9:11: experiments[1].name: attn_implementation 'sdpa' on Gemma-2: "
+        "transformers has no SDPA path for Gemma-2 (SDPA cannot soft-cap attention scores); use "
+        "attn_implementation: eager"
+    ]
+
+
+def test_validation_refuses_an_unknown_model_type(tmp_path: Path):
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    code, lines = _validate(tmp_path, str(folder))
+    assert code == 2
+    known = ", ".join(ARCHITECTURES)
+    assert lines == [
+        f"error: {tmp_path / 'm.yaml'}:{row}:11: experiments[{index}].name: {name} needs a model architecture the "
+        f"toolkit has checked; model_type 'gpt2' is not one of {known} (docs/models.md says what adding one takes)"
+        for row, index, name in ((7, 0, "exp5.module_lipschitz"), (9, 1, "exp4.generate"))
+    ]
+
+
+@pytest.mark.parametrize("source", ["tiny-random-llama", "tiny-random-qwen3", "tiny-random-phi3", "tiny-random-mistral"])
+def test_validation_accepts_the_same_manifest_where_it_fits(tmp_path: Path, source: str):
+    code, lines = _validate(tmp_path, source)
+    assert (code, lines) == (0, [])

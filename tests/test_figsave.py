@@ -60,7 +60,13 @@ def test_every_plot_lives_in_its_family_figures_module():
     for name in experiments.REGISTRY:
         plot = experiments.get(name).plot
         family = name.split(".")[0]
-        assert plot.__module__ == f"toolkit.experiments.{family}.figures", name
+        short = name.split(".")[1]
+        # the family's figures module; an experiment whose figures would push it past ~400 lines keeps
+        # them in <short>_figures beside it (exp4.census)
+        assert plot.__module__ in (
+            f"toolkit.experiments.{family}.figures",
+            f"toolkit.experiments.{family}.{short}_figures",
+        ), name
         assert plot.__name__ == f"plot_{name.split('.')[1]}", name
 
 

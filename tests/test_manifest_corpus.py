@@ -279,7 +279,7 @@ CASES = [
     c(
         "model-kv-cache-string",
         _replace("{source: tiny-random-llama}", "{source: tiny-random-llama, kv_cache: 'yes'}"),
-        "model.kv_cache: must be one of True, False",
+        "model.kv_cache: must be one of true, false, got 'yes'",
         lines=1,
     ),
     c(

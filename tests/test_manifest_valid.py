@@ -39,14 +39,20 @@ def _ids(path: Path) -> list[str]:
     return sorted(build_plan(load_manifest(path)).tasks)
 
 
-def test_shipped_manifest_expands_to_nine_tasks_in_two_stages():
+def test_shipped_manifest_expands_to_thirteen_tasks_in_two_stages():
     manifest = load_manifest(SHIPPED)
     assert manifest.campaign == "gpu-divergence" and manifest.targets == ("a100", "h100")
     assert len(manifest.prompts) == 4 and manifest.site.name == "default"
     plan = build_plan(manifest)
-    assert len(plan.tasks) == 9 and len(plan.stages) == 2
+    assert len(plan.tasks) == 13 and len(plan.stages) == 2
     generate, compare = plan.tasks_of("generate"), plan.tasks_of("compare")
-    assert len(generate) == 8 and len(compare) == 1
+    batch = plan.tasks_of("generate_batch")  # the batch axis (#14): float32, batch of 4
+    assert len(generate) == 8 and len(batch) == 4 and len(compare) == 1
+    assert {(t.target, t.repeat, t.numerics.dtype, t.numerics.batch_size) for t in batch} == {
+        (target, repeat, "float32", 4) for target in ("a100", "h100") for repeat in (0, 1)
+    }
+    assert all(t.numerics.batch_size == 1 for t in generate)
+    assert set(compare[0].inputs) == {t.task_id for t in generate + batch}
     combos = {(t.target, t.repeat, t.numerics.dtype) for t in generate}
     assert combos == {
         (target, repeat, dtype) for target in ("a100", "h100") for repeat in (0, 1) for dtype in ("float32", "bfloat16")
@@ -54,8 +60,8 @@ def test_shipped_manifest_expands_to_nine_tasks_in_two_stages():
     assert all(t.stage == 1 and t.inputs == () for t in generate)
     assert all(t.params["max_new_tokens"] == 48 and t.params["top_k"] == 20 for t in generate)
     assert compare[0].stage == 2 and compare[0].target == ANY_TARGET
-    assert [s.exp_ids for s in plan.stages] == [("generate",), ("compare",)]
-    assert len({t.task_id for t in plan.tasks.values()}) == 9
+    assert [s.exp_ids for s in plan.stages] == [("generate", "generate_batch"), ("compare",)]
+    assert len({t.task_id for t in plan.tasks.values()}) == 13
 
 
 def test_task_ids_are_stable_and_follow_params_not_formatting(tmp_path: Path):
@@ -74,7 +80,7 @@ def test_task_ids_are_stable_and_follow_params_not_formatting(tmp_path: Path):
     changed = text.replace("max_new_tokens: 48", "max_new_tokens: 49")
     assert changed != text
     changed_ids = _ids(_write(tmp_path / "param", changed))
-    assert len(changed_ids) == 9 and not set(changed_ids) & set(first)
+    assert len(changed_ids) == 13 and not set(changed_ids) & set(first)
 
     # A changed prompt changes every id too (prompts are part of the identity).
     prompt = text.replace("The capital of France is", "The capital of Italy is")
@@ -151,14 +157,14 @@ def test_plan_cli_lists_every_task_and_the_gres(tmp_path: Path):
     for task_id in plan.tasks:
         assert task_id in result.out
     assert "--gres=gpu:a100:1" in result.out and "--gres=gpu:h100:1" in result.out
-    assert "9 task(s) in 2 stage(s)" in result.out
+    assert "13 task(s) in 2 stage(s)" in result.out
     assert set(tmp_path.iterdir()) == before  # a dry run creates nothing
 
 
 def test_validate_cli_accepts_the_shipped_manifest(tmp_path: Path):
     result = run_cli("validate", str(SHIPPED), cwd=tmp_path, timeout=60)
     assert result.code == 0, result.err
-    assert "valid — campaign gpu-divergence, 9 task(s) in 2 stage(s)" in result.out
+    assert "valid — campaign gpu-divergence, 13 task(s) in 2 stage(s)" in result.out
     assert list(tmp_path.iterdir()) == []
 
 

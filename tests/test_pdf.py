@@ -141,7 +141,7 @@ def test_teacher_forcing_equals_per_prefix_loop(clean: Path, one_torch_thread: N
             )
         }
         figures = sorted(p.name for p in (clean / "campaigns" / "clean" / "figures").iterdir())
-    assert figures == [f"words_{run.task_id}.csv", f"words_{run.task_id}.png"]
+    assert figures == ["report.html", f"words_{run.task_id}.csv", f"words_{run.task_id}.png"]
     assert len(words) == sum(len(p.split()) for p in PAGES)
     assert ids.tolist() == tokenizer(" ".join(PAGES)).input_ids  # the text as extracted and joined
     spans = list(zip(table["token_start"].tolist(), table["token_end"].tolist()))

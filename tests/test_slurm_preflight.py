@@ -203,7 +203,7 @@ def test_main_manifest_passes_the_slurm_preflight_of_the_test_cluster():
         "slurm preflight: 3 array(s) and the gather job fit the nodes of 2 node(s) in 4 partition(s)"
     )
     assert (
-        "  array s1-a100: 4 task(s)  --partition=batch --constraint=a100 --gres=gpu:a100:1 --time=60 "
+        "  array s1-a100: 6 task(s)  --partition=batch --constraint=a100 --gres=gpu:a100:1 --time=60 "
         "--cpus-per-task=4 --mem=4096M" in result.out.splitlines()
     )
 

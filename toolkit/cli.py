@@ -288,10 +288,12 @@ def model() -> None:
 
 @model.command("prepare")
 @click.argument("name", default="smollm2-135m")
-def model_prepare(name: str) -> None:
+@click.option("--all", "every", is_flag=True, help="Prepare every packaged model (what the container image does).")
+def model_prepare(name: str, every: bool) -> None:
     """Write a packaged model once into the local cache as a model folder; its path is the last line.
 
-    smollm2-135m is converted from the wheel (about 45 s); tiny-random-<arch> is built locally."""
+    smollm2-135m is converted from the wheel (about 45 s); tiny-random-<arch> is built locally (a few
+    seconds, 16 MB). With --all, every packaged model, one path per line."""
     from toolkit.manifest.rules import did_you_mean
     from toolkit.models.packaged import PACKAGED
 
@@ -302,7 +304,8 @@ def model_prepare(name: str) -> None:
     from toolkit.models import tiny_random
     from toolkit.models.loading import prepare_packaged
 
-    click.echo(str(tiny_random.prepare(name) if name in tiny_random.NAMES else prepare_packaged()))
+    for each in PACKAGED if every else [name]:
+        click.echo(str(tiny_random.prepare(each) if each in tiny_random.NAMES else prepare_packaged()))
 
 
 def _wait_for_children(timeout_s: float = 10.0) -> None:

@@ -111,7 +111,7 @@ def render(campaign_dir: Path, figures_dir: Path) -> str:
             summary = [r for r in runs if r.experiment == SUMMARY_EXPERIMENT]
             body.append(_section("Classes and survival", _figures(summary, figures_dir, summaries=True), "summary"))
             others = [r for r in runs if r.experiment != SUMMARY_EXPERIMENT]
-            body.append(_section("Figures", _figures(others, figures_dir), "figures"))
+            body.append(_section("Figures", _figures(others, figures_dir), "gallery"))
             body.append(_section("Runs", _run_table(store), "runs"))
             body.append(_section("Failures", _failures(failures, plan_tasks), "failures"))
             body.append(_section("Provenance", _provenance(runs), "provenance"))

@@ -138,8 +138,16 @@ def prepare(name: str) -> Path:
     target = folder_for(name, tokenizer)
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:  # a read-only cache: a container image, a shared cache without write access
+        raise ModelError(
+            f"{name} is not prepared in {target.parent} and it cannot be written there ({exc.strerror}); run "
+            f"'toolkit model prepare {name}' where $TOOLKIT_CACHE is writable (the production image prepares "
+            "every packaged model)"
+        ) from exc
     try:
         build(arch, tokenizer).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
