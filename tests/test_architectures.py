@@ -291,7 +291,9 @@ def test_validation_refuses_an_unknown_model_type(tmp_path: Path):
     ]
 
 
-@pytest.mark.parametrize("source", ["tiny-random-llama", "tiny-random-qwen3", "tiny-random-phi3", "tiny-random-mistral"])
+@pytest.mark.parametrize(
+    "source", ["tiny-random-llama", "tiny-random-qwen3", "tiny-random-phi3", "tiny-random-mistral"]
+)
 def test_validation_accepts_the_same_manifest_where_it_fits(tmp_path: Path, source: str):
     code, lines = _validate(tmp_path, source)
     assert (code, lines) == (0, [])

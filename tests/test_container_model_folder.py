@@ -33,7 +33,7 @@ container: {{runtime: podman, image: {image}}}
 """
 
 
-def test_model_folder_is_bound_read_only_into_podman_tasks(tmp_path, image):  # noqa: F811
+def test_model_folder_is_bound_read_only_into_podman_tasks(tmp_path, image):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

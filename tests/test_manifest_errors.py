@@ -166,7 +166,11 @@ CASES = [
     case(
         "attn-implementation-unknown",
         GOOD.replace("{source: tiny-random-llama}", "{source: tiny-random-llama, attn_implementation: flash}"),
-        ("2:57", "model.attn_implementation: must be one of eager, sdpa, sdpa_math, sdpa_efficient, sdpa_flash, flash_attention_2, got 'flash'"),
+        (
+            "2:57",
+            "model.attn_implementation: must be one of eager, sdpa, sdpa_math, sdpa_efficient, sdpa_flash, "
+            "flash_attention_2, got 'flash'",
+        ),
     ),
     case(
         "python-tag-sequence",
