@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_task
+from conftest import make_task, submit_campaign
 
 K = 4  # top-k kept per step
 
@@ -226,3 +226,32 @@ def test_identical_classes_and_summary(compared) -> None:
     assert summary.splitlines()[-1] == (
         "  A vs B: 1/2 prompts diverged (median step 3, earliest 3); logits first differ at step 1"
     )
+
+
+BATCH_LABELS = """\
+campaign: labels
+output: {output}
+model: {{source: tiny-random-llama, dtype: float32, attn_implementation: eager}}
+prompts: ["The capital of France is"]
+targets: [cpu]
+experiments:
+  - name: exp4.generate
+    id: alone
+    params: {{max_new_tokens: 2, top_k: 2, stop_at_eos: false}}
+  - name: exp4.generate
+    id: batched
+    params: {{max_new_tokens: 2, top_k: 2, stop_at_eos: false}}
+    numerics: {{batch_size: 2}}
+  - name: exp4.compare
+    id: compare
+    needs: [alone, batched]
+"""
+
+
+def test_runs_that_differ_only_in_batch_size_get_different_labels(tmp_path):
+    """Two classes that differ only in a #14 key are told apart in compare's labels and listing."""
+    campaign = submit_campaign(tmp_path, BATCH_LABELS, no_plot=True)
+    with campaign.store() as store:
+        compare = next(r for r in store.runs() if r.experiment == "exp4.compare")
+        labels = sorted(x.decode() for x in compare["run_labels"])
+    assert labels == ["cpu r0 float32/eager/kv", "cpu r0 float32/eager/kv/batch_size=2"]
