@@ -90,6 +90,7 @@ SHOW_TASK = {
     "run_uid": str,
     "params": dict,
     "numerics": dict,
+    "numerics_label": str,
     "model": dict,
     "inputs": list,
     "provenance": dict,

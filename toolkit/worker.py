@@ -119,6 +119,9 @@ def run_one(
         "repeat": task.repeat,
         "params": task.params,
         "numerics": task.numerics.to_dict(),
+        # The label with every non-default key (`float32/eager/kv/batch_size=4`): readers below the
+        # manifest layer name runs by it without knowing the defaults.
+        "numerics_label": task.numerics.label(),
         "model": model_identity,
         "inputs": list(task.inputs),
         "provenance": {**provenance.collect(device, flags), **_device_identity(device)},

@@ -77,7 +77,13 @@ class RunView:
         )
 
     def label(self) -> str:
-        """Human label used in tables and figures, e.g. `a100 r0 bfloat16/eager/kv`."""
+        """Human label used in tables and figures, e.g. `a100 r0 bfloat16/eager/kv`, with every
+        non-default numerics key the worker recorded (`a100 r0 float32/eager/kv/batch_size=4`), so
+        runs that differ only in batch size, logits path or weights dtype never share a label.  A run
+        stored before that label was recorded gets the three original keys."""
+        recorded = self.attrs.get("numerics_label")
+        if recorded:
+            return f"{self.target} r{self.repeat} {recorded}"
         n = self.numerics
         kv = "kv" if n.get("kv_cache", True) else "full"
         return f"{self.target} r{self.repeat} {n.get('dtype', '?')}/{n.get('attn_implementation', '?')}/{kv}"

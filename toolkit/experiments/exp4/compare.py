@@ -116,21 +116,9 @@ def identity_labels(runs: list[Any]) -> list[str]:
     labels = []
     for run, identity in zip(runs, identities):
         extra = ", ".join(f"{f} {identity.get(f, '-')}" for f in differ)
-        plain = numerics_label(run)
+        plain = run.label()
         labels.append(f"{plain} {{{extra}}}" if extra else plain)
     return labels
-
-
-def numerics_label(run: Any) -> str:
-    """`target rN` and the run's numerics label with every non-default key added since #14
-    (`a100 r0 float32/eager/kv/batch_size=4`): runs that differ only in batch size, logits path or
-    weights dtype must not share a label in the class listings.  A key a run was stored without
-    (before it existed) counts as its default."""
-    from toolkit.manifest import Numerics
-    from toolkit.manifest.model import NUMERICS_FIELDS
-
-    stored = {**Numerics().to_dict(), **run.numerics}
-    return f"{run.target} r{run.repeat} {Numerics(**{k: stored[k] for k in NUMERICS_FIELDS}).label()}"
 
 
 def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
