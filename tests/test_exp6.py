@@ -9,7 +9,6 @@ directions, and token_flip's nearest flip reproduced by an independent forward i
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -219,21 +218,37 @@ def test_params_are_validated_and_the_shipped_manifest_is_valid(write_manifest):
     assert shipped.code == 0, shipped.err
 
 
-def test_token_flip_refuses_upstream_runs_of_other_numerics(run_context):
+def test_token_flip_refuses_upstream_runs_of_other_numerics(run_context, tmp_path):
     from toolkit.experiments.exp6 import token_flip
     from toolkit.manifest import Numerics
+    from toolkit.store.gather import gather
+    from toolkit.store.reader import Store
+    from toolkit.store.shard import open_shard
 
-    # a stand-in store (unit test of the selection): one upstream fp32 run on target cpu
-    upstream = SimpleNamespace(target="cpu", numerics=Numerics(dtype="float32").to_dict(), task_id="abc")
-    store = SimpleNamespace(runs=lambda experiment, ids: [upstream] if experiment == "exp6.equal_logits" else [])
-    ctx = run_context("exp6.token_flip", Numerics(dtype="bfloat16"), model=False, store=store, inputs=("abc",))
-    assert token_flip.matching_runs(ctx) == []
-    with pytest.raises(
-        ValueError, match="no exp6.equal_logits run with this task's target 'cpu' and numerics bfloat16/eager/kv"
-    ):
-        token_flip.run(ctx, token_flip.Params())
-    ctx.numerics = Numerics(dtype="float32")
-    assert token_flip.matching_runs(ctx) == [upstream]
+    # a real store holding one upstream fp32 exp6.equal_logits run on target cpu (no datasets needed:
+    # the selection reads attributes only)
+    attrs = {
+        "experiment": "exp6.equal_logits",
+        "exp_id": "equal",
+        "target": "cpu",
+        "repeat": 0,
+        "params": {},
+        "numerics": Numerics(dtype="float32").to_dict(),
+        "model": {},
+        "inputs": [],
+        "provenance": {},
+    }
+    with open_shard(tmp_path, "abc", attrs):
+        pass
+    gather(tmp_path, manifest_text="")
+    with Store(tmp_path / "store.h5") as store:
+        ctx = run_context("exp6.token_flip", Numerics(dtype="bfloat16"), model=False, store=store, inputs=("abc",))
+        with pytest.raises(
+            ValueError, match="no exp6.equal_logits run with this task's target 'cpu' and numerics bfloat16/eager/kv"
+        ):
+            token_flip.run(ctx, token_flip.Params())
+        same = ctx.inputs.matching("exp6.equal_logits", target="cpu", numerics=Numerics(dtype="float32"))
+        assert [r.task_id for r in same] == ["abc"]
 
 
 def test_tie_primitives():

@@ -5,11 +5,12 @@ lines of the script submitit writes for one array.  Pure: no Slurm needed (submi
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import pytest
 from conftest import REPO
 
-from toolkit.launch.sites import sbatch_lines, sbatch_options
+from toolkit.launch.sites import sbatch_options
 from toolkit.manifest import Resources, load_manifest
 from toolkit.manifest.site import load_site
 from toolkit.plan import ANY_TARGET, build_plan
@@ -64,6 +65,12 @@ EXPECTED_LINES = {
         #SBATCH --cpus-per-task=1
         #SBATCH --mem=4G""",
 }
+
+
+def sbatch_lines(options: dict[str, Any]) -> list[str]:
+    """The options as `#SBATCH` lines, in a stable order (how a reader checks them against a site's docs)."""
+    lines = [f"#SBATCH --{k}={v}" for k, v in options.items() if k != "extra"]
+    return lines + [f"#SBATCH {line}" for line in options.get("extra", [])]
 
 
 @pytest.mark.parametrize("site_name,target,gather", sorted(EXPECTED_LINES))

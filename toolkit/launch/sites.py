@@ -71,12 +71,6 @@ def _gres_with_count(gres: str, count: int) -> str:
     return ":".join(parts + [str(count)])
 
 
-def sbatch_lines(options: dict[str, Any]) -> list[str]:
-    """The options as `#SBATCH` lines, in a stable order."""
-    lines = [f"#SBATCH --{k}={v}" for k, v in options.items() if k != "extra"]
-    return lines + [f"#SBATCH {line}" for line in options.get("extra", [])]
-
-
 def gpu_target(site: SiteProfile, target: str, resources: Resources) -> bool:
     """Whether a task job of `target` is given GPUs by Slurm (a gres or gpus option survives):
     the container runtime exposes GPUs to exactly those jobs, never to CPU targets or gathers."""

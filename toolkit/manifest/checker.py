@@ -203,11 +203,11 @@ class Checker:
         """`device_map: auto` splits the model over devices; an experiment taking JVPs through the
         model (its NEEDS_EAGER_ATTENTION, torch.func.jvp) cannot run on a model split by accelerate."""
         from toolkit import experiments as registry
-        from toolkit.manifest.experiments import _param_points  # every sweep point's Params
+        from toolkit.manifest.experiments import param_points  # every sweep point's Params
 
         for spec in experiments:
             module = registry.get(spec.name)
-            if any(registry.needs_eager_attention(module, p) for p, _ in _param_points(spec, module)):
+            if any(registry.needs_eager_attention(module, p) for p, _ in param_points(spec, module)):
                 self.problem(
                     ("model", "device_map"),
                     f"is auto, but {spec.name} (entry {spec.id!r}) takes JVPs through the model "

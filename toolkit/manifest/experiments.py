@@ -311,7 +311,7 @@ def _numerics_points(spec: ExperimentSpec) -> list[tuple[Numerics, tuple[Any, ..
     return points
 
 
-def _param_points(spec: ExperimentSpec, module: Any) -> Any:
+def param_points(spec: ExperimentSpec, module: Any) -> Any:
     """The Params of every sweep point over params (lazily; the base params when none is swept)."""
     keys = [k for k in spec.sweep if k not in NUMERICS_FIELDS]
     if not keys:
@@ -333,7 +333,7 @@ def _check_eager(checker: Checker, entry: _Entry) -> None:
     assert spec is not None
     module = experiments.get(spec.name)
     needing = None
-    for params, point in _param_points(spec, module):
+    for params, point in param_points(spec, module):
         if experiments.needs_eager_attention(module, params):
             needing = point
             break

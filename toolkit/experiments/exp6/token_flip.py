@@ -115,11 +115,6 @@ def run(ctx: RunContext, params: Params) -> None:
     bar.update(bar.total - bar.done)
 
 
-def matching_runs(ctx: RunContext) -> list[RunView]:
-    """Upstream exp6.equal_logits runs with this task's target and numerics (stable order; may be none)."""
-    return ctx.inputs.matching("exp6.equal_logits", target=ctx.task.target, numerics=ctx.numerics, min_runs=0)
-
-
 def _n_directions(run: RunView, key: str, params: Params) -> int:
     return len(params.directions) or int(run.group[f"prompts/{key}/right_vectors"].shape[0])
 
