@@ -27,8 +27,26 @@ def task_slurm_states(campaign_dir: Path) -> dict[str, tuple[str, str]]:
     return {task: slurm_state.element_state(states, array, index) for task, (array, index) in jobs.items()}
 
 
-def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str], None], poll_s: float = 2.0) -> None:
-    """Poll sacct until the last gather completes; raise TaskFailed naming failed tasks."""
+#: Polling of `--wait`: every cycle asks sacct and squeue once for all jobs.  The interval starts at
+#: POLL_MIN_S, grows by POLL_GROWTH while nothing changes (no job state, no finished shard), never
+#: exceeds POLL_MAX_S nor POLL_SHARE of the time waited so far (so the delay it adds after the last
+#: change is at most that share of the wall time), and drops back to POLL_MIN_S on any change.
+POLL_MIN_S = 2.0
+POLL_MAX_S = 60.0
+POLL_GROWTH = 1.5
+POLL_SHARE = 0.1
+
+
+def next_poll(interval: float, changed: bool, waited_s: float) -> float:
+    """The seconds to sleep before the next cycle (see POLL_MIN_S): shared clusters punish polling."""
+    if changed:
+        return POLL_MIN_S
+    return max(POLL_MIN_S, min(POLL_MAX_S, interval * POLL_GROWTH, POLL_SHARE * waited_s))
+
+
+def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str], None]) -> None:
+    """Poll sacct (interval: `next_poll`) until the last gather completes; raise TaskFailed naming
+    failed tasks."""
     tasks = [t for stage in record["stages"] for a in stage["arrays"] for t in a["task_ids"]]
     gathers = [stage["gather"] for stage in record["stages"]]
     ids = [a["job_id"] for stage in record["stages"] for a in stage["arrays"]] + gathers
@@ -36,9 +54,12 @@ def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str],
     bar = Progress(len(tasks), "tasks", every_s=15.0)
     layout = CampaignDir(campaign_dir)
     seen = 0
+    start, interval, before = time.monotonic(), POLL_MIN_S, None
     while True:
         states = slurm_state.job_states(ids, elements)
         done = len(set(tasks) & set(layout.completed_shards()))
+        interval = next_poll(interval, (states, done) != before, time.monotonic() - start)
+        before = (states, done)
         if done > seen:
             bar.update(done - seen)
             seen = done
@@ -52,7 +73,7 @@ def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str],
             if _settled(states, stranded):
                 _cancel_stranded(states, stranded)
                 raise TaskFailed(_failure_message(failed, broken_gather, campaign_dir))
-        time.sleep(poll_s)
+        time.sleep(interval)
 
 
 def _failed_tasks(campaign_dir: Path, states: dict[str, tuple[str, str]]) -> dict[str, str]:
