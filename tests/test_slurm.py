@@ -97,6 +97,9 @@ def test_campaign_through_slurm_matches_local_run(tmp_path):
     assert local_result.code == 0, local_result.err
     folder = tmp_path / "campaigns" / "slurm-main"
     assert "5 task(s), 0 already complete, 5 to run (slurm executor)" in result.out
+    # --wait printed the tasks' Slurm states at least once (first look), each line naming all 5 tasks
+    queue_lines = [x for x in result.out.splitlines() if x.startswith("slurm: ")]
+    assert queue_lines and all(x.endswith(" of 5 task(s)") for x in queue_lines), result.out
     [record] = submissions(folder)
     stage1, stage2 = record["stages"]
     assert [a["target"] for a in stage1["arrays"]] == ["a100", "h100"]

@@ -1,4 +1,5 @@
-"""`toolkit submit --wait`'s polling interval (toolkit.launch.slurm_wait.next_poll): pure, no Slurm.
+"""`toolkit submit --wait`'s polling interval (toolkit.launch.slurm_wait.next_poll) and its state
+line (queue_line): pure, no Slurm.
 Shared clusters punish polling, so a campaign that waits without change must settle at one cycle
 (sacct + squeue) a minute, and a change must bring the next look back to 2 s."""
 
@@ -6,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.launch.slurm_wait import next_poll
+from toolkit.launch.slurm_wait import next_poll, queue_line
 
 
 def test_a_change_resets_the_interval_to_two_seconds():
@@ -42,3 +43,17 @@ def test_an_hour_in_the_queue_without_change():
         waited += interval
     assert last_ten_minutes == 10  # one cycle (2 scheduler calls) a minute once settled
     assert cycles < 100
+
+
+def test_queue_line_counts_every_task_element_once():
+    """Array 10 has 4 elements (one running, one pending by itself, two in a pending range line),
+    array 11 has 2 (one failed, one Slurm knows nothing of); the gather job 12 is not a task."""
+    states = {
+        "10_0": ("RUNNING", "a100-node"),
+        "10_1": ("PENDING", ""),
+        "10_[2-3]": ("PENDING", ""),
+        "11_0": ("FAILED", "h100-node"),
+        "12": ("PENDING", ""),
+    }
+    line = queue_line(states, {"10": range(4), "11": range(2)})
+    assert line == "slurm: 3 pending, 1 running, 1 failed, 1 unknown of 6 task(s)"

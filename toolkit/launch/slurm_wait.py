@@ -35,6 +35,11 @@ POLL_MIN_S = 2.0
 POLL_MAX_S = 60.0
 POLL_GROWTH = 1.5
 POLL_SHARE = 0.1
+#: `--wait` prints a line of task states when they change (at most every QUEUE_LINE_MIN_S) and
+#: at least every QUEUE_LINE_MAX_S, so a Slurm log shows the campaign is alive while it queues.
+QUEUE_LINE_MIN_S = 30.0
+QUEUE_LINE_MAX_S = 300.0
+_STATE_ORDER = ("PENDING", "RUNNING", "COMPLETED")
 
 
 def next_poll(interval: float, changed: bool, waited_s: float) -> float:
@@ -44,9 +49,22 @@ def next_poll(interval: float, changed: bool, waited_s: float) -> float:
     return max(POLL_MIN_S, min(POLL_MAX_S, interval * POLL_GROWTH, POLL_SHARE * waited_s))
 
 
+def queue_line(states: dict[str, tuple[str, str]], elements: dict[str, range]) -> str:
+    """`slurm: 1998 pending, 2 running of 2000 task(s)`: the tasks' Slurm states (gathers left out),
+    pending/running/completed first, then any other state (failed, requeued, ...) alphabetically."""
+    from collections import Counter
+
+    counts = Counter(
+        slurm_state.element_state(states, array, index)[0] for array, indices in elements.items() for index in indices
+    )
+    order = [s for s in _STATE_ORDER if s in counts] + sorted(set(counts) - set(_STATE_ORDER))
+    parts = ", ".join(f"{counts[s]} {s.lower()}" for s in order)
+    return f"slurm: {parts} of {sum(counts.values())} task(s)"
+
+
 def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str], None]) -> None:
-    """Poll sacct (interval: `next_poll`) until the last gather completes; raise TaskFailed naming
-    failed tasks."""
+    """Poll sacct (interval: `next_poll`) until the last gather completes, printing the tasks'
+    states (`queue_line`) as they change; raise TaskFailed naming failed tasks."""
     tasks = [t for stage in record["stages"] for a in stage["arrays"] for t in a["task_ids"]]
     gathers = [stage["gather"] for stage in record["stages"]]
     ids = [a["job_id"] for stage in record["stages"] for a in stage["arrays"]] + gathers
@@ -55,11 +73,16 @@ def wait_slurm(campaign_dir: Path, record: SlurmSubmission, say: Callable[[str],
     layout = CampaignDir(campaign_dir)
     seen = 0
     start, interval, before = time.monotonic(), POLL_MIN_S, None
+    said, said_at = "", start
     while True:
         states = slurm_state.job_states(ids, elements)
         done = len(set(tasks) & set(layout.completed_shards()))
         interval = next_poll(interval, (states, done) != before, time.monotonic() - start)
         before = (states, done)
+        line, since = queue_line(states, elements), time.monotonic() - said_at
+        if not said or (line != said and since >= QUEUE_LINE_MIN_S) or since >= QUEUE_LINE_MAX_S:
+            say(line)
+            said, said_at = line, time.monotonic()
         if done > seen:
             bar.update(done - seen)
             seen = done
