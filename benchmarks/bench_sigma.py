@@ -1,35 +1,32 @@
-"""Benchmark: top-5 singular values of J = ∂f/∂x, matrix-free vs full Jacobian + SVD, on SmolLM2-135M.
+"""Benchmark: exp2.lipschitz's top-5 σ of J = ∂f/∂x end to end through the CLI vs the full Jacobian + SVD.
 
-f = final-norm hidden state at the last position, x = the last token's input embedding (D = 576),
-fp32, eager attention, one short prompt.  Two methods, each in its own fresh subprocess (so that
-peak memory, read from `resource.getrusage(...).ru_maxrss`, belongs to that method alone):
+f = final-norm hidden state at the last position, x = the last token's input embedding.  Two
+sizes, each with the two prompts of `manifests/lipschitz.yaml`, fp32, eager attention:
 
-* matrix-free (toolkit): `JacobianOperator` + `top_singular` — subspace iteration on JᵀJ with a
-  block of k + 2 vectors, vmapped `torch.func.jvp` and `torch.func.vjp`, `--iterations` rounds;
-  run twice: J·v by forward mode (`jvp_mode=forward`, the default) and by reverse over reverse
-  (`jvp_mode=double_vjp`);
-* full (upstream): `torch.autograd.functional.jacobian(g, x, vectorize=True)` with g returning
-  `hidden_states[-1][0, -1]` of `model(inputs_embeds=..., output_hidden_states=True)`, then
-  `torch.linalg.svd(J, full_matrices=False)` — the upstream scripts' block.
+* D = 576: the packaged SmolLM2-135M;
+* D = 2048: a random Llama with hidden size 2048 (`--wide-layers` layers, intermediate 5632,
+  16 heads, 4 KV heads, SmolLM2's tokenizer), written to a temporary folder and loaded from there
+  as a user's local model.
 
-One more subprocess runs the upstream block on g's first D/8 outputs only, to measure how the full
-method's memory grows with the number of cotangents vmapped through the backward.
+Per size, in this run:
 
-Every worker uses `--threads` torch threads (default 1: on a shared machine, 2 threads slowed the
-matrix-free method's many small ops 5-10x through OpenMP waits, making the ratios meaningless).
-Memory is the method's *extra* peak: ru_maxrss after the method minus the process RSS just before
-it (model loaded, one warm-up forward done).  It is flagged if the method did not set a new peak.
-From the measured figures, the memory each method would need at D = 4096 is extrapolated:
+* toolkit, end to end: `python -m toolkit.cli submit <manifest> --executor local --no-plot`, the
+  manifest being exp2.lipschitz at its default solver settings (top_k 5, iterations 20,
+  oversample 2) with the finite-difference extras off (`n_random: 0, n_noise: 0`; the gains along
+  the 5 singular vectors, 10 ε each, stay on).  Wall time of the command: process start, model
+  load, store, gather included.
+* naive (upstream), end to end: one fresh process that loads the model with
+  `AutoModelForCausalLM.from_pretrained` and per prompt runs the upstream block,
+  `torch.autograd.functional.jacobian(g, x, vectorize=True)` with g returning
+  `hidden_states[-1][0, -1]` of the full model, then `torch.linalg.svd`.  Wall time of the process.
+* inner figures beside them: the naive process's seconds inside the Jacobian + SVD, and the
+  toolkit's σ phase (`toolkit.numerics.spectrum.top_singular_fast`) timed in a third process.
 
-* full: J (D² fp32) + D cotangents × (bytes per cotangent, measured slope) × (4096 / 576)
-  (each cotangent's transient gradients scale with the model width) + the intercept × width ratio;
-* matrix-free: the larger measured extra of its two modes × (4096 / 576) (one forward's saved
-  activations and b vectors per layer, both linear in width at fixed prompt length) + the
-  b·D float64 iteration vectors.
-
-These extrapolations assume the same depth and prompt length and an MLP/hidden ratio like
-SmolLM2's (Llama-3.1-8B's 14336/4096 = 3.5 vs 1536/576 = 2.7 makes the true figures ~30 % larger).
-Exits 1 if a subprocess fails or the two methods' σ disagree by more than 1e-3 relative.
+σ₁ of every prompt from the store must be within 1e-6 relative of the naive σ₁, else exit 1.  The
+naive method's achieved GFLOP/s (2·N·T per cotangent and prompt, N = non-embedding parameters) is
+printed as a fraction of a matmul peak measured in the same run (a 2048² fp32 matmul, best of 5).
+Every process runs with `--threads` torch threads (default 1, see the README: on a shared machine
+a second thread made small ops 5-10x slower through OpenMP waits).
 """
 
 from __future__ import annotations
@@ -37,179 +34,200 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-PROMPT = "The capital of France is"
-TARGET_D = 4096
+REPO = Path(__file__).resolve().parents[1]
+K = 5
 
 
-def _rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def prompts() -> list[str]:
+    """The prompts of the shipped exp2 manifest."""
+    import yaml
+
+    return list(yaml.safe_load((REPO / "manifests" / "lipschitz.yaml").read_text())["prompts"])
 
 
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def worker(method: str, k: int, iterations: int, prompt: str, threads: int) -> dict[str, Any]:
-    """Run one method in this process; return its time, memory and σ."""
+def wide_model(folder: Path, layers: int) -> Path:
+    """A random Llama with hidden size 2048 and SmolLM2's tokenizer, saved to `folder`."""
     import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if threads:
-        torch.set_num_threads(threads)
-    from toolkit.manifest import ModelSpec, Numerics
-    from toolkit.models.loading import load
-    from toolkit.numerics.embedding_forward import prompt_embeddings
+    from toolkit.models.loading import prepare_packaged
 
-    model, tokenizer, _ = load(
-        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(prepare_packaged())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
     )
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    embeds = prompt_embeddings(model, ids)
-    with torch.no_grad():
-        model(inputs_embeds=embeds, use_cache=False)  # warm-up
-    dim = embeds.shape[-1]
-    rss_before, peak_before = _rss_bytes(), _maxrss_bytes()
-    start = time.perf_counter()
-    if method.startswith("matrix-free"):
-        from toolkit.numerics.jacobian import JacobianOperator, top_singular
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
-        mode = "double_vjp" if method.endswith("double-vjp") else "forward"
-        op = JacobianOperator.for_model(model, ids, jvp_mode=mode)
-        result = top_singular(op, k, iterations=iterations, oversample=2)
-        sigma = result.sigma
-        extra = {"residual_max": float(result.residual.max()), "products": result.products}
-        outputs = dim
-    else:
-        outputs = dim if method == "full" else dim // 8
-        x = embeds[0, -1].clone().requires_grad_(True)
 
-        def g(z: Any) -> Any:  # the upstream function: clone E, write the row, hidden_states[-1]
+def naive_worker(folder: str, texts: list[str]) -> dict[str, Any]:
+    """The upstream block per prompt in this process: full Jacobian by autograd, then SVD."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sigmas, seconds, tokens = [], 0.0, []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        embeds = model.get_input_embeddings()(ids).detach()
+        start = time.perf_counter()
+
+        def g(z: Any, embeds: Any = embeds) -> Any:
             e = embeds.clone()
             e[0, -1] = z
-            return model(inputs_embeds=e, output_hidden_states=True, use_cache=False).hidden_states[-1][0, -1][:outputs]
+            return model(inputs_embeds=e, output_hidden_states=True, use_cache=False).hidden_states[-1][0, -1]
 
-        jac = torch.autograd.functional.jacobian(g, x, vectorize=True)
-        _, sigma, _ = torch.linalg.svd(jac, full_matrices=False)
-        sigma = sigma[:k].double()
-        extra = {"jacobian_shape": list(jac.shape)}
+        jac = torch.autograd.functional.jacobian(g, embeds[0, -1].clone(), vectorize=True)
+        sigma = torch.linalg.svdvals(jac)[:K].double()
+        seconds += time.perf_counter() - start
+        sigmas.append(sigma.tolist())
+        tokens.append(int(ids.shape[1]))
+    params = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "lm_head" not in name)
+    return {"sigma": sigmas, "seconds": seconds, "tokens": tokens, "params": params, "dim": int(embeds.shape[-1])}
+
+
+def inner_worker(folder: str, texts: list[str]) -> dict[str, Any]:
+    """The toolkit's σ phase per prompt in this process (exp2's defaults: k 5, 20 steps, oversample 2)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.numerics.spectrum import top_singular_fast
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    seconds, solvers = 0.0, []
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        start = time.perf_counter()
+        _, found = top_singular_fast(model, ids, K, max_steps=20, oversample=2)
+        seconds += time.perf_counter() - start
+        solvers.append(f"{found.solver} ({found.iterations} steps)" if found.iterations else found.solver)
+    return {"seconds": seconds, "solvers": solvers}
+
+
+def matmul_peak() -> float:
+    """Best-of-5 fp32 GFLOP/s of a 2048² matmul."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def run_process(cmd: list[str], threads: int) -> tuple[float, str]:
+    """(wall seconds, stdout) of a subprocess; exits 1 with its stderr if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's thread count in every process
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
     seconds = time.perf_counter() - start
-    peak_after = _maxrss_bytes()
-    return {
-        "method": method,
-        "seconds": seconds,
-        "extra_peak": peak_after - rss_before,
-        "new_peak": peak_after > peak_before,
-        "rss_before": rss_before,
-        "sigma": sigma.tolist(),
-        "dim": dim,
-        "outputs": outputs,
-        "threads": torch.get_num_threads(),
-        **extra,
-    }
-
-
-def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        method,
-        "--k",
-        str(args.k),
-        "--iterations",
-        str(args.iterations),
-        "--prompt",
-        args.prompt,
-        "--threads",
-        str(args.threads),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        print(f"bench_sigma: the {method} worker failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        print(f"bench_sigma: {' '.join(cmd[:4])} ... failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
         raise SystemExit(1)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return seconds, proc.stdout
 
 
-def mb(n: float) -> str:
-    return f"{n / 2**20:,.0f} MB" if n < 2**30 else f"{n / 2**30:,.2f} GB"
+def worker_cmd(kind: str, folder: str, texts: list[str]) -> list[str]:
+    return [sys.executable, __file__, "--worker", kind, "--folder", folder, "--texts", json.dumps(texts)]
+
+
+def toolkit_end_to_end(source: str, texts: list[str], root: Path, threads: int) -> tuple[float, list[float]]:
+    """(wall seconds of `toolkit submit`, σ₁ per prompt from the store)."""
+    from toolkit.store import Store
+
+    manifest = root / f"sigma-{abs(hash(source)) % 10**6}.yaml"
+    campaign = manifest.stem
+    manifest.write_text(
+        f"campaign: {campaign}\noutput: {root / 'campaigns'}\n"
+        f"model: {{source: {json.dumps(source)}, dtype: float32, attn_implementation: eager}}\n"
+        f"prompts: {json.dumps(texts)}\ntargets: [cpu]\n"
+        "experiments:\n  - name: exp2.lipschitz\n    params: {n_random: 0, n_noise: 0}\n"
+    )
+    cmd = [sys.executable, "-m", "toolkit.cli", "submit", str(manifest), "--executor", "local", "--no-plot"]
+    seconds, _ = run_process(cmd, threads)
+    with Store(root / "campaigns" / campaign / "store.h5") as store:
+        (run,) = store.runs("exp2.lipschitz")
+        sigma1 = [float(run.group[f"prompts/{i:03d}/sigma"][0]) for i in range(len(texts))]
+    return seconds, sigma1
+
+
+def one_size(name: str, source: str, folder: str, texts: list[str], root: Path, args: argparse.Namespace) -> bool:
+    """Run and print one size; False when σ₁ disagrees by more than 1e-6 relative."""
+    naive_wall, out = run_process(worker_cmd("naive", folder, texts), args.threads)
+    naive = json.loads(out.strip().splitlines()[-1])
+    _, out = run_process(worker_cmd("inner", folder, texts), args.threads)
+    inner = json.loads(out.strip().splitlines()[-1])
+    ours_wall, sigma1 = toolkit_end_to_end(source, texts, root, args.threads)
+    rel = max(abs(a - s[0]) / s[0] for a, s in zip(sigma1, naive["sigma"]))
+    flops = sum(2 * naive["params"] * t * naive["dim"] for t in naive["tokens"])
+    print(f"{name}: D = {naive['dim']}, prompts of {naive['tokens']} tokens, {args.threads} torch thread(s)")
+    print(
+        f"  end to end:  naive {naive_wall:.1f} s   toolkit submit {ours_wall:.1f} s   "
+        f"ratio {naive_wall / ours_wall:.2f}x"
+    )
+    print(
+        f"  sigma phase: naive {naive['seconds']:.1f} s   toolkit {inner['seconds']:.1f} s   "
+        f"ratio {naive['seconds'] / inner['seconds']:.1f}x   ({', '.join(inner['solvers'])})"
+    )
+    print(
+        f"  naive Jacobian ~{flops / naive['seconds'] / 1e9:.0f} GFLOP/s = "
+        f"{flops / naive['seconds'] / 1e9 / args.peak:.0%} of the measured matmul peak"
+    )
+    print(f"  sigma_1 store vs naive: max relative difference {rel:.1e} (bar 1e-6)")
+    return rel <= 1e-6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=5, help="singular values wanted (default 5)")
-    parser.add_argument("--iterations", type=int, default=15, help="subspace iterations (default 15)")
-    parser.add_argument("--prompt", default=PROMPT)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads in each worker (default 1; 0: torch's default). On a machine shared "
-        "with other jobs, more than 1 makes OpenMP threads wait for each other, which slowed "
-        "the matrix-free method's many small ops 5-10x and the full method's large ones ~1.5x",
-    )
-    parser.add_argument(
-        "--worker", choices=["matrix-free", "matrix-free-double-vjp", "full", "full-eighth"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every process (default 1)")
+    parser.add_argument("--wide-layers", type=int, default=2, help="decoder layers of the D = 2048 model (default 2)")
+    parser.add_argument("--skip-wide", action="store_true", help="only the packaged model (D = 576)")
+    parser.add_argument("--worker", choices=["naive", "inner"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--texts", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.k, args.iterations, args.prompt, args.threads)))
+        work = naive_worker if args.worker == "naive" else inner_worker
+        print(json.dumps(work(args.folder, json.loads(args.texts))))
         return
+    import torch
 
-    free = run_worker("matrix-free", args)
-    double = run_worker("matrix-free-double-vjp", args)
-    full = run_worker("full", args)
-    quarter = run_worker("full-eighth", args)
-    d = free["dim"]
-    rel = max(abs(a - b) / b for r in (free, double) for a, b in zip(r["sigma"], full["sigma"]))
-    print(f"model: SmolLM2-135M fp32 eager, D = {d}, prompt {args.prompt!r}, {free['threads']} torch threads")
-    print(f"sigma top-{args.k} (full SVD):  " + ", ".join(f"{s:.6g}" for s in full["sigma"]))
-    print(
-        f"sigma top-{args.k} (matrix-free): "
-        + ", ".join(f"{s:.6g}" for s in free["sigma"])
-        + f"  (max rel. diff {rel:.1e}, residual {free['residual_max']:.1e})"
-    )
-    for r, name in (
-        (free, f"matrix-free, forward-mode JVP ({args.iterations} it., block {args.k + 2}, {r_products(free)})"),
-        (double, f"matrix-free, double-VJP JVP ({r_products(double)})"),
-        (full, f"full Jacobian {d}x{d} + SVD (upstream)"),
-        (quarter, f"full, {quarter['outputs']} outputs only"),
-    ):
-        flag = "" if r["new_peak"] else "  [peak not set by the method: an upper bound from earlier]"
-        print(f"{name}: {r['seconds']:.1f} s, extra peak memory {mb(r['extra_peak'])}{flag}")
-    for r, name in ((free, "forward-mode"), (double, "double-VJP")):
-        print(
-            f"ratio full / matrix-free ({name}): time {full['seconds'] / r['seconds']:.2f}x, "
-            f"memory {full['extra_peak'] / max(r['extra_peak'], 1):.1f}x"
-        )
-    slope = (full["extra_peak"] - quarter["extra_peak"]) / (full["outputs"] - quarter["outputs"])
-    intercept = max(full["extra_peak"] - slope * full["outputs"], 0)
-    width = TARGET_D / d
-    full_4096 = TARGET_D**2 * 4 + TARGET_D * slope * width + intercept * width
-    free_4096 = max(free["extra_peak"], double["extra_peak"]) * width + (args.k + 2) * TARGET_D * 8 * 4
-    print(
-        f"full method: {slope / 2**10:,.0f} KB per cotangent (measured slope over "
-        f"{quarter['outputs']}..{full['outputs']} outputs), intercept {mb(intercept)}"
-    )
-    print(
-        f"extrapolated to D = {TARGET_D} (same depth/prompt, widths x{width:.2f}): full {mb(full_4096)} "
-        f"(J itself {mb(TARGET_D**2 * 4)}), matrix-free {mb(free_4096)} (the larger of its two modes); "
-        f"ratio {full_4096 / free_4096:.0f}x"
-    )
-    if rel > 1e-3:
-        print(f"bench_sigma: FAIL: the methods disagree (max relative σ difference {rel:.1e})", file=sys.stderr)
+    from toolkit.models.loading import prepare_packaged
+
+    torch.set_num_threads(args.threads)
+    args.peak = matmul_peak()
+    print(f"matmul peak (2048^2 fp32, {args.threads} thread(s)): {args.peak:.0f} GFLOP/s")
+    texts = prompts()
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench-sigma-") as tmp:
+        root = Path(tmp)
+        ok &= one_size("SmolLM2-135M", "smollm2-135m", str(prepare_packaged()), texts, root, args)
+        if not args.skip_wide:
+            folder = str(wide_model(root / "wide-2048", args.wide_layers))
+            ok &= one_size(f"random Llama, {args.wide_layers} layers", folder, folder, texts, root, args)
+    if not ok:
+        print("bench_sigma: FAIL: sigma_1 differs from the full-Jacobian SVD by more than 1e-6", file=sys.stderr)
         raise SystemExit(1)
-
-
-def r_products(result: dict[str, Any]) -> str:
-    products = result.get("products", {})
-    return f"{products.get('jvp', 0)} JVP + {products.get('vjp', 0)} VJP"
 
 
 if __name__ == "__main__":

@@ -83,14 +83,15 @@ def record_settings(ctx: RunContext, p: LayerSweepParams, use_true_fp64: bool) -
 
 def measure_prompt(
     ctx: RunContext, p: LayerSweepParams, prompt: str, eps: Any, bar: Progress, keep_final: bool
-) -> tuple[dict[str, Any], Any]:
-    """(datasets, JacobianOperator): top-k directions of J and the layer sweep for one prompt
-    (also used by exp3.precision, which keeps f(x̃) − f(x) with `keep_final`).
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """(datasets, JacobianOperator, attrs): top-k directions of J and the layer sweep for one prompt
+    (also used by exp3.precision, which keeps f(x̃) − f(x) with `keep_final`); attrs say how the
+    directions were found (`toolkit.numerics.session.solver_attrs`).
     """
     import numpy as np
 
     from toolkit.numerics.divergence import change_scale, layer_sweep
-    from toolkit.numerics.session import prompt_singular
+    from toolkit.numerics.session import prompt_singular, solver_attrs
 
     ids, op, triplets = prompt_singular(ctx, prompt, p, bar.update)
     bar.update()
@@ -108,4 +109,4 @@ def measure_prompt(
         "eps_half_change": scales[:, 1],
         **sweep,
     }
-    return data, op
+    return data, op, solver_attrs(triplets)

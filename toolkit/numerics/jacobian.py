@@ -4,7 +4,8 @@ f is a function from one token's embedding x ∈ R^D to a hidden state in R^M (s
 `toolkit.numerics.embedding_forward.make_f`).  `JacobianOperator` applies J (JVP, forward mode,
 `torch.func.jvp`, or optionally reverse-over-reverse) and Jᵀ (VJP, reverse mode,
 `torch.func.vjp`) to blocks of vectors without ever forming J; `top_singular` finds the k
-largest singular values by subspace (block power) iteration on JᵀJ.  Memory: O(b·(D+M)) for a
+largest singular values by subspace (block power) iteration on JᵀJ, and `rayleigh_ritz` the
+triplets of J on a given subspace (the last step of both it and `toolkit.numerics.spectrum`).  Memory: O(b·(D+M)) for a
 block of b vectors plus one forward's activations, instead of the M×D Jacobian plus the
 activations of a backward vmapped over M cotangents.
 
@@ -149,6 +150,8 @@ class TopSingular:
     iterations: int = 0
     block_size: int = 0
     products: dict[str, int] = field(default_factory=dict)
+    solver: str = "subspace/full"  # how the basis was found / on which operator (toolkit.numerics.spectrum)
+    solver_note: str = ""
 
 
 def top_singular(
@@ -194,7 +197,25 @@ def top_singular(
             progress()
         if tol is not None and history[-1] < tol:
             break
-    image = op.jvp(basis.T).T  # [M, b] = J·V
+    result = rayleigh_ritz(op, basis, k)
+    result.residual_history = history
+    result.iterations = done
+    result.block_size = block
+    return result
+
+
+def rayleigh_ritz(op: JacobianOperator, basis: Any, k: int, image: Any = None) -> TopSingular:
+    """Top-k triplets of J restricted to span(basis) ([D, b] orthonormal columns, float64).
+
+    The SVD of J·V (b JVPs, or `image` [M, b] when the caller has it) gives σ accurate to the
+    square of the subspace error and the left vectors; right = V·(its right factor), signed by
+    `_sign_convention`; then one VJP block measures each triplet's residual ‖Jᵀu − σv‖/σ
+    against op's J.
+    """
+    import torch
+
+    if image is None:
+        image = op.jvp(basis.T).T  # [M, b] = J·V
     left, sigma, vt = torch.linalg.svd(image, full_matrices=False)
     right = (basis @ vt.T).T[:k]  # [k, D]
     left, sigma = left.T[:k], sigma[:k]
@@ -204,16 +225,7 @@ def top_singular(
     residual = torch.linalg.vector_norm(back - sigma[:, None] * right, dim=1) / sigma.clamp_min(
         torch.finfo(torch.float64).tiny
     )
-    return TopSingular(
-        sigma=sigma,
-        right=right,
-        left=left,
-        residual=residual,
-        residual_history=history,
-        iterations=done,
-        block_size=block,
-        products=dict(op.products),
-    )
+    return TopSingular(sigma=sigma, right=right, left=left, residual=residual, products=dict(op.products))
 
 
 def _sign_convention(rows: Any) -> Any:

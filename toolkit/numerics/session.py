@@ -8,7 +8,7 @@ true-fp64 patches, recording in the task's attrs what was patched (`true_fp64_pa
 where the experiment records it, the attention implementation in force (`attention_during_run`).
 exp6.token_flip reuses (3) with its own decision.  One place, so the stored record cannot drift.
 `prompt_singular` is the per-prompt start of exp1 and exp2: tokenise, build the Jacobian operator at
-the last token's embedding, take its top-k singular triplets.
+the last token's embedding, take its top-k singular triplets (`toolkit.numerics.spectrum`).
 """
 
 from __future__ import annotations
@@ -91,13 +91,39 @@ def model_arithmetic(ctx: Session, use_true_fp64: bool, attention: str | None = 
 
 def prompt_singular(ctx: Session, prompt: str, p: Any, tick: Callable[[], None]) -> tuple[Any, Any, Any]:
     """(input_ids [1,T], JacobianOperator of f at the prompt's last-token embedding, top-k triplets):
-    the first step of exp1 and exp2 per prompt.  p supplies top_k, iterations, oversample, seed
-    and jvp_mode; ValueError when top_k exceeds the embedding dimension; `tick` per iteration."""
-    from toolkit.numerics.jacobian import JacobianOperator, top_singular
+    the first step of exp1 and exp2 per prompt.  p supplies top_k, iterations (the most Krylov
+    steps), oversample, seed and jvp_mode; ValueError when top_k exceeds the embedding dimension;
+    `tick` per Krylov step.  The triplets come from `toolkit.numerics.spectrum.top_singular_fast`
+    (basis on the cheapest exact operator, σ and residuals from f itself); the operator returned
+    is f's own, the one finite differences must use."""
+    from toolkit.numerics.embedding_forward import prompt_embeddings
+    from toolkit.numerics.spectrum import top_singular_fast
 
     ids = ctx.encode(prompt)
-    op = JacobianOperator.for_model(ctx.model, ids, jvp_mode=p.jvp_mode)
-    if p.top_k > op.in_dim:
-        raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {op.in_dim}")
-    triplets = top_singular(op, p.top_k, iterations=p.iterations, oversample=p.oversample, seed=p.seed, progress=tick)
+    dim = prompt_embeddings(ctx.model, ids[:, :1]).shape[-1]
+    if p.top_k > dim:
+        raise ValueError(f"top_k = {p.top_k} exceeds the embedding dimension {dim}")
+    op, triplets = top_singular_fast(
+        ctx.model,
+        ids,
+        p.top_k,
+        max_steps=p.iterations,
+        oversample=p.oversample,
+        seed=p.seed,
+        jvp_mode=p.jvp_mode,
+        progress=tick,
+    )
     return ids, op, triplets
+
+
+def solver_attrs(triplets: Any) -> dict[str, Any]:
+    """Per-prompt attrs that say how the triplets were found (`TopSingular`): solver
+    (`exact|krylov|subspace` / `last_row|full`), why, Krylov steps, residual and product counts."""
+    return {
+        "solver": triplets.solver,
+        "solver_note": triplets.solver_note,
+        "iterations_done": triplets.iterations,
+        "residual_max": float(triplets.residual.max()),
+        "jvp_products": triplets.products.get("jvp", 0),
+        "vjp_products": triplets.products.get("vjp", 0),
+    }

@@ -45,12 +45,15 @@ READS: tuple[str, ...] = ()
 READS_PROMPTS = True  # its tasks read the manifest's prompts
 NEEDS_EAGER_ATTENTION = True  # JVPs through the model (torch.func.jvp): not under SDPA
 STORES = LAYER_STORES
-METHOD = "top-k right singular vectors of J by subspace iteration (JVP+VJP); one full forward per (v_i, ε)"
+METHOD = (
+    "top-k right singular vectors of J (toolkit.numerics.spectrum: basis by block Krylov or the dense last-row "
+    "Jacobian, Rayleigh–Ritz on f's own J); one full forward per (v_i, ε)"
+)
 
 
 @dataclass(frozen=True)
 class Params(LayerSweepParams):
-    """top_k singular directions (found by `iterations` of subspace iteration, block top_k +
+    """top_k singular directions (found in at most `iterations` block Krylov steps, block top_k +
     oversample, seeded), perturbed over eps_steps values from eps_min to eps_max (geometric),
     rounded by perturb_mode; true_fp64: with dtype float64, RMSNorm/RoPE/softmax in float64."""
 
@@ -67,8 +70,8 @@ def run(ctx: RunContext, params: Params) -> None:
     with model_arithmetic(ctx, setup.use_true_fp64):
         for index, prompt in enumerate(ctx.prompts):
             group = ctx.out.create_group(f"prompts/{index:03d}")
-            data, _ = measure_prompt(ctx, params, prompt, eps, bar, keep_final=False)
-            group.attrs["prompt"] = prompt
+            data, _, attrs = measure_prompt(ctx, params, prompt, eps, bar, keep_final=False)
+            group.attrs.update({"prompt": prompt, **attrs})
             group.attrs["position"] = int(data["prompt_ids"].shape[0] - 1)
             for name, value in data.items():
                 group.create_dataset(name, data=value)

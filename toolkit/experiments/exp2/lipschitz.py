@@ -4,9 +4,12 @@ x is the last token's input embedding, f(x) the final-norm hidden state at the l
 `lm_head` input), all other token embeddings fixed (`toolkit.numerics.embedding_forward`).  Per
 prompt:
 
-1. the top-k singular values σ and right singular vectors of J, matrix-free: subspace iteration
-   on JᵀJ with JVPs and VJPs (`toolkit.numerics.jacobian`), deterministic start and sign
-   convention, with each triplet's residual ‖Jᵀu − σv‖/σ;
+1. the top-k singular values σ and right singular vectors of J (`toolkit.numerics.spectrum`): a
+   basis from block Krylov on JᵀJ (at most `iterations` steps; the dense Jacobian when D ≤ 256),
+   computed through a one-token KV-cached forward pinned to f's bits when that reproduces f(x)
+   exactly, then Rayleigh–Ritz and each triplet's residual ‖Jᵀu − σv‖/σ on f's own J;
+   deterministic start and sign convention; the per-prompt attrs `solver`/`solver_note` say
+   which route ran;
 2. finite-difference gains  L̂(ε; v) = ‖f(x̃) − f(x)‖ / ‖x̃ − x‖  over a geometric ε grid, where
    x̃ = x + ε·v rounded to the model dtype as `perturb_mode` says and the denominator is the
    *realised* perturbation (the upstream scripts divided by the intended ε, which measures
@@ -45,7 +48,7 @@ STORES = {
     "prompts/<k>/sigma": "[K] float64 top-K singular values of J, descending",
     "prompts/<k>/right_vectors": "[K,D] float64 right singular vectors (rows; largest-|entry| positive)",
     "prompts/<k>/residual": "[K] float64 ‖Jᵀu_i − σ_i v_i‖ / σ_i of each triplet",
-    "prompts/<k>/residual_history": "[I] float64 largest relative Ritz residual after each iteration",
+    "prompts/<k>/residual_history": "[I] float64 largest relative Ritz residual after each Krylov step (empty: exact)",
     "prompts/<k>/eps": "[E] float64 the geometric ε grid (ascending)",
     "prompts/<k>/gain_singular": "[K,E] float64 ‖f(x̃)−f(x)‖/‖x̃−x‖ along v_i (NaN: x̃ == x)",
     "prompts/<k>/gain_random": "[R,E] float64 the same along seeded random unit directions",
@@ -54,13 +57,17 @@ STORES = {
     "prompts/<k>/changed_singular / changed_random": "[K|R,E] int64 input elements that changed",
     "prompts/<k>/realised_singular / realised_random": "[K|R,E] float64 ‖x̃ − x‖ (intended: ε)",
 }
-METHOD = "subspace iteration on JᵀJ (block power, torch.func JVP+VJP), Rayleigh–Ritz on J"
+METHOD = (
+    "top-k triplets by toolkit.numerics.spectrum: basis by block Krylov on JᵀJ (or the dense Jacobian when D <= 256), "
+    "on the one-token KV-cached derivative pinned to f's bits when it reproduces f(x) exactly; Rayleigh–Ritz and "
+    "residuals on f's own J"
+)
 # JVP: forward mode (torch.func.jvp) or reverse over reverse; recorded in the attrs as jvp_mode
 
 
 @dataclass(frozen=True)
 class Params:
-    """top_k singular triplets by `iterations` of subspace iteration (block top_k + oversample),
+    """top_k singular triplets by at most `iterations` block Krylov steps (block top_k + oversample),
     J·v by forward-mode AD or, with jvp_mode double_vjp, reverse over reverse (faster on CPU);
     finite differences over eps_steps values from eps_min to eps_max along them and n_random
     seeded random directions, rounded by perturb_mode; noise-averaged gain over n_noise draws;
@@ -131,7 +138,7 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
     import torch
 
     from toolkit.numerics.gains import finite_difference_gains, random_directions
-    from toolkit.numerics.session import prompt_singular
+    from toolkit.numerics.session import prompt_singular, solver_attrs
 
     ids, op, triplets = prompt_singular(ctx, prompt, params, bar.update)
     random_dirs = random_directions(params.n_random, op.in_dim, params.seed)
@@ -144,11 +151,7 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
     singular = finite_difference_gains(op, base, triplets.right, eps, params.perturb_mode, bar.update)
     randoms = finite_difference_gains(op, base, random_dirs, eps, params.perturb_mode, bar.update)
 
-    group.attrs["prompt"] = prompt
-    group.attrs["iterations_done"] = triplets.iterations
-    group.attrs["residual_max"] = float(triplets.residual.max())
-    group.attrs["jvp_products"] = triplets.products.get("jvp", 0)
-    group.attrs["vjp_products"] = triplets.products.get("vjp", 0)
+    group.attrs.update({"prompt": prompt, **solver_attrs(triplets)})
     group.attrs["position"] = int(ids.shape[1] - 1)
     data = {
         "prompt_ids": ids[0].cpu().numpy().astype(np.int64),

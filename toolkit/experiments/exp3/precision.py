@@ -86,12 +86,12 @@ def run(ctx: RunContext, params: Params) -> None:
     out.attrs["linear_prediction"] = "J(d/||d||)*||d|| by JVP in the model dtype, d = realised x~ - x"
     with model_arithmetic(ctx, setup.use_true_fp64):
         for index, prompt in enumerate(ctx.prompts):
-            data, op = measure_prompt(ctx, params, prompt, eps, bar, keep_final=True)
+            data, op, attrs = measure_prompt(ctx, params, prompt, eps, bar, keep_final=True)
             _check_finite(data["base_states"], ctx.numerics.dtype)
             data.update(regimes(op, data, params.signal_tol))
             bar.update()
             group = out.create_group(f"prompts/{index:03d}")
-            group.attrs["prompt"] = prompt
+            group.attrs.update({"prompt": prompt, **attrs})
             group.attrs["position"] = int(data["prompt_ids"].shape[0] - 1)
             for name, value in data.items():
                 group.create_dataset(name, data=value)
