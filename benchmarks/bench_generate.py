@@ -44,8 +44,9 @@ def ours(ctx: Any, prompt: str, tokens: int) -> list[int]:
     from toolkit.numerics.hooks import final_norm_name
 
     params = Params(max_new_tokens=tokens, top_k=20)
-    with torch.inference_mode():  # as exp4.generate.run does
-        steps = _generate(ctx, prompt, params, _stop_ids(ctx.model, ctx.tokenizer), final_norm_name(ctx.model), _Bar())
+    stop = _stop_ids(ctx.model, ctx.tokenizer)
+    with torch.inference_mode():  # as exp4.generate.run does, batch size 1 (no other prompts read)
+        steps = _generate(ctx, 0, prompt, [], params, stop, final_norm_name(ctx.model), _Bar())
     return list(steps["ids"])
 
 
@@ -92,7 +93,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     numerics = Numerics(dtype="float32", attn_implementation="eager", kv_cache=not args.full_recompute)
     model, tokenizer, device = loading.load(ModelSpec("smollm2-135m"), numerics)
-    ctx = SimpleNamespace(model=model, tokenizer=tokenizer, device=device, numerics=numerics)
+    ctx = SimpleNamespace(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        numerics=numerics,
+        encode=lambda prompt: tokenizer(prompt, return_tensors="pt").input_ids.to(device),
+    )
     t_ours, ids_ours = timed(ours, ctx, args.tokens, args.repeats)
     t_hf, ids_hf = timed(theirs, ctx, args.tokens, args.repeats)
     n_ours, n_hf = sum(map(len, ids_ours)), sum(map(len, ids_hf))

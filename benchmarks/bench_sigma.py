@@ -153,7 +153,7 @@ def worker_cmd(kind: str, folder: str, texts: list[str]) -> list[str]:
 
 def toolkit_end_to_end(source: str, texts: list[str], root: Path, threads: int) -> tuple[float, list[float]]:
     """(wall seconds of `toolkit submit`, σ₁ per prompt from the store)."""
-    from toolkit.store import Store
+    from toolkit.store.reader import Store
 
     manifest = root / f"sigma-{abs(hash(source)) % 10**6}.yaml"
     campaign = manifest.stem
@@ -173,11 +173,11 @@ def toolkit_end_to_end(source: str, texts: list[str], root: Path, threads: int) 
 
 def one_size(name: str, source: str, folder: str, texts: list[str], root: Path, args: argparse.Namespace) -> bool:
     """Run and print one size; False when σ₁ disagrees by more than 1e-6 relative."""
+    ours_wall, sigma1 = toolkit_end_to_end(source, texts, root, args.threads)
     naive_wall, out = run_process(worker_cmd("naive", folder, texts), args.threads)
     naive = json.loads(out.strip().splitlines()[-1])
     _, out = run_process(worker_cmd("inner", folder, texts), args.threads)
     inner = json.loads(out.strip().splitlines()[-1])
-    ours_wall, sigma1 = toolkit_end_to_end(source, texts, root, args.threads)
     rel = max(abs(a - s[0]) / s[0] for a, s in zip(sigma1, naive["sigma"]))
     flops = sum(2 * naive["params"] * t * naive["dim"] for t in naive["tokens"])
     print(f"{name}: D = {naive['dim']}, prompts of {naive['tokens']} tokens, {args.threads} torch thread(s)")

@@ -115,3 +115,63 @@ def test_sdpa_fails_at_run_time_with_a_clear_message(run_context):
     ctx = run_context("exp2.lipschitz", Numerics(dtype="float32", attn_implementation="sdpa"))
     with pytest.raises(ValueError, match="need attn_implementation 'eager'"):
         lipschitz.run(ctx, lipschitz.Params())
+
+
+def test_batched_gains_equal_a_plain_per_point_loop_bitwise(tmp_path, one_torch_thread):
+    """Every stored gain of the float32 run against plain transformers, one forward per input.
+
+    The task evaluates its perturbed inputs in batches once the first batch proved bitwise equal
+    (attr `forward_batching`); here each input goes alone through `model.model`, and the gains
+    must match in every bit (the same float64 formulas, so only the forwards could differ).  One
+    torch thread here as in the campaign (ONE_THREAD): on the tiny model the thread count changes
+    the kernels' bits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.models import tiny_random
+    from toolkit.store.reader import Store
+
+    campaign = submit_campaign(tmp_path, MANIFEST, "gains.yaml")
+    folder = tiny_random.prepare("tiny-random-llama")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with Store(campaign.folder / "store.h5") as store:
+        runs = store.runs("exp2.lipschitz")
+        (run,) = [r for r in runs if r.exp_id == "lipschitz" and r.numerics["dtype"] == "float32"]
+        for key, prompt in (("000", "The capital of France is"), ("001", "Numbers: 1, 2, 3,")):
+            group = run.group[f"prompts/{key}"]
+            assert group.attrs["forward_batching"].startswith("batches of 16 (full recompute), bitwise equal")
+            with torch.no_grad():
+                embeds = model.get_input_embeddings()(tokenizer(prompt, return_tensors="pt").input_ids)
+
+                def f(x: torch.Tensor, embeds: torch.Tensor = embeds) -> torch.Tensor:
+                    rows = torch.cat([embeds[0, :-1], x[None]])[None]
+                    return model.model(inputs_embeds=rows, use_cache=False).last_hidden_state[0, -1]
+
+                x = embeds[0, -1]
+                base = f(x).double()
+                eps = group["eps"][()]
+                for name, directions in (("singular", group["right_vectors"][()]), ("random", None)):
+                    gains = group[f"gain_{name}"][()]
+                    if directions is None:
+                        generator = torch.Generator().manual_seed(7)
+                        d = torch.randn(2, 64, generator=generator, dtype=torch.float64)
+                        directions = (d / torch.linalg.vector_norm(d, dim=1, keepdim=True)).numpy()
+                    for i, v in enumerate(directions):
+                        for j, step in enumerate(eps):
+                            x_tilde = (x.double() + float(step) * torch.from_numpy(v)).float()
+                            realised = float(torch.linalg.vector_norm(x_tilde.double() - x.double()))
+                            expected = float(torch.linalg.vector_norm(f(x_tilde).double() - base)) / realised
+                            assert gains[i, j] == expected, (name, i, j, gains[i, j], expected)
+                generator = torch.Generator().manual_seed(8)  # seed 7 + 1, draws in (ε, draw) order
+                v1 = torch.from_numpy(group["right_vectors"][0])
+                for j, step in enumerate(eps):
+                    outputs, inputs = torch.zeros(64, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
+                    for _ in range(2):
+                        noise = 0.01 * float(step) * (2 * torch.rand(64, generator=generator, dtype=torch.float64) - 1)
+                        moved = (x.double() + 1.0 * (float(step) * v1 + noise)).float()
+                        anchor = (x.double() + 1.0 * noise).float()
+                        outputs += f(moved).double() - f(anchor).double()
+                        inputs += moved.double() - anchor.double()
+                    expected = float(torch.linalg.vector_norm(outputs)) / float(torch.linalg.vector_norm(inputs))
+                    assert group["gain_noise"][j] == expected, (j, group["gain_noise"][j], expected)

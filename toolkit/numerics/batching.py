@@ -225,7 +225,8 @@ def greedy_in_batch(
             logits, cache = _forward(model, feed, cache, kv_cache, keep, mask if padded else None, feed_positions)
             rows = torch.arange(logits.shape[0], device=logits.device)
             picked = logits[rows, index] if not isinstance(keep, int) or keep != 1 else logits[:, -1]
-            values, order = ranked(picked[row])
+            every_value, every_order = ranked(picked)  # one sort per row serves the record and the picks
+            values, order = every_value[row], every_order[row]
             _record(steps, picked[row], values, order, top_k)
             if hidden:
                 at = int(last_real(batch.attention_mask)[row]) if step == 0 else -1
@@ -234,7 +235,7 @@ def greedy_in_batch(
                 steps["hidden"].append(None)
             if on_step is not None:
                 on_step()
-            next_ids = ranked(picked)[1][:, :1]
+            next_ids = every_order[:, :1]
             context = torch.cat([context, next_ids], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = torch.cat([positions, next_position + step], dim=1)

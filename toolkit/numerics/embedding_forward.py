@@ -92,6 +92,21 @@ def make_f(model: Any, input_ids: Any, position: int = -1) -> tuple[Callable[[An
     return f, embeds[0, index].clone()
 
 
+def make_f_rows(model: Any, input_ids: Any, position: int = -1) -> Callable[[Any], Any]:
+    """F(xs [B, D]) = [B, D]: f of `make_f` for B values of the row at `position` in one batched
+    forward ([B, T, D], full recompute).  Bitwise equal to f row by row only where the decoder stack
+    is batch-invariant for this model, device and batch size: callers prove it on a sample first
+    (`toolkit.numerics.gains.Evaluator`)."""
+    embeds = prompt_embeddings(model, input_ids)
+    index = normalise_position(position, embeds.shape[1])
+
+    def rows(xs: Any) -> Any:
+        inputs = with_row(embeds, xs, index)
+        return base_model(model)(inputs_embeds=inputs, use_cache=False).last_hidden_state[:, index]
+
+    return rows
+
+
 @dataclass
 class EmbeddingStates:
     """Per-layer states at one position (see the module docstring for the indexing)."""

@@ -24,7 +24,10 @@ Needs `attn_implementation: eager` (JVPs fail under SDPA); checked when the task
 `dtype: float64` and `true_fp64` (default), RMSNorm, RoPE and the attention softmax are made to
 compute in float64 for the task (`toolkit.numerics.true_fp64`): a plain `.double()` model still
 rounds them to float32, and its finite differences stall at fp32 resolution.  Every forward is a
-full recompute of the prompt at batch size 1 (one code path for f and its perturbations).
+full recompute of the prompt (one code path for f and its perturbations); the perturbed inputs go
+through in batches of `FD_BATCH` only where a check on this prompt's own inputs proved the batched
+rows bitwise equal to batch size 1 (`toolkit.numerics.gains.Evaluator`; the per-prompt
+attr `forward_batching` says which ran).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from toolkit.experiments.exp2.figures import plot_lipschitz as plot  # noqa: F40
 
 if TYPE_CHECKING:
     from toolkit.context import CheckedGroup, RunContext
+    from toolkit.numerics.gains import Evaluator
     from toolkit.progress import Progress
 
 PER_TARGET = True
@@ -57,6 +61,7 @@ STORES = {
     "prompts/<k>/changed_singular / changed_random": "[K|R,E] int64 input elements that changed",
     "prompts/<k>/realised_singular / realised_random": "[K|R,E] float64 ‖x̃ − x‖ (intended: ε)",
 }
+FD_BATCH = 16  # perturbed inputs per batched forward, used only where proven bitwise equal per prompt
 METHOD = (
     "top-k triplets by toolkit.numerics.spectrum: basis by block Krylov on JᵀJ (or the dense Jacobian when D <= 256), "
     "on the one-token KV-cached derivative pinned to f's bits when it reproduces f(x) exactly; Rayleigh–Ritz and "
@@ -123,7 +128,10 @@ def run(ctx: RunContext, params: Params) -> None:
     out.attrs["dtype"] = ctx.numerics.dtype
     out.attrs["attn_implementation"] = ctx.numerics.attn_implementation
     out.attrs["true_fp64"] = setup.use_true_fp64
-    out.attrs["forward_path"] = "full recompute of the prompt, batch size 1, no KV cache"
+    out.attrs["forward_path"] = (
+        "full recompute of the prompt, no KV cache; batch size 1, or batches of "
+        f"{FD_BATCH} where proven bitwise equal to batch size 1 (per-prompt attr forward_batching)"
+    )
     with model_arithmetic(ctx, setup.use_true_fp64, attention=setup.attention):
         residuals = []
         for index, prompt in enumerate(ctx.prompts):
@@ -137,21 +145,23 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
     import numpy as np
     import torch
 
-    from toolkit.numerics.gains import finite_difference_gains, random_directions
+    from toolkit.numerics.embedding_forward import make_f_rows
+    from toolkit.numerics.gains import Evaluator, finite_difference_gains, random_directions
     from toolkit.numerics.session import prompt_singular, solver_attrs
 
     ids, op, triplets = prompt_singular(ctx, prompt, params, bar.update)
     random_dirs = random_directions(params.n_random, op.in_dim, params.seed)
+    evaluator = Evaluator(op.f, make_f_rows(ctx.model, ids), FD_BATCH)
     jacobian_gain_random = (
         torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random else torch.zeros(0, dtype=torch.float64)
     )
     bar.update()
     with torch.no_grad():
         base = op.f(op.x).double()
-    singular = finite_difference_gains(op, base, triplets.right, eps, params.perturb_mode, bar.update)
-    randoms = finite_difference_gains(op, base, random_dirs, eps, params.perturb_mode, bar.update)
+    singular = finite_difference_gains(op, base, triplets.right, eps, params.perturb_mode, bar.update, evaluator)
+    randoms = finite_difference_gains(op, base, random_dirs, eps, params.perturb_mode, bar.update, evaluator)
 
-    group.attrs.update({"prompt": prompt, **solver_attrs(triplets)})
+    group.attrs.update({"prompt": prompt, **solver_attrs(triplets), "forward_batching": evaluator.note})
     group.attrs["position"] = int(ids.shape[1] - 1)
     data = {
         "prompt_ids": ids[0].cpu().numpy().astype(np.int64),
@@ -169,24 +179,25 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
         "jacobian_gain_random": jacobian_gain_random.numpy(),
     }
     if params.n_noise:
-        data["gain_noise"] = _noise_gains(op, triplets.right[0], eps, params, bar)
+        data["gain_noise"] = _noise_gains(op, triplets.right[0], eps, params, bar, evaluator)
     for name, value in data.items():
         group.create_dataset(name, data=value)
     return float(triplets.residual.max())
 
 
-def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Progress) -> Any:
-    """Noise-averaged gain along `direction` per ε (NaN where the mean input difference is 0)."""
+def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Progress, evaluator: Evaluator) -> Any:
+    """Noise-averaged gain along `direction` per ε (NaN where the mean input difference is 0).
+
+    All draws are made first, in the loop's order, then evaluated together; the float64 sums run
+    draw by draw as in the one-at-a-time loop, so the result is bitwise the same."""
     import numpy as np
     import torch
 
     from toolkit.numerics.perturb import perturb
 
     generator = torch.Generator().manual_seed(params.seed + 1)
-    out = np.full(len(eps), np.nan)
-    for j, step in enumerate(eps):
-        outputs = torch.zeros(op.out_dim, dtype=torch.float64, device=op.x.device)
-        inputs = torch.zeros(op.in_dim, dtype=torch.float64, device=op.x.device)
+    pairs = []
+    for step in eps:
         for _ in range(params.n_noise):
             noise = (
                 params.noise_scale
@@ -195,10 +206,16 @@ def _noise_gains(op: Any, direction: Any, eps: Any, params: Params, bar: Progres
             )
             moved = perturb(op.x, float(step) * direction + noise, 1.0, params.perturb_mode)
             anchor = perturb(op.x, noise, 1.0, params.perturb_mode)
-            with torch.no_grad():
-                outputs += op.f(moved.x_tilde).double() - op.f(anchor.x_tilde).double()
-            inputs += moved.x_tilde.double() - anchor.x_tilde.double()
-            bar.update(2)
+            pairs += [moved.x_tilde, anchor.x_tilde]
+    values = evaluator.rows(torch.stack(pairs), bar.update)
+    out = np.full(len(eps), np.nan)
+    for j in range(len(eps)):
+        outputs = torch.zeros(op.out_dim, dtype=torch.float64, device=op.x.device)
+        inputs = torch.zeros(op.in_dim, dtype=torch.float64, device=op.x.device)
+        for d in range(params.n_noise):
+            at = 2 * (j * params.n_noise + d)
+            outputs += values[at].double() - values[at + 1].double()
+            inputs += pairs[at].double() - pairs[at + 1].double()
         denominator = float(torch.linalg.vector_norm(inputs))
         if denominator > 0:
             out[j] = float(torch.linalg.vector_norm(outputs)) / denominator
