@@ -201,7 +201,7 @@ def greedy_in_batch(
 
     import torch
 
-    from toolkit.numerics.greedy import ranked
+    from toolkit.numerics.greedy import ranked_top
     from toolkit.numerics.hooks import capture
 
     if logits_path not in LOGITS_PATHS:
@@ -225,7 +225,7 @@ def greedy_in_batch(
             logits, cache = _forward(model, feed, cache, kv_cache, keep, mask if padded else None, feed_positions)
             rows = torch.arange(logits.shape[0], device=logits.device)
             picked = logits[rows, index] if not isinstance(keep, int) or keep != 1 else logits[:, -1]
-            every_value, every_order = ranked(picked)  # one sort per row serves the record and the picks
+            every_value, every_order = ranked_top(picked, max(top_k, 2))  # the record and the picks
             values, order = every_value[row], every_order[row]
             _record(steps, picked[row], values, order, top_k)
             if hidden:

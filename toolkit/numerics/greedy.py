@@ -45,6 +45,30 @@ def ranked(logits: Any) -> tuple[Any, Any]:
     return torch.sort(logits.float(), dim=-1, descending=True, stable=True)
 
 
+def ranked_top(logits: Any, k: int) -> tuple[Any, Any]:
+    """The first k columns of `ranked(logits)` — same values, same ids, ties to the lowest id —
+    without sorting the whole vocabulary: `torch.topk` finds the k-th largest value t, and only
+    the entries >= t (ascending ids) are sorted, stably.  Rows holding a NaN take the full sort."""
+    import torch
+
+    values = logits.float()
+    width = values.shape[-1]
+    k = min(k, width)
+    if bool(torch.isnan(values).any()) or k == width:
+        full_values, full_ids = ranked(logits)
+        return full_values[..., :k], full_ids[..., :k]
+    rows = values.reshape(-1, width)
+    out_values, out_ids = [], []
+    for row in rows:
+        threshold = torch.topk(row, k).values[-1]
+        candidates = torch.nonzero(row >= threshold).flatten()  # ascending ids
+        top, order = torch.sort(row[candidates], descending=True, stable=True)
+        out_values.append(top[:k])
+        out_ids.append(candidates[order[:k]])
+    shape = (*values.shape[:-1], k)
+    return torch.stack(out_values).reshape(shape), torch.stack(out_ids).reshape(shape)
+
+
 def greedy_from_embeds(
     model: Any, embeds: Any, n_tokens: int, kv_cache: bool, stop_ids: frozenset[int] = frozenset()
 ) -> Greedy:
@@ -60,7 +84,7 @@ def greedy_from_embeds(
     with torch.inference_mode():
         for _ in range(n_tokens):
             row, cache = last_logits(model, inputs_embeds=context, cache=cache, use_cache=kv_cache)
-            values, order = ranked(row[0])
+            values, order = ranked_top(row[0], 2)
             token = int(order[0])
             ids.append(token)
             margins.append(float(values[0].double() - values[1].double()))
