@@ -41,3 +41,17 @@ def test_a_row_with_nan_takes_the_full_sort():
     full_values, full_ids = ranked(logits)
     assert torch.equal(ids, full_ids[:, :2])
     assert torch.equal(values.isnan(), full_values[:, :2].isnan())
+
+
+@pytest.mark.parametrize("k", [2, 10])
+def test_rows_without_ties_at_the_kth_place_take_the_vectorised_path(k: int):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(8, 1000, generator=generator)
+    logits[1, 10:20] = 9.0  # ten-way tie at the top: straddles k = 2, fills k = 10 exactly
+    counts = (logits >= torch.topk(logits, k).values[:, -1:]).sum(1)
+    assert (counts == k).sum() >= 7  # the vectorised path is the one under test for most rows
+    values, ids = ranked_top(logits, k)
+    for row in range(8):
+        expected_values, expected_ids = numpy_top(logits[row].numpy(), k)
+        assert ids[row].tolist() == expected_ids.tolist()
+        assert np.array_equal(values[row].numpy(), expected_values)

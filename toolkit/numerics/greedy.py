@@ -47,26 +47,30 @@ def ranked(logits: Any) -> tuple[Any, Any]:
 
 def ranked_top(logits: Any, k: int) -> tuple[Any, Any]:
     """The first k columns of `ranked(logits)` — same values, same ids, ties to the lowest id —
-    without sorting the whole vocabulary: `torch.topk` finds the k-th largest value t, and only
-    the entries >= t (ascending ids) are sorted, stably.  Rows holding a NaN take the full sort."""
+    without sorting the whole vocabulary.  `torch.topk` gives each row's k largest; where exactly
+    k entries are >= the k-th value, those k are the set, ordered by id and then stably by value;
+    a row with ties across the k-th place sorts its entries >= that value (ascending ids) stably.
+    Rows holding a NaN take the full sort."""
     import torch
 
     values = logits.float()
     width = values.shape[-1]
     k = min(k, width)
-    if bool(torch.isnan(values).any()) or k == width:
+    if k == width or bool(torch.isnan(values).any()):
         full_values, full_ids = ranked(logits)
         return full_values[..., :k], full_ids[..., :k]
     rows = values.reshape(-1, width)
-    out_values, out_ids = [], []
-    for row in rows:
-        threshold = torch.topk(row, k).values[-1]
-        candidates = torch.nonzero(row >= threshold).flatten()  # ascending ids
-        top, order = torch.sort(row[candidates], descending=True, stable=True)
-        out_values.append(top[:k])
-        out_ids.append(candidates[order[:k]])
+    top, index = torch.topk(rows, k, dim=1)
+    threshold = top[:, -1:]
+    by_id, perm = torch.sort(index, dim=1)
+    out_values, order = torch.sort(top.gather(1, perm), dim=1, descending=True, stable=True)
+    out_ids = by_id.gather(1, order)
+    for r in torch.nonzero((rows >= threshold).sum(1) != k).flatten().tolist():
+        candidates = torch.nonzero(rows[r] >= threshold[r]).flatten()  # ascending ids
+        tied, tied_order = torch.sort(rows[r, candidates], descending=True, stable=True)
+        out_values[r], out_ids[r] = tied[:k], candidates[tied_order[:k]]
     shape = (*values.shape[:-1], k)
-    return torch.stack(out_values).reshape(shape), torch.stack(out_ids).reshape(shape)
+    return out_values.reshape(shape), out_ids.reshape(shape)
 
 
 def greedy_from_embeds(

@@ -10,9 +10,11 @@ singular subspace is found on the cheapest operator available:
   operator by reverse mode in vmapped chunks (M VJPs, large efficient matmuls), then a float64 SVD;
 * `krylov` solver — otherwise: block Krylov (block Lanczos on JᵀJ with full reorthogonalisation),
   stopping when the largest relative eigen-residual of the k wanted Ritz pairs is below
-  `KRYLOV_TOL` or after `max_steps` blocks: 5-7 blocks on SmolLM2, where subspace iteration
-  needed 20.  J·v by reverse over reverse (`BASIS_JVP_MODE`).  Measured on this CPU (SmolLM2,
-  D = 576, 1 thread): Krylov 1.4 s, the dense last-row Jacobian 3.1 s — hence `EXACT_MAX_DIM`.
+  `KRYLOV_TOL` or after `max_steps` blocks of max(k + oversample, 2k + 4) vectors (wider blocks
+  need fewer steps, and a step's cost is mostly per-call overhead): 5-7 blocks on SmolLM2, where
+  subspace iteration needed 20; the top k + oversample Ritz vectors form the basis.  J·v by
+  reverse over reverse (`BASIS_JVP_MODE`).  Measured on this CPU (SmolLM2, D = 576, 1 thread):
+  Krylov 1.4 s, the dense last-row Jacobian 3.1 s — hence `EXACT_MAX_DIM`.
 
 A basis from the one-token path is used only if J·V through it agrees with J·V through f to
 `agreement_tolerance` (rounding of the model dtype); otherwise the basis is recomputed on f and the
@@ -34,6 +36,7 @@ from toolkit.numerics.jacobian import JacobianOperator, TopSingular, rayleigh_ri
 EXACT_MAX_DIM = 256  # at and below: the dense Jacobian (M VJPs in vmapped chunks) beats block Krylov on CPU
 BASIS_JVP_MODE = "double_vjp"  # J·v in the basis phase: on CPU ~2x faster per Krylov step than forward mode
 EXACT_CHUNK = 192  # cotangents per vmapped backward: bounds memory at b·D·(activations of one row)
+KRYLOV_EXTRA = 4  # Krylov blocks of 2k + 4 (at least k + oversample): fewer, costlier steps win
 KRYLOV_TOL = 1e-5  # relative eigen-residual of JᵀJ; the fp32 floor is ~1e-6, and σ errors are its square
 
 
@@ -93,8 +96,9 @@ def _basis(
 ) -> tuple[str, Any, list[float]]:
     if op.out_dim <= EXACT_MAX_DIM:
         return "exact", exact_basis(op, block), []
-    basis, history = block_krylov(op, k, block, max_steps, seed, progress)
-    return "krylov", basis, history
+    wide = min(max(block, 2 * k + KRYLOV_EXTRA), op.in_dim)
+    basis, history = block_krylov(op, k, wide, max_steps, seed, progress)
+    return "krylov", basis[:, :block], history
 
 
 def _finish(
@@ -139,8 +143,8 @@ def block_krylov(
 ) -> tuple[Any, list[float]]:
     """([D, block] float64 basis of the top Ritz vectors, largest relative Ritz residual per step).
 
-    Block Lanczos on JᵀJ from a seeded Gaussian block: each step applies JᵀJ to the newest block
-    (b JVPs + b VJPs), orthogonalises the result twice against every earlier block and takes Ritz
+    Block Lanczos on JᵀJ from a seeded Gaussian block of `block` columns: each step applies JᵀJ to
+    the newest block (b JVPs + b VJPs), orthogonalises the result twice against every earlier block and takes Ritz
     pairs of the projected matrix over the whole Krylov basis.  Stops at `KRYLOV_TOL`, after
     `max_steps`, or when the basis would exceed D.
     """

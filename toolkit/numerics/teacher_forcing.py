@@ -87,13 +87,13 @@ def score_words(
     import numpy as np
     import torch
 
-    from toolkit.numerics.greedy import ranked
+    from toolkit.numerics.greedy import ranked_top
 
     firsts = torch.tensor([j - 1 - offset for j, _ in spans], dtype=torch.long, device=logits.device)
     true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=logits.device)
     rows = logits[firsts]
     true_logit = rows.gather(1, true[:, None])[:, 0]
-    order = ranked(rows)[1][:, : max(top_k, 2)]
+    order = ranked_top(rows, max(top_k, 2))[1]
     top2 = rows.gather(1, order[:, :2]).double()
     logp_first = _log_softmax_rows(rows)
     h = hidden[firsts].double()
