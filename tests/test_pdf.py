@@ -179,6 +179,40 @@ def test_teacher_forcing_equals_per_prefix_loop(clean: Path, one_torch_thread: N
     assert np.array_equal(table["rank"][table["scored"]] == 1, table["top1_match"][table["scored"]])
 
 
+def test_stored_logits_equal_a_plain_forward_of_each_window_bitwise(clean: Path, one_torch_thread: None) -> None:
+    """lm_head runs on the rows the words read only (attr logits_rows says it was proved on the
+    first window): every stored logit, top-1 and joint log-probability must still be bitwise
+    those of a plain forward of the whole window with logits on every row."""
+    import torch
+
+    from toolkit.manifest import ModelSpec, Numerics
+    from toolkit.models.loading import load
+
+    model, _, _ = load(
+        ModelSpec(source="smollm2-135m", device="cpu"),
+        Numerics(dtype="float32", attn_implementation="eager", kv_cache=False),
+    )
+    with Store(clean / "campaigns" / "clean" / "store.h5") as store:
+        (run,) = store.runs("pdf.word_prediction")
+        assert run.attrs["logits_rows"].startswith("lm_head on the ")
+        assert run.attrs["logits_rows"].endswith(" rows the words read, bitwise equal to all rows on the first window")
+        ids = run["input_ids"]
+        table = {name: run[name] for name in ("scored", "window_start", "token_start", "token_end", "logit")}
+        table["topk_ids"], table["logprob_word"] = run["topk_ids"], run["logprob_word"]
+    windows: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for w in np.flatnonzero(table["scored"]):
+            s, first, end = (int(table[k][w]) for k in ("window_start", "token_start", "token_end"))
+            if s not in windows:
+                windows[s] = model(input_ids=torch.as_tensor(ids[s : s + WINDOW])[None], use_cache=False).logits[0]
+            rows = windows[s][first - 1 - s : end - 1 - s]
+            assert float(rows[0, int(ids[first])].double()) == table["logit"][w]
+            assert int(torch.argmax(rows[0])) == int(table["topk_ids"][w, 0])
+            targets = torch.as_tensor(ids[first:end].astype(np.int64))
+            joint = float(torch.log_softmax(rows.double(), dim=1).gather(1, targets[:, None]).sum())
+            assert joint == table["logprob_word"][w]
+
+
 def test_killed_run_resumes_without_duplicates(clean: Path) -> None:
     manifest = write_manifest(clean, "killed", "data/doc.pdf")
     folder = clean / "campaigns" / "killed"

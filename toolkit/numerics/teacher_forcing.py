@@ -76,6 +76,57 @@ def forward_window(model: Any, ids: Any, norm_name: str) -> tuple[Any, Any]:
     return out.logits[0], captured[norm_name][0]
 
 
+class WindowLogits:
+    """One window's forward with `lm_head` on the rows its words read only — once proved exact.
+
+    The decoder stack runs on the whole window; `lm_head` (and a final soft-cap) then runs on the
+    needed rows alone.  The first window this object computes also gets the full logits (all
+    rows, as `forward_window`) and the needed rows are compared in every bit: equal, and later
+    windows compute those rows only; different (or fewer than `MIN_ROWS` rows needed anywhere), and
+    every window computes all rows.  Rows not computed are NaN.  `note` says which path ran.
+    """
+
+    MIN_ROWS = 8  # a matmul of fewer rows takes another kernel on CPU (FACTS.md): never subset below it
+
+    def __init__(self) -> None:
+        self.proved: bool | None = None
+        self.note = "lm_head on every row of each window (no window computed)"
+
+    def __call__(self, model: Any, ids: Any, needed: Any) -> tuple[Any, Any]:
+        """(logits [T, V], NaN outside `needed` once proved; final-norm output [T, D]) of `ids` [1, T]."""
+        import torch
+
+        from toolkit.numerics.embedding_forward import base_model
+        from toolkit.numerics.forward import head_logits
+
+        rows = torch.as_tensor(needed, dtype=torch.long, device=ids.device)
+        with torch.inference_mode():
+            hidden = base_model(model)(input_ids=ids, use_cache=False).last_hidden_state[0]
+            if self.proved is False or rows.numel() < self.MIN_ROWS:
+                return head_logits(model, hidden), hidden
+            part = head_logits(model, hidden[rows])
+            if self.proved is None:
+                full = head_logits(model, hidden)
+                self.proved = bool(torch.equal(full[rows], part))
+                self.note = (
+                    f"lm_head on the {rows.numel()} rows the words read, bitwise equal to all rows on the first window"
+                    if self.proved
+                    else "lm_head on every row: the needed rows alone differed from all rows on the first window"
+                )
+                return full, hidden
+            logits = torch.full((hidden.shape[0], part.shape[1]), float("nan"), dtype=part.dtype, device=part.device)
+            logits[rows] = part
+            return logits, hidden
+
+
+def needed_rows(spans: list[tuple[int, int]], offset: int) -> Any:
+    """Sorted window rows whose logits score the words with token spans `spans` (p − offset for p in [j − 1, e − 1))."""
+    import numpy as np
+
+    rows = {p - offset for j, e in spans for p in range(j - 1, e - 1)}
+    return np.asarray(sorted(rows), dtype=np.int64)
+
+
 def score_words(
     logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tuple[int, int]], offset: int, top_k: int
 ) -> dict[str, Any]:

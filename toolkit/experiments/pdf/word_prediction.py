@@ -12,6 +12,10 @@ native logits), rank, top-k and top-1 match of the true first token, the top-1/t
 joint log-probability of all its tokens, and the cosine between the lm_head input at the
 predicting position and the true token's unembedding row.
 
+`lm_head` runs only on the rows the window's words read, once the first window showed those rows
+bitwise equal to the logits of every row (`toolkit.numerics.teacher_forcing.WindowLogits`, attr
+`logits_rows`): the stored values are those of a plain full forward of each window.
+
 This is the fast path: a position's logits inside a longer window are not bitwise those of a
 forward of exactly its prefix (other matmul shapes round differently).  `check_words` words are
 recomputed per prefix (the upstream method) at run time and the largest differences stored.
@@ -27,6 +31,7 @@ from toolkit.experiments.pdf.figures import plot_word_prediction as plot  # noqa
 
 if TYPE_CHECKING:
     from toolkit.context import CheckedGroup, RunContext
+    from toolkit.numerics.teacher_forcing import WindowLogits
     from toolkit.progress import Progress
 
 PER_TARGET = True
@@ -109,7 +114,7 @@ def run(ctx: RunContext, params: Params) -> None:
     import numpy as np
 
     from toolkit.numerics.hooks import final_norm_name
-    from toolkit.numerics.teacher_forcing import assign_windows, word_token_spans
+    from toolkit.numerics.teacher_forcing import WindowLogits, assign_windows, word_token_spans
     from toolkit.pdftext import extract, split_words
 
     doc = extract(params.pdf_path, params.first_page, params.last_page, params.normalize_whitespace)
@@ -121,7 +126,8 @@ def run(ctx: RunContext, params: Params) -> None:
     run_key = hashlib.sha256(doc.sha256.encode() + ids.tobytes() + window_start.tobytes()).hexdigest()
     bar = ctx.progress(len(windows) + params.check_words)
     norm = final_norm_name(ctx.model)
-    rows, resumed = _score_windows(ctx, params, ids, token_start, token_end, window_start, windows, run_key, norm, bar)
+    head = WindowLogits()
+    rows, resumed = _score_windows(ctx, params, ids, token_start, token_end, window_start, windows, run_key, head, bar)
     table = _table(len(words), params.top_k, rows)
     scored = window_start >= 0
     shared = np.zeros(len(words), dtype=bool)
@@ -146,7 +152,7 @@ def run(ctx: RunContext, params: Params) -> None:
     )
     check = _prefix_check(ctx, params, ids, table, norm, bar)
     _write(ctx.out, words, table)
-    _attrs(ctx, params, doc, table, windows, resumed, check)
+    _attrs(ctx, params, doc, table, windows, resumed, check, head.note)
     bar.update(bar.total - bar.done)
 
 
@@ -175,7 +181,7 @@ def _score_windows(
     window_start: Any,
     windows: list[int],
     run_key: str,
-    norm: str,
+    head: WindowLogits,
     bar: Progress,
 ) -> tuple[dict[int, dict[str, Any]], int]:
     """Rows of every window: loaded from the checkpoint when a finished copy exists, else computed."""
@@ -183,7 +189,7 @@ def _score_windows(
     import torch
 
     from toolkit import faults
-    from toolkit.numerics.teacher_forcing import forward_window, score_words
+    from toolkit.numerics.teacher_forcing import needed_rows, score_words
 
     unembed = ctx.model.get_output_embeddings().weight
     ids_t = torch.as_tensor(ids, device=ctx.device)[None]
@@ -196,9 +202,9 @@ def _score_windows(
         if saved is not None:
             rows[s], resumed = saved, resumed + 1
         else:
-            logits, hidden = forward_window(ctx.model, ids_t[:, s : s + params.window], norm)
+            spans = [(int(token_start[w]), int(token_end[w])) for w in members]
+            logits, hidden = head(ctx.model, ids_t[:, s : s + params.window], needed_rows(spans, s))
             with torch.inference_mode():
-                spans = [(int(token_start[w]), int(token_end[w])) for w in members]
                 rows[s] = {**score_words(logits, hidden, unembed, ids, spans, s, params.top_k), "word": members}
             if ctx.checkpoint is not None:
                 ctx.checkpoint.save(key, rows[s], {"run_key": run_key})
@@ -284,6 +290,7 @@ def _attrs(
     windows: list[int],
     resumed: int,
     check: dict[str, Any],
+    logits_rows: str,
 ) -> None:
     import json
 
@@ -311,6 +318,7 @@ def _attrs(
             "tokens before it, or start 0",
             "forward_path": "one full forward per window, batch size 1, no KV cache (numerics.kv_cache unused)",
             "logits": f"full-sequence logits in the model dtype ({ctx.numerics.dtype}); softmax in float64",
+            "logits_rows": logits_rows,
             "hidden_source": "output of the final norm (the lm_head input), float64 cosine",
             "tie_rule": "top-1/top-k: stable sort of the logits, lowest id first among equal values",
             "method": "teacher forcing (fast: not bitwise equal to a forward of each prefix; see prefix_check)",
