@@ -146,15 +146,19 @@ def score_words(
     true_logit = rows.gather(1, true[:, None])[:, 0]
     order = ranked_top(rows, max(top_k, 2))[1]
     top2 = rows.gather(1, order[:, :2]).double()
-    logp_first = _log_softmax_rows(rows)
+    read = needed_rows(spans, offset)  # every row a word reads: one float64 log-softmax per row
+    slot = np.full(int(read.max()) + 1 if read.size else 0, -1, dtype=np.int64)
+    slot[read] = np.arange(read.size)
+    logp_rows = _log_softmax_rows(logits[torch.as_tensor(read, device=logits.device)])
+    logp_first = logp_rows[torch.as_tensor(slot[[j - 1 - offset for j, _ in spans]], device=logits.device)]
     h = hidden[firsts].double()
     w = unembed[true].double()
     cosine = (h * w).sum(1) / (torch.linalg.vector_norm(h, dim=1) * torch.linalg.vector_norm(w, dim=1))
     word_logp = []
     for j, e in spans:
-        positions = torch.arange(j - 1 - offset, e - 1 - offset, device=logits.device)
+        at = torch.as_tensor(slot[j - 1 - offset : e - 1 - offset], device=logits.device)
         targets = torch.as_tensor(np.asarray(ids[j:e], dtype=np.int64), device=logits.device)
-        word_logp.append(float(_log_softmax_rows(logits[positions]).gather(1, targets[:, None]).sum()))
+        word_logp.append(float(logp_rows[at].gather(1, targets[:, None]).sum()))
     return {
         "true_id": true.cpu().numpy(),
         "logit": true_logit.double().cpu().numpy(),

@@ -113,7 +113,6 @@ def run(ctx: RunContext, params: Params) -> None:
 
     import numpy as np
 
-    from toolkit.numerics.hooks import final_norm_name
     from toolkit.numerics.teacher_forcing import WindowLogits, assign_windows, word_token_spans
     from toolkit.pdftext import extract, split_words
 
@@ -125,7 +124,6 @@ def run(ctx: RunContext, params: Params) -> None:
     windows = sorted({int(s) for s in window_start if s >= 0})
     run_key = hashlib.sha256(doc.sha256.encode() + ids.tobytes() + window_start.tobytes()).hexdigest()
     bar = ctx.progress(len(windows) + params.check_words)
-    norm = final_norm_name(ctx.model)
     head = WindowLogits()
     rows, resumed = _score_windows(ctx, params, ids, token_start, token_end, window_start, windows, run_key, head, bar)
     table = _table(len(words), params.top_k, rows)
@@ -150,7 +148,7 @@ def run(ctx: RunContext, params: Params) -> None:
             "text_utf8": np.frombuffer(doc.text.encode("utf-8"), dtype=np.uint8),
         }
     )
-    check = _prefix_check(ctx, params, ids, table, norm, bar)
+    check = _prefix_check(ctx, params, ids, table, head, bar)
     _write(ctx.out, words, table)
     _attrs(ctx, params, doc, table, windows, resumed, check, head.note)
     bar.update(bar.total - bar.done)
@@ -238,13 +236,13 @@ def _table(n: int, top_k: int, rows: dict[int, dict[str, Any]]) -> dict[str, Any
 
 
 def _prefix_check(
-    ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], norm: str, bar: Progress
+    ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], head: WindowLogits, bar: Progress
 ) -> dict[str, Any]:
-    """Recompute `check_words` evenly spaced scored words per prefix; the largest differences."""
+    """Recompute `check_words` evenly spaced scored words per prefix; the largest differences.
+    The prefix's logits are those of its last `WindowLogits.MIN_ROWS` rows when `head` proved
+    row subsets exact (then bitwise those of all rows), else of every row."""
     import numpy as np
     import torch
-
-    from toolkit.numerics.teacher_forcing import forward_window
 
     scored = np.flatnonzero(table["scored"])
     picks = (
@@ -256,7 +254,8 @@ def _prefix_check(
     logit_diff, prob_diff, agree = 0.0, 0.0, 0
     for w in picks:
         s, j = int(table["window_start"][w]), int(table["token_start"][w])
-        logits, _ = forward_window(ctx.model, ids_t[:, s:j], norm)
+        rows = np.arange(max(0, j - s - head.MIN_ROWS), j - s)  # lm_head on the last rows only, as proved
+        logits, _ = head(ctx.model, ids_t[:, s:j], rows)
         row = logits[-1]
         prob = float(torch.softmax(row.double(), dim=0)[int(ids[j])])
         logit_diff = max(logit_diff, abs(float(row[int(ids[j])].double()) - float(table["logit"][w])))
