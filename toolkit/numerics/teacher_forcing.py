@@ -83,7 +83,8 @@ class WindowLogits:
     needed rows alone.  The first window this object computes also gets the full logits (all
     rows, as `forward_window`) and the needed rows are compared in every bit: equal, and later
     windows compute those rows only; different (or fewer than `MIN_ROWS` rows needed anywhere), and
-    every window computes all rows.  Rows not computed are NaN.  `note` says which path ran.
+    every window computes all rows.  Returned: the logits of the `needed` rows, in that order.
+    `note` says which path ran.
     """
 
     MIN_ROWS = 8  # a matmul of fewer rows takes another kernel on CPU (FACTS.md): never subset below it
@@ -93,7 +94,7 @@ class WindowLogits:
         self.note = "lm_head on every row of each window (no window computed)"
 
     def __call__(self, model: Any, ids: Any, needed: Any) -> tuple[Any, Any]:
-        """(logits [T, V], NaN outside `needed` once proved; final-norm output [T, D]) of `ids` [1, T]."""
+        """(logits [R, V] of the R `needed` rows, final-norm output [T, D]) of `ids` [1, T]."""
         import torch
 
         from toolkit.numerics.embedding_forward import base_model
@@ -103,7 +104,7 @@ class WindowLogits:
         with torch.inference_mode():
             hidden = base_model(model)(input_ids=ids, use_cache=False).last_hidden_state[0]
             if self.proved is False or rows.numel() < self.MIN_ROWS:
-                return head_logits(model, hidden), hidden
+                return head_logits(model, hidden)[rows], hidden
             part = head_logits(model, hidden[rows])
             if self.proved is None:
                 full = head_logits(model, hidden)
@@ -113,10 +114,8 @@ class WindowLogits:
                     if self.proved
                     else "lm_head on every row: the needed rows alone differed from all rows on the first window"
                 )
-                return full, hidden
-            logits = torch.full((hidden.shape[0], part.shape[1]), float("nan"), dtype=part.dtype, device=part.device)
-            logits[rows] = part
-            return logits, hidden
+                return full[rows], hidden
+            return part, hidden
 
 
 def needed_rows(spans: list[tuple[int, int]], offset: int) -> Any:
@@ -128,36 +127,51 @@ def needed_rows(spans: list[tuple[int, int]], offset: int) -> Any:
 
 
 def score_words(
-    logits: Any, hidden: Any, unembed: Any, ids: Any, spans: list[tuple[int, int]], offset: int, top_k: int
+    logits: Any,
+    hidden: Any,
+    unembed: Any,
+    ids: Any,
+    spans: list[tuple[int, int]],
+    offset: int,
+    top_k: int,
+    held: Any = None,
 ) -> dict[str, Any]:
     """Per-word scores from one window's outputs; `offset` is the window start s in the text.
 
     `ids` [T_all] are the text's token ids; `spans` the words' [j, e) token spans (absolute).
-    Row p − s of `logits` (native dtype) predicts token p + 1.
+    Window row p − s predicts token p + 1.  `logits` (native dtype) holds the window rows listed
+    in `held` (in that order; `needed_rows(spans, offset)` at least), or every row when None.
     """
     import numpy as np
     import torch
 
     from toolkit.numerics.greedy import ranked_top
 
-    firsts = torch.tensor([j - 1 - offset for j, _ in spans], dtype=torch.long, device=logits.device)
-    true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=logits.device)
-    rows = logits[firsts]
+    device = logits.device
+    read = needed_rows(spans, offset)  # every row a word reads: one float64 log-softmax per row
+    held = np.arange(logits.shape[0]) if held is None else np.asarray(held, dtype=np.int64)
+    slot = np.full(int(held.max()) + 1 if held.size else 0, -1, dtype=np.int64)
+    slot[held] = np.arange(held.size)
+    at_first = [j - 1 - offset for j, _ in spans]
+    firsts = torch.tensor(at_first, dtype=torch.long, device=device)
+    true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=device)
+    rows = logits[torch.as_tensor(slot[at_first], device=device)]
     true_logit = rows.gather(1, true[:, None])[:, 0]
     order = ranked_top(rows, max(top_k, 2))[1]
     top2 = rows.gather(1, order[:, :2]).double()
-    read = needed_rows(spans, offset)  # every row a word reads: one float64 log-softmax per row
-    slot = np.full(int(read.max()) + 1 if read.size else 0, -1, dtype=np.int64)
-    slot[read] = np.arange(read.size)
-    logp_rows = _log_softmax_rows(logits[torch.as_tensor(read, device=logits.device)])
-    logp_first = logp_rows[torch.as_tensor(slot[[j - 1 - offset for j, _ in spans]], device=logits.device)]
+    same = np.array_equal(held, read)
+    logp_rows = _log_softmax_rows(logits if same else logits[torch.as_tensor(slot[read], device=device)])
+    place = slot if same else np.full(slot.size, -1, dtype=np.int64)
+    if not same:
+        place[read] = np.arange(read.size)
+    logp_first = logp_rows[torch.as_tensor(place[at_first], device=device)]
     h = hidden[firsts].double()
     w = unembed[true].double()
     cosine = (h * w).sum(1) / (torch.linalg.vector_norm(h, dim=1) * torch.linalg.vector_norm(w, dim=1))
     word_logp = []
     for j, e in spans:
-        at = torch.as_tensor(slot[j - 1 - offset : e - 1 - offset], device=logits.device)
-        targets = torch.as_tensor(np.asarray(ids[j:e], dtype=np.int64), device=logits.device)
+        at = torch.as_tensor(place[j - 1 - offset : e - 1 - offset], device=device)
+        targets = torch.as_tensor(np.asarray(ids[j:e], dtype=np.int64), device=device)
         word_logp.append(float(logp_rows[at].gather(1, targets[:, None]).sum()))
     return {
         "true_id": true.cpu().numpy(),

@@ -201,9 +201,11 @@ def _score_windows(
             rows[s], resumed = saved, resumed + 1
         else:
             spans = [(int(token_start[w]), int(token_end[w])) for w in members]
-            logits, hidden = head(ctx.model, ids_t[:, s : s + params.window], needed_rows(spans, s))
+            read = needed_rows(spans, s)
+            logits, hidden = head(ctx.model, ids_t[:, s : s + params.window], read)
             with torch.inference_mode():
-                rows[s] = {**score_words(logits, hidden, unembed, ids, spans, s, params.top_k), "word": members}
+                scores = score_words(logits, hidden, unembed, ids, spans, s, params.top_k, held=read)
+                rows[s] = {**scores, "word": members}
             if ctx.checkpoint is not None:
                 ctx.checkpoint.save(key, rows[s], {"run_key": run_key})
             faults.checkpoint("pdf-window")  # crash tests: TOOLKIT_FAULT=pdf-window:<n>
