@@ -121,20 +121,6 @@ def inner_worker(folder: str, texts: list[str]) -> dict[str, Any]:
     return {"seconds": seconds, "solvers": solvers}
 
 
-def matmul_peak() -> float:
-    """Best-of-5 fp32 GFLOP/s of a 2048² matmul."""
-    import torch
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
-
-
 def run_process(cmd: list[str], threads: int) -> tuple[float, str]:
     """(wall seconds, stdout) of a subprocess; exits 1 with its stderr if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's thread count in every process
@@ -215,7 +201,9 @@ def main() -> None:
     from toolkit.models.loading import prepare_packaged
 
     torch.set_num_threads(args.threads)
-    args.peak = matmul_peak()
+    from bench_heatmap import matmul_peak  # this folder is on sys.path when a benchmark runs as a script
+
+    args.peak = matmul_peak(2048)
     print(f"matmul peak (2048^2 fp32, {args.threads} thread(s)): {args.peak:.0f} GFLOP/s")
     texts = prompts()
     ok = True
