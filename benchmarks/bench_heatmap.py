@@ -4,12 +4,16 @@ Setup (no exp6 run needed): x0 = the prompt's own last-token embedding, pair (a,
 top-2 at x0, directions = two seeded random orthonormal unit vectors in float64 (the cost per point
 is the same as for singular vectors).  Grid: `--grid` × `--grid` points over ±`--range`.
 
-Methods, all in this process, one after the other:
+Eager attention, as the shipped manifests that run exp6/exp7 use.  Methods, all in this process,
+one after the other:
 
 * loop (upstream exp7 part 1): per point, x' = fl32(fl32(x0 + fl32(e1·v1)) + fl32(e2·v2)), one
   `model(inputs_embeds=[1,T,D], output_hidden_states=True)` (full logits for all T rows), then
   two `torch.dot(h, W[t])` reductions copied to the host.  Too slow for 10,201 points on a shared
   2-core machine: timed on `--loop-points` random grid points and EXTRAPOLATED to the whole grid.
+* per point (toolkit's path, a second baseline that isolates the batching gain): `grid.point_logits`
+  — one full forward with `logits_to_keep=1` per point, the reference faithful mode must equal
+  bit for bit — on the same points as the loop.
 * faithful (toolkit): `toolkit.numerics.grid.run_grid(mode="faithful")` — bitwise equal to one full
   forward per point; batched decoder after a run-time check, per-point lm_head, dedup of identical
   rounded inputs.  At ±1e-8 every point of this grid has a distinct input, so it is timed on
@@ -42,7 +46,7 @@ def load(threads: int) -> tuple[Any, Any]:
 
     torch.set_num_threads(threads)
     model, tokenizer, _ = load_model(
-        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="sdpa")
+        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
     )
     return model, tokenizer
 
@@ -136,7 +140,8 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         "flops_fast": 2 * nonembed + 2 * head,
     }
     print(
-        f"SmolLM2-135M fp32 (dequantized Q4_1 weights), sdpa, {args.threads} torch thread(s); prompt "
+        f"SmolLM2-135M fp32 (dequantized Q4_1 weights), eager (as the shipped exp6/exp7 manifests), "
+        f"{args.threads} torch thread(s); prompt "
         f"{PROMPT!r} (T = {tokens}); pair {pair}; x0 = own last embedding; 2 random orthonormal directions"
     )
     print(
@@ -181,6 +186,16 @@ def main() -> None:
         len(picks) / (time.perf_counter() - start),
         s["flops_full"],
         f"timed on {len(picks)} points, extrapolated",
+    )
+
+    start = time.perf_counter()
+    for flat in picks:
+        grid.point_logits(model, prefix, points[int(flat)])
+    report(
+        "per point (toolkit's path)",
+        len(picks) / (time.perf_counter() - start),
+        s["flops_full"],
+        f"timed on the same {len(picks)} points: grid.point_logits, what faithful must equal bit for bit",
     )
 
     sample = np.sort(rng.choice(n, size=min(args.faithful_points, n), replace=False))
