@@ -38,6 +38,7 @@ from test_exp7_heatmap import plain_loop
 
 from toolkit.models import tiny_random
 from toolkit.models.architectures import ARCHITECTURES
+from toolkit.numerics import grid
 from toolkit.store.reader import Store
 
 ARCHES = list(tiny_random.ARCHITECTURES)
@@ -162,6 +163,7 @@ def test_faithful_heatmap_equals_a_per_point_loop_bitwise(arch: str, folder: Pat
         assert run.attrs["mode"] == "faithful"
         group = run.group["maps/000"]
         assert group["gap"].shape == (5, 5)
+        assert group.attrs["evaluation_path"] == grid.SHARED_PATH  # linear layers on the last row only
         gap, top = plain_loop(model, group)
         assert np.array_equal(group["gap"][()], gap)
         assert np.array_equal(group["argmax"][()], top)

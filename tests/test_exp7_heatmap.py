@@ -114,6 +114,7 @@ def test_faithful_heatmap_equals_the_per_point_loop_in_every_cell(campaign, tiny
             check = json.loads(group.attrs["batch_check"])  # batched evaluation only after a passed check
             assert check == {"requested": 8, "used": 8, "equal": True, "sample": 8, "max_abs_diff": 0.0}
             assert group.attrs["batch_size_used"] == 8
+            assert group.attrs["evaluation_path"] == grid.SHARED_PATH  # linear layers on the last row only
             gap, top = plain_loop(tiny64, group)
             assert np.array_equal(group["gap"][()], gap)  # bitwise, all 121 cells
             assert np.array_equal(group["argmax"][()], top)
@@ -211,6 +212,7 @@ def test_batched_path_that_is_not_bitwise_falls_back_to_one(tiny, monkeypatch):
     monkeypatch.setattr(grid, "faithful_logits", batched_head)
     result = grid.run_grid(tiny, prefix, points, (5, 7), "faithful", batch_size=8)
     assert result.check is not None and not result.check.equal and result.batch_size == 1
+    assert result.path == grid.POINT_PATH
     reference = [
         float(grid.point_logits(tiny, prefix, x)[5].double() - grid.point_logits(tiny, prefix, x)[7].double())
         for x in points

@@ -13,6 +13,10 @@ Evaluation paths, all returning the native-dtype logits of the last position:
   (torch 2.13) the decoder stack was batch-invariant but a batched `lm_head` (M = B) was not
   bitwise equal to the per-point GEMV (M = 1).  It is only used after `batch_check` proved, on a
   sample, that it is bitwise equal to `point_logits` for this model/device/dtype/batch size.
+* the shared-prefix faithful path (`SHARED_PATH`, tried first): the same batched call inside
+  `toolkit.numerics.shared_prefix.shared_prefix_rows`, where the linear layers compute the last
+  row only and take the prefix rows from one [1, T, D] forward; used only after its own
+  `batch_check` passed, else the plain batched path, else one point at a time.
 * `PrefixCache.logits` (fast) — the prefix K/V computed once, then only the last position for a
   batch of points against it, with a batched `lm_head`.  Not bitwise equal; callers must report
   agreement with the faithful values.
@@ -42,6 +46,10 @@ AXIS_FORMULA = (
 )
 POINT_PATH = "full forward of [1,T,D] inputs_embeds, use_cache=False, logits_to_keep=1 (lm_head on the last row)"
 FAITHFUL_PATH = "decoder stack on [B,T,D] (full recompute, no cache), then lm_head on each point's row as [1,1,D]"
+SHARED_PATH = (
+    "decoder stack on [B,T,D] with every linear layer on the last row only ([B,in]; the T-1 prefix rows are "
+    "those of one [1,T,D] forward), attention and norms on all T rows, then lm_head on each point's row as [1,1,D]"
+)
 FAST_PATH = (
     "prefix K/V cache of rows 0..T-2 computed once; last row of B points as [B,1,D] against it; batched lm_head [B,1,D]"
 )
@@ -181,8 +189,11 @@ class BatchCheck:
     max_abs_diff: float
 
 
-def batch_check(model: Any, prefix: Any, xs: Any, batch_size: int, sample: int) -> BatchCheck:
-    """Compare `faithful_logits` on one full batch with `point_logits` on `sample` of its rows.
+def batch_check(
+    model: Any, prefix: Any, xs: Any, batch_size: int, sample: int, batched: Callable[[Any], Any] | None = None
+) -> BatchCheck:
+    """Compare `batched` (default `faithful_logits`) on one full batch with `point_logits` on
+    `sample` of its rows.
 
     The batch is the first `batch_size` rows of xs, padded with copies of the last one (the shape
     every later call has); the sampled rows include the first and the last real row.
@@ -194,14 +205,14 @@ def batch_check(model: Any, prefix: Any, xs: Any, batch_size: int, sample: int) 
         return BatchCheck(batch_size, 1, True, 0, 0.0)
     real = min(batch_size, xs.shape[0])
     batch = pad_rows(xs[:real], batch_size)
-    batched = faithful_logits(model, prefix, batch)
+    batched_rows = batched(batch) if batched is not None else faithful_logits(model, prefix, batch)
     picks = sorted(set(np.linspace(0, real - 1, min(sample, real)).round().astype(int).tolist()))
     diff = 0.0
     equal = True
     for i in picks:
         single = point_logits(model, prefix, batch[i])
-        equal &= bool(torch.equal(single, batched[i]))
-        diff = max(diff, float((single.double() - batched[i].double()).abs().max()))
+        equal &= bool(torch.equal(single, batched_rows[i]))
+        diff = max(diff, float((single.double() - batched_rows[i].double()).abs().max()))
     return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff)
 
 
@@ -288,6 +299,7 @@ class GridResult:
     check: BatchCheck | None
     batch_size: int
     agreement: dict[str, Any] | None  # fast mode: sample indices, faithful and fast gaps, rates
+    path: str = ""  # SHARED_PATH, FAITHFUL_PATH, POINT_PATH or FAST_PATH: how the values were computed
 
 
 def run_grid(
@@ -317,17 +329,11 @@ def run_grid(
     batch_size = max(1, min(batch_size, xs.shape[0]))  # never pad beyond the number of distinct inputs
     check = None
     if mode == "faithful":
-        check = batch_check(model, prefix, xs, batch_size, check_sample)
+        gap, top, ab, check, path = _faithful(model, prefix, xs, pair, batch_size, check_sample, progress)
         used = check.used
-        fn = (
-            (lambda block: point_logits(model, prefix, block[0]).unsqueeze(0))
-            if used == 1
-            else (lambda block: faithful_logits(model, prefix, block))
-        )
     else:
-        used = batch_size
-        fn = PrefixCache(model, prefix, batch_size).logits
-    gap, top, ab = evaluate(fn, xs, used, pair, progress)
+        used, path = batch_size, FAST_PATH
+        gap, top, ab = evaluate(PrefixCache(model, prefix, batch_size).logits, xs, used, pair, progress)
     agreement = None
     if mode == "fast":
         agreement = _agreement(model, prefix, xs, gap, pair, agreement_sample, seed, progress)
@@ -342,7 +348,45 @@ def run_grid(
         check=check,
         batch_size=used,
         agreement=agreement,
+        path=path,
     )
+
+
+def _faithful(
+    model: Any,
+    prefix: Any,
+    xs: Any,
+    pair: tuple[int, int],
+    batch_size: int,
+    check_sample: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[Any, Any, Any, BatchCheck, str]:
+    """(gap, argmax, logits of the pair, the check that allowed the path, the path) of faithful mode:
+    `SHARED_PATH` if its batch check passes, else `FAITHFUL_PATH` if that check passes, else one
+    point at a time (`POINT_PATH`).  Each batched path is used only after its own bitwise check."""
+    from toolkit.numerics.shared_prefix import SharedPrefix
+
+    def batched(block: Any) -> Any:
+        return faithful_logits(model, prefix, block)
+
+    if batch_size > 1 and prefix.shape[1] > 0:
+        shared = SharedPrefix(model, prefix, xs[0])
+
+        def shared_batch(block: Any) -> Any:
+            with shared.patched():  # only around the batch: the check's references run unpatched
+                return faithful_logits(model, prefix, block)
+
+        check = batch_check(model, prefix, xs, batch_size, check_sample, shared_batch)
+        if check.equal:
+            return (*evaluate(shared_batch, xs, batch_size, pair, progress), check, SHARED_PATH)
+    check = batch_check(model, prefix, xs, batch_size, check_sample)
+    if check.used > 1:
+        return (*evaluate(batched, xs, check.used, pair, progress), check, FAITHFUL_PATH)
+
+    def one(block: Any) -> Any:
+        return point_logits(model, prefix, block[0]).unsqueeze(0)
+
+    return (*evaluate(one, xs, 1, pair, progress), check, POINT_PATH)
 
 
 def _agreement(

@@ -213,7 +213,12 @@ def describe(ctx: RunContext, params: Params, out: CheckedGroup) -> None:
     out.attrs["arithmetic_description"] = grid.ARITHMETIC[params.arithmetic]
     out.attrs["axis_formula"] = grid.AXIS_FORMULA
     out.attrs["reference_path"] = grid.POINT_PATH
-    out.attrs["evaluation_path"] = grid.FAITHFUL_PATH if params.mode == "faithful" else grid.FAST_PATH
+    out.attrs["evaluation_path"] = (
+        "per map, attr evaluation_path: the first of these whose bitwise check passes: "
+        f"{grid.SHARED_PATH} | {grid.FAITHFUL_PATH} | one point at a time"
+        if params.mode == "faithful"
+        else grid.FAST_PATH
+    )
     out.attrs["gap"] = "float64(logit[a]) - float64(logit[b]) of the native-dtype logits (exact)"
     out.attrs["dtype"] = ctx.numerics.dtype
     out.attrs["attn_implementation"] = ctx.numerics.attn_implementation
@@ -288,6 +293,7 @@ def compute_map(
     group.attrs["n_points"] = int(result.gap.size)
     group.attrs["n_distinct_inputs"] = result.n_distinct
     group.attrs["batch_size_used"] = result.batch_size
+    group.attrs["evaluation_path"] = result.path
     if result.check is not None:
         group.attrs["batch_check"] = json.dumps(vars(result.check))
     centre = [np.flatnonzero(e1 == 0), np.flatnonzero(e2 == 0)]

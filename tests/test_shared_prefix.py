@@ -1,0 +1,84 @@
+"""toolkit.numerics.shared_prefix: linear layers on the last row only, behind one prompt prefix.
+
+Known answers from plain transformers: `model(inputs_embeds=[1, T, D], logits_to_keep=1)` per
+point.  The packaged model's fp32 batched path with the patch must equal it in every bit for a
+prompt of 21 tokens (M = B and M = T both >= 8, FACTS.md), and the patch must leave no trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.manifest import ModelSpec, Numerics
+from toolkit.models.loading import load
+from toolkit.numerics import grid
+from toolkit.numerics.shared_prefix import shared_prefix_rows
+
+PROMPT = "Near the old harbour, the fishermen mend their nets while the gulls wait for scraps of the morning catch"
+
+
+@pytest.fixture(scope="module")
+def smollm2(one_torch_thread):
+    model, tokenizer, _ = load(
+        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
+    )
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+    return model, embeds
+
+
+def _points(x0: torch.Tensor, n: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(x0.numel(), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    e = grid.axis_n(-1e-3, 1e-3, n)
+    return grid.form_points(x0, q[:, 0], q[:, 1], e, e, "fp64_then_round")
+
+
+def test_last_row_linears_give_the_one_point_logits_bitwise(smollm2):
+    model, embeds = smollm2
+    prefix, x0 = embeds[:, :-1], embeds[0, -1]
+    assert embeds.shape[1] == 21
+    xs = _points(x0, 4)[:16]
+    with torch.no_grad():
+        plain = [
+            model(inputs_embeds=torch.cat([prefix, x[None, None]], dim=1), use_cache=False, logits_to_keep=1).logits[
+                0, -1
+            ]
+            for x in xs
+        ]
+    with shared_prefix_rows(model, prefix, x0) as patched:
+        assert patched == 30 * 7  # q, k, v, o, gate, up, down in each of the 30 layers
+        batched = grid.faithful_logits(model, prefix, xs)
+    for i, row in enumerate(plain):
+        assert torch.equal(batched[i], row), i
+
+
+def test_the_patch_leaves_no_trace(smollm2):
+    model, embeds = smollm2
+    prefix, x0 = embeds[:, :-1], embeds[0, -1]
+    with shared_prefix_rows(model, prefix, x0):
+        pass
+    assert not [name for name, m in model.named_modules() if "forward" in vars(m)]
+    with pytest.raises(RuntimeError, match="boom"), shared_prefix_rows(model, prefix, x0):
+        raise RuntimeError("boom")
+    assert not [name for name, m in model.named_modules() if "forward" in vars(m)]
+
+
+def test_run_grid_takes_the_shared_path_and_equals_the_point_loop(smollm2):
+    model, embeds = smollm2
+    prefix, x0 = embeds[:, :-1], embeds[0, -1]
+    points = _points(x0, 5)
+    result = grid.run_grid(model, prefix, points, (11, 13), "faithful", batch_size=8, dedup=False)
+    assert result.path == grid.SHARED_PATH and result.check is not None and result.check.equal
+    with torch.no_grad():
+        expected = np.array(
+            [
+                float(row[11].double() - row[13].double())
+                for row in (
+                    model(inputs_embeds=torch.cat([prefix, x[None, None]], dim=1), logits_to_keep=1).logits[0, -1]
+                    for x in points
+                )
+            ]
+        )
+    assert np.array_equal(result.gap, expected)
