@@ -100,6 +100,16 @@ experiments:
 """
 
 
+def _shard_files(shards: Path) -> tuple[list[str], list[str]]:
+    """(names in shards/ other than checkpoint folders, names inside the checkpoint folders).
+
+    A prompt that finished before the interrupt stays in `<task>.ckpt/` by design (a resubmit
+    resumes from it, README "Preemption"); whether one finished first depends on timing."""
+    names = sorted(p.name for p in shards.iterdir())
+    saved = sorted(f.name for p in shards.glob("*.ckpt") for f in p.iterdir())
+    return [n for n in names if not n.endswith(".ckpt")], saved
+
+
 def _wait_for(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not (value := check()):
@@ -137,7 +147,7 @@ def test_ctrl_c_during_submit_exits_130_and_leaves_no_half_written_shard(tmp_pat
         _wait_for(lambda: shards.is_dir() and list(shards.glob(".*.h5~*.tmp")), 300, "the worker to write its shard")
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=120)
-        leftovers = sorted(p.name for p in shards.iterdir())  # when the command has returned
+        leftovers, saved = _shard_files(shards)  # when the command has returned
         _wait_for(lambda: not _group_alive(proc.pid), 60, "the campaign's job processes to end")  # none left behind
     finally:
         if _group_alive(proc.pid):
@@ -146,6 +156,7 @@ def test_ctrl_c_during_submit_exits_130_and_leaves_no_half_written_shard(tmp_pat
     assert code == 130
     assert [x for x in lines if x.startswith("error")] == [INTERRUPTED] and lines[-1] == INTERRUPTED
     assert leftovers == []  # no temporary, partial or published shard
+    assert all(name.endswith(".h5") for name in saved)  # finished prompts kept for a resubmit, nothing partial
     status = run_cli("status", str(tmp_path / "campaigns" / "interrupted"))
     assert status.code == 0 and status.out.startswith("1 task(s): 1 pending")
 
@@ -201,7 +212,7 @@ def test_sigint_to_the_submit_alone_stops_its_job_too(tmp_path: Path) -> None:
         code = proc.wait(timeout=120)
         time.sleep(2.0)  # the last processes are reaped
         alive = _group_alive(proc.pid)
-        leftovers = sorted(p.name for p in shards.iterdir())
+        leftovers, saved = _shard_files(shards)
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -209,3 +220,4 @@ def test_sigint_to_the_submit_alone_stops_its_job_too(tmp_path: Path) -> None:
     assert err.read_text().splitlines()[-1] == INTERRUPTED
     assert not alive, "a worker of the interrupted submit is still running"
     assert leftovers == []
+    assert all(name.endswith(".h5") for name in saved)
