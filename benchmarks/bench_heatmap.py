@@ -92,6 +92,7 @@ def upstream_loop(
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=101)
+    parser.add_argument("--prompt", default=PROMPT, help=f"default {PROMPT!r}")
     parser.add_argument("--range", type=float, default=1e-8)
     parser.add_argument("--fine-range", type=float, default=1e-10)
     parser.add_argument("--loop-points", type=int, default=40)
@@ -112,7 +113,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     from toolkit.numerics import grid
 
     model, tokenizer = load(args.threads)
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     embeds = model.get_input_embeddings()(ids).detach()
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
     top = torch.topk(grid.point_logits(model, prefix, x0), 2).indices
@@ -142,7 +143,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"SmolLM2-135M fp32 (dequantized Q4_1 weights), eager (as the shipped exp6/exp7 manifests), "
         f"{args.threads} torch thread(s); prompt "
-        f"{PROMPT!r} (T = {tokens}); pair {pair}; x0 = own last embedding; 2 random orthonormal directions"
+        f"{args.prompt!r} (T = {tokens}); pair {pair}; x0 = own last embedding; 2 random orthonormal directions"
     )
     print(
         f"grid {args.grid}x{args.grid} = {s['n']} points over ±{args.range:g}; matmul peak {s['peak']:.1f} "
@@ -202,12 +203,14 @@ def main() -> None:
     start = time.perf_counter()
     faithful = grid.run_grid(model, prefix, points[sample], pair, "faithful", args.faithful_batch)
     check = faithful.check
+    shared = faithful.path == grid.SHARED_PATH  # linear layers on the last row only: the fast mode's FLOPs
     report(
         "faithful (toolkit)",
         len(sample) / (time.perf_counter() - start),
-        s["flops_full"],
+        s["flops_fast"] if shared else s["flops_full"],
         f"timed on {len(sample)} points, extrapolated; batch {faithful.batch_size} "
-        f"(check: {'bitwise equal' if check and check.equal else 'FAILED -> 1'})",
+        f"(check: {'bitwise equal' if check and check.equal else 'FAILED -> 1'}; "
+        f"{'shared prefix' if shared else 'full recompute'})",
     )
 
     start = time.perf_counter()
@@ -239,7 +242,7 @@ def main() -> None:
     report(
         f"faithful, fine grid ±{args.fine_range:g}",
         n / (time.perf_counter() - start),
-        s["flops_full"],
+        s["flops_fast"] if fine_run.path == grid.SHARED_PATH else s["flops_full"],
         f"WHOLE grid: {fine_run.n_distinct} distinct inputs of {n} (dedup; % peak counts all points)",
     )
 
