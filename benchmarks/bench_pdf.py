@@ -118,12 +118,24 @@ def prepare(pdf: Path, window: int, stride: int, min_context: int, tokenizer: An
     }
 
 
+def forward_window(model: Any, ids: Any, norm_name: str) -> tuple[Any, Any]:
+    """(logits [T, V], final-norm output [T, D]) of one full forward over `ids` [1, T], native dtype:
+    the upstream method's forward (logits on every row)."""
+    import torch
+
+    from toolkit.numerics.hooks import capture
+
+    with torch.inference_mode(), capture(model, [norm_name], last_position_only=False) as captured:
+        out = model(input_ids=ids, use_cache=False)
+    return out.logits[0], captured[norm_name][0]
+
+
 def teacher_forcing(model: Any, data: dict[str, Any], window: int, norm: str) -> tuple[float, float, dict[int, float]]:
     """(wall s, process CPU s, word → p(first token)) scoring every word, one forward per window."""
     import numpy as np
     import torch
 
-    from toolkit.numerics.teacher_forcing import forward_window, score_words
+    from toolkit.numerics.teacher_forcing import score_words
 
     ids_t = torch.as_tensor(data["ids"])[None]
     unembed = model.get_output_embeddings().weight
@@ -143,7 +155,7 @@ def per_word(model: Any, data: dict[str, Any], picks: Any, norm: str) -> tuple[f
     """(wall s, process CPU s, word → p(first token)) with one forward per word over exactly its prefix."""
     import torch
 
-    from toolkit.numerics.teacher_forcing import forward_window, score_words
+    from toolkit.numerics.teacher_forcing import score_words
 
     ids_t = torch.as_tensor(data["ids"])[None]
     unembed = model.get_output_embeddings().weight
@@ -216,7 +228,6 @@ def main() -> int:
     from toolkit.manifest import ModelSpec, Numerics
     from toolkit.models.loading import load
     from toolkit.numerics.hooks import final_norm_name
-    from toolkit.numerics.teacher_forcing import forward_window
     from toolkit.store.reader import Store
 
     torch.set_num_threads(args.threads)

@@ -57,11 +57,11 @@ class Evaluator:
     def _block(self, block: Any) -> Any:
         import torch
 
+        from toolkit.numerics.grid import pad_rows
+
         if self.batched is None:
             return torch.stack([self.f(x) for x in block])
-        real = block.shape[0]
-        padded = torch.cat([block, block[-1:].expand(self.batch_size - real, -1)])
-        together = self.batched(padded)[:real]
+        together = self.batched(pad_rows(block, self.batch_size))[: block.shape[0]]
         if not self.checked:
             self.checked = True
             if not self._same(block, together):
@@ -123,11 +123,15 @@ def finite_difference_gains(
             elif tick is not None:
                 tick()
 
-    def ticks(n: int) -> None:
-        for _ in range(n if tick is not None else 0):
-            tick()  # type: ignore[misc]  # tick is not None here
+    progress: Callable[[int], None] | None = None
+    if tick is not None:
+        each = tick
 
-    outputs = evaluator.rows(torch.stack(inputs), ticks) if inputs else []
+        def progress(n: int) -> None:
+            for _ in range(n):
+                each()
+
+    outputs = evaluator.rows(torch.stack(inputs), progress) if inputs else []
     for (i, j), out in zip(moved_at, outputs):
         gain[i, j] = float(torch.linalg.vector_norm(out.double() - base)) / realised[i, j]
     return {"gain": gain, "changed": changed, "realised": realised}

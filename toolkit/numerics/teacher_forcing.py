@@ -65,23 +65,12 @@ def assign_windows(token_start: Any, token_end: Any, window: int, stride: int, m
     return out
 
 
-def forward_window(model: Any, ids: Any, norm_name: str) -> tuple[Any, Any]:
-    """(logits [T, V], final-norm output [T, D]) of one full forward over `ids` [1, T], native dtype."""
-    import torch
-
-    from toolkit.numerics.hooks import capture
-
-    with torch.inference_mode(), capture(model, [norm_name], last_position_only=False) as captured:
-        out = model(input_ids=ids, use_cache=False)
-    return out.logits[0], captured[norm_name][0]
-
-
 class WindowLogits:
     """One window's forward with `lm_head` on the rows its words read only — once proved exact.
 
     The decoder stack runs on the whole window; `lm_head` (and a final soft-cap) then runs on the
     needed rows alone.  The first window this object computes also gets the full logits (all
-    rows, as `forward_window`) and the needed rows are compared in every bit: equal, and later
+    rows, as the model's own forward) and the needed rows are compared in every bit: equal, and later
     windows compute those rows only; different (or fewer than `MIN_ROWS` rows needed anywhere), and
     every window computes all rows.  Returned: the logits of the `needed` rows, in that order.
     `note` says which path ran.
@@ -148,9 +137,11 @@ def score_words(
     from toolkit.numerics.greedy import ranked_top
 
     device = logits.device
-    read = needed_rows(spans, offset)  # every row a word reads: one float64 log-softmax per row
-    held = np.arange(logits.shape[0]) if held is None else np.asarray(held, dtype=np.int64)
-    slot = np.full(int(held.max()) + 1 if held.size else 0, -1, dtype=np.int64)
+    if held is None:  # every window row: keep the rows the words read
+        held = needed_rows(spans, offset)
+        logits = logits[torch.as_tensor(held, device=device)]
+    held = np.asarray(held, dtype=np.int64)
+    slot = np.full(int(held.max()) + 1 if held.size else 0, -1, dtype=np.int64)  # window row -> row of logits
     slot[held] = np.arange(held.size)
     at_first = [j - 1 - offset for j, _ in spans]
     firsts = torch.tensor(at_first, dtype=torch.long, device=device)
@@ -159,18 +150,14 @@ def score_words(
     true_logit = rows.gather(1, true[:, None])[:, 0]
     order = ranked_top(rows, max(top_k, 2))[1]
     top2 = rows.gather(1, order[:, :2]).double()
-    same = np.array_equal(held, read)
-    logp_rows = _log_softmax_rows(logits if same else logits[torch.as_tensor(slot[read], device=device)])
-    place = slot if same else np.full(slot.size, -1, dtype=np.int64)
-    if not same:
-        place[read] = np.arange(read.size)
-    logp_first = logp_rows[torch.as_tensor(place[at_first], device=device)]
+    logp_rows = _log_softmax_rows(logits)  # one float64 log-softmax per held row
+    logp_first = logp_rows[torch.as_tensor(slot[at_first], device=device)]
     h = hidden[firsts].double()
     w = unembed[true].double()
     cosine = (h * w).sum(1) / (torch.linalg.vector_norm(h, dim=1) * torch.linalg.vector_norm(w, dim=1))
     word_logp = []
     for j, e in spans:
-        at = torch.as_tensor(place[j - 1 - offset : e - 1 - offset], device=device)
+        at = torch.as_tensor(slot[j - 1 - offset : e - 1 - offset], device=device)
         targets = torch.as_tensor(np.asarray(ids[j:e], dtype=np.int64), device=device)
         word_logp.append(float(logp_rows[at].gather(1, targets[:, None]).sum()))
     return {
