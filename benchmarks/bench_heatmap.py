@@ -15,8 +15,9 @@ one after the other:
   — one full forward with `logits_to_keep=1` per point, the reference faithful mode must equal
   bit for bit — on the same points as the loop.
 * faithful (toolkit): `toolkit.numerics.grid.run_grid(mode="faithful")` — bitwise equal to one full
-  forward per point; batched decoder after a run-time check, per-point lm_head, dedup of identical
-  rounded inputs.  At ±1e-8 every point of this grid has a distinct input, so it is timed on
+  forward per point; shared-prefix decoder after a run-time check, bounded head (the per-point
+  GEMV's own bits for the pair and the rows that can be the argmax), dedup of identical rounded
+  inputs.  At ±1e-8 every point of this grid has a distinct input, so it is timed on
   `--faithful-points` random points (EXTRAPOLATED); a second run on a fine grid (±`--fine-range`,
   where dedup can merge points) is timed in full if it has at most `--fine-limit` distinct inputs
   (an exactly-zero entry of x0 moves with every nonzero step, so dedup may not help at all).
@@ -36,6 +37,14 @@ import time
 from typing import Any
 
 PROMPT = "The capital of France is"
+
+
+def path_label(path: str) -> str:
+    """A short name of a faithful path (`GridResult.path`)."""
+    from toolkit.numerics import grid
+
+    names = {grid.SHARED_HEAD_PATH: "shared prefix, bounded head", grid.SHARED_PATH: "shared prefix, per-point head"}
+    return names.get(path, "full recompute")
 
 
 def load(threads: int) -> tuple[Any, Any]:
@@ -203,14 +212,14 @@ def main() -> None:
     start = time.perf_counter()
     faithful = grid.run_grid(model, prefix, points[sample], pair, "faithful", args.faithful_batch)
     check = faithful.check
-    shared = faithful.path == grid.SHARED_PATH  # linear layers on the last row only: the fast mode's FLOPs
+    shared = path_label(faithful.path) != "full recompute"  # linear layers on the last row only: the fast mode's FLOPs
     report(
         "faithful (toolkit)",
         len(sample) / (time.perf_counter() - start),
         s["flops_fast"] if shared else s["flops_full"],
         f"timed on {len(sample)} points, extrapolated; batch {faithful.batch_size} "
         f"(check: {'bitwise equal' if check and check.equal else 'FAILED -> 1'}; "
-        f"{'shared prefix' if shared else 'full recompute'})",
+        f"{path_label(faithful.path)})",
     )
 
     start = time.perf_counter()
@@ -242,8 +251,9 @@ def main() -> None:
     report(
         f"faithful, fine grid ±{args.fine_range:g}",
         n / (time.perf_counter() - start),
-        s["flops_fast"] if fine_run.path == grid.SHARED_PATH else s["flops_full"],
-        f"WHOLE grid: {fine_run.n_distinct} distinct inputs of {n} (dedup; % peak counts all points)",
+        s["flops_fast"] if path_label(fine_run.path) != "full recompute" else s["flops_full"],
+        f"WHOLE grid: {fine_run.n_distinct} distinct inputs of {n} (dedup; % peak counts all points); "
+        f"{path_label(fine_run.path)}",
     )
 
 

@@ -172,7 +172,7 @@ def part_exp7_faithful(setup: Setup) -> dict[str, Any]:
     import torch
 
     from toolkit.numerics.embedding_forward import prompt_embeddings
-    from toolkit.numerics.grid import batch_check
+    from toolkit.numerics.grid_faithful import batch_check
 
     model, tokenizer = setup.model()
     embeds = prompt_embeddings(model, setup.ids(tokenizer))

@@ -163,7 +163,11 @@ def test_faithful_heatmap_equals_a_per_point_loop_bitwise(arch: str, folder: Pat
         assert run.attrs["mode"] == "faithful"
         group = run.group["maps/000"]
         assert group["gap"].shape == (5, 5)
-        assert group.attrs["evaluation_path"] == grid.SHARED_PATH  # linear layers on the last row only
+        # linear layers on the last row only; a bounded head except behind Gemma-2's soft-cap
+        expected = grid.SHARED_PATH if arch == "gemma2" else grid.SHARED_HEAD_PATH
+        assert group.attrs["evaluation_path"] == expected
+        if arch == "gemma2":
+            assert json.loads(group.attrs["batch_check"])["note"] == "bounded head not usable: final logit soft-capping"
         gap, top = plain_loop(model, group)
         assert np.array_equal(group["gap"][()], gap)
         assert np.array_equal(group["argmax"][()], top)

@@ -112,9 +112,18 @@ def test_faithful_heatmap_equals_the_per_point_loop_in_every_cell(campaign, tiny
             group = run.group[f"maps/{key}"]
             assert group["gap"].shape == (11, 11) and group["e1"][5] == 0.0  # symmetric range: exact centre
             check = json.loads(group.attrs["batch_check"])  # batched evaluation only after a passed check
-            assert check == {"requested": 8, "used": 8, "equal": True, "sample": 8, "max_abs_diff": 0.0}
+            assert check == {
+                "requested": 8,
+                "used": 8,
+                "equal": True,
+                "sample": 8,
+                "max_abs_diff": 0.0,
+                "note": "bounded head: pair logits and argmax of 8 points, and all their vocabulary rows through "
+                "64-row GEMV blocks, compared with point_logits",
+            }
             assert group.attrs["batch_size_used"] == 8
-            assert group.attrs["evaluation_path"] == grid.SHARED_PATH  # linear layers on the last row only
+            # linear layers on the last row only, then the bounded head
+            assert group.attrs["evaluation_path"] == grid.SHARED_HEAD_PATH
             gap, top = plain_loop(tiny64, group)
             assert np.array_equal(group["gap"][()], gap)  # bitwise, all 121 cells
             assert np.array_equal(group["argmax"][()], top)
@@ -200,16 +209,21 @@ def test_zoom_and_randomness_read_the_store(campaign):
 
 
 def test_batched_path_that_is_not_bitwise_falls_back_to_one(tiny, monkeypatch):
-    """A batched lm_head (M = B) is not bitwise equal to the per-point GEMV on CPU: the check must catch it."""
+    """Batched final rows one ulp off the one-point forward's: every batched path's check (bounded
+    head, per-point head, with and without the shared prefix) must catch it."""
+    from toolkit.numerics import grid_faithful
+
     prefix, x0, v1, v2 = tiny_plane(tiny)
     e = grid.axis_n(-1e-6, 1e-6, 4)
     points = grid.form_points(x0, v1, v2, e, e, "fp64_then_round")
+    plain_rows = grid.final_rows
 
-    def batched_head(model, prefix, xs):
-        with torch.no_grad():
-            return model(inputs_embeds=grid.with_last_rows(prefix, xs), use_cache=False, logits_to_keep=1).logits[:, -1]
+    def off_by_one_ulp(model, prefix, xs):
+        rows = plain_rows(model, prefix, xs)
+        return torch.nextafter(rows, torch.full_like(rows, float("inf")))
 
-    monkeypatch.setattr(grid, "faithful_logits", batched_head)
+    monkeypatch.setattr(grid, "final_rows", off_by_one_ulp)
+    monkeypatch.setattr(grid_faithful, "final_rows", off_by_one_ulp)
     result = grid.run_grid(tiny, prefix, points, (5, 7), "faithful", batch_size=8)
     assert result.check is not None and not result.check.equal and result.batch_size == 1
     assert result.path == grid.POINT_PATH

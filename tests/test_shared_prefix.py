@@ -70,15 +70,13 @@ def test_run_grid_takes_the_shared_path_and_equals_the_point_loop(smollm2):
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
     points = _points(x0, 5)
     result = grid.run_grid(model, prefix, points, (11, 13), "faithful", batch_size=8, dedup=False)
-    assert result.path == grid.SHARED_PATH and result.check is not None and result.check.equal
+    assert result.path == grid.SHARED_HEAD_PATH and result.check is not None and result.check.equal
     with torch.no_grad():
-        expected = np.array(
-            [
-                float(row[11].double() - row[13].double())
-                for row in (
-                    model(inputs_embeds=torch.cat([prefix, x[None, None]], dim=1), logits_to_keep=1).logits[0, -1]
-                    for x in points
-                )
-            ]
-        )
+        rows = [
+            model(inputs_embeds=torch.cat([prefix, x[None, None]], dim=1), logits_to_keep=1).logits[0, -1]
+            for x in points
+        ]
+    expected = np.array([float(row[11].double() - row[13].double()) for row in rows])
+    assert np.array_equal(result.argmax, np.array([int(torch.argmax(row)) for row in rows]))
+    assert np.array_equal(result.logits_ab, np.array([[float(row[11]), float(row[13])] for row in rows]))
     assert np.array_equal(result.gap, expected)

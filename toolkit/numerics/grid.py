@@ -4,22 +4,25 @@ A grid point is x(e1, e2) = x0 + e1·v1 + e2·v2 rounded to the model dtype, wit
 named by `arithmetic` (recorded in the store, see `ARITHMETIC`).  Every point shares the prompt
 prefix (rows 0..T-2 of the input embeddings); only the last row changes.
 
-Evaluation paths, all returning the native-dtype logits of the last position:
+Evaluation paths, all giving the gap, argmax and pair logits of the native-dtype logits of the
+last position:
 
 * `point_logits` — THE reference: one full forward of [1, T, D] (no KV cache, every position
   recomputed) with `logits_to_keep=1`, one point at a time.  This is the plain per-point loop.
-* `faithful_logits` — the decoder stack on a batch [B, T, D] (full recompute), then `lm_head` on
-  each point's final-norm row separately ([1, 1, D], the shape `point_logits` uses).  On CPU
-  (torch 2.13) the decoder stack was batch-invariant but a batched `lm_head` (M = B) was not
-  bitwise equal to the per-point GEMV (M = 1).  It is only used after `batch_check` proved, on a
-  sample, that it is bitwise equal to `point_logits` for this model/device/dtype/batch size.
-* the shared-prefix faithful path (`SHARED_PATH`, tried first): the same batched call inside
-  `toolkit.numerics.shared_prefix.shared_prefix_rows`, where the linear layers compute the last
-  row only and take the prefix rows from one [1, T, D] forward; used only after its own
-  `batch_check` passed, else the plain batched path, else one point at a time.
-* `PrefixCache.logits` (fast) — the prefix K/V computed once, then only the last position for a
-  batch of points against it, with a batched `lm_head`.  Not bitwise equal; callers must report
-  agreement with the faithful values.
+* faithful (`toolkit.numerics.grid_faithful`), tried in this order, each only after its own
+  bitwise check on a sample against `point_logits` passed, recorded per map as `GridResult.path`:
+  - `SHARED_HEAD_PATH`: the shared-prefix decoder (`toolkit.numerics.shared_prefix`: the linear
+    layers compute the last row only and take the prefix rows from one [1, T, D] forward), then
+    the bounded head (`toolkit.numerics.exact_head`: one batched `lm_head`, then the per-point
+    GEMV's own bits for the pair and every row that can be the argmax);
+  - `SHARED_PATH`: the same decoder, then `lm_head` on each point's row as [1, 1, D];
+  - `FAITHFUL_PATH`: the plain decoder stack on [B, T, D], then `lm_head` per point;
+  - `POINT_PATH`: one point at a time.
+  On CPU (torch 2.13) the decoder stack was batch-invariant but a batched `lm_head` (M = B) was
+  not bitwise equal to the per-point GEMV (M = 1) — hence the per-point head or its bounded stand-in.
+* fast (`toolkit.numerics.grid_fast`) — the prefix K/V computed once, then only the last position
+  for a batch of points against it, with a batched `lm_head`.  Not bitwise equal; callers must
+  report agreement with the faithful values.
 
 Distinct inputs: at small ε most grid points round to the same x, so `dedup_rows` groups points
 by the exact bits of their rounded input; each distinct input is evaluated once and scattered.
@@ -32,7 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from toolkit.numerics.exact_head import DESCRIPTION as BOUNDED_HEAD
+from toolkit.numerics.exact_head import HeadValues
+
+if TYPE_CHECKING:
+    from toolkit.numerics.grid_faithful import BatchCheck
 
 ARITHMETIC = {
     "fp64_then_round": "x0, e1, e2, v1, v2 in float64: (x0 + e1*v1) + e2*v2 with float64 products and sums "
@@ -46,10 +55,12 @@ AXIS_FORMULA = (
 )
 POINT_PATH = "full forward of [1,T,D] inputs_embeds, use_cache=False, logits_to_keep=1 (lm_head on the last row)"
 FAITHFUL_PATH = "decoder stack on [B,T,D] (full recompute, no cache), then lm_head on each point's row as [1,1,D]"
-SHARED_PATH = (
+SHARED_DECODER = (
     "decoder stack on [B,T,D] with every linear layer on the last row only ([B,in]; the T-1 prefix rows are "
-    "those of one [1,T,D] forward), attention and norms on all T rows, then lm_head on each point's row as [1,1,D]"
+    "those of one [1,T,D] forward), attention and norms on all T rows"
 )
+SHARED_HEAD_PATH = f"{SHARED_DECODER}, then {BOUNDED_HEAD}"
+SHARED_PATH = f"{SHARED_DECODER}, then lm_head on each point's row as [1,1,D]"
 FAST_PATH = (
     "prefix K/V cache of rows 0..T-2 computed once; last row of B points as [B,1,D] against it; batched lm_head [B,1,D]"
 )
@@ -156,16 +167,25 @@ def point_logits(model: Any, prefix: Any, x: Any) -> Any:
     return out.logits[0, -1]
 
 
+def final_rows(model: Any, prefix: Any, xs: Any) -> Any:
+    """Final-norm hidden rows [B, 1, D] of the last position of B points: the batched decoder stack."""
+    import torch
+
+    from toolkit.numerics.embedding_forward import base_model
+
+    with torch.no_grad():
+        return base_model(model)(inputs_embeds=with_last_rows(prefix, xs), use_cache=False).last_hidden_state[:, -1:]
+
+
 def faithful_logits(model: Any, prefix: Any, xs: Any) -> Any:
     """Logits [B, V] of B points: batched decoder stack, per-point `lm_head` (see `FAITHFUL_PATH`)."""
     import torch
 
-    from toolkit.numerics.embedding_forward import base_model
     from toolkit.numerics.forward import head_logits
 
+    hidden = final_rows(model, prefix, xs)
     with torch.no_grad():
-        hidden = base_model(model)(inputs_embeds=with_last_rows(prefix, xs), use_cache=False).last_hidden_state
-        return torch.cat([head_logits(model, hidden[i : i + 1, -1:, :])[:, -1] for i in range(hidden.shape[0])], dim=0)
+        return torch.cat([head_logits(model, hidden[i : i + 1])[:, -1] for i in range(hidden.shape[0])], dim=0)
 
 
 def gap_and_argmax(logits: Any, pair: tuple[int, int]) -> tuple[Any, Any]:
@@ -178,42 +198,10 @@ def gap_and_argmax(logits: Any, pair: tuple[int, int]) -> tuple[Any, Any]:
     return gap, torch.argmax(rows, dim=-1).cpu().numpy().astype("int64")
 
 
-@dataclass
-class BatchCheck:
-    """Outcome of comparing batched against one-at-a-time logits on a sample of inputs."""
-
-    requested: int  # batch size asked for
-    used: int  # batch size actually used (1 when the check failed)
-    equal: bool  # every sampled logits row bitwise equal
-    sample: int  # number of inputs compared
-    max_abs_diff: float
-
-
-def batch_check(
-    model: Any, prefix: Any, xs: Any, batch_size: int, sample: int, batched: Callable[[Any], Any] | None = None
-) -> BatchCheck:
-    """Compare `batched` (default `faithful_logits`) on one full batch with `point_logits` on
-    `sample` of its rows.
-
-    The batch is the first `batch_size` rows of xs, padded with copies of the last one (the shape
-    every later call has); the sampled rows include the first and the last real row.
-    """
-    import numpy as np
-    import torch
-
-    if batch_size <= 1:
-        return BatchCheck(batch_size, 1, True, 0, 0.0)
-    real = min(batch_size, xs.shape[0])
-    batch = pad_rows(xs[:real], batch_size)
-    batched_rows = batched(batch) if batched is not None else faithful_logits(model, prefix, batch)
-    picks = sorted(set(np.linspace(0, real - 1, min(sample, real)).round().astype(int).tolist()))
-    diff = 0.0
-    equal = True
-    for i in picks:
-        single = point_logits(model, prefix, batch[i])
-        equal &= bool(torch.equal(single, batched_rows[i]))
-        diff = max(diff, float((single.double() - batched_rows[i].double()).abs().max()))
-    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff)
+def logits_values(logits: Any, pair: tuple[int, int]) -> HeadValues:
+    """The stored values (gap, argmax, pair logits) of logits [B, V]."""
+    gap, top = gap_and_argmax(logits, pair)
+    return HeadValues(gap, top, logits[:, list(pair)].double().cpu().numpy())
 
 
 def pad_rows(xs: Any, size: int) -> Any:
@@ -225,16 +213,15 @@ def pad_rows(xs: Any, size: int) -> Any:
     return torch.cat([xs, xs[-1:].expand(size - xs.shape[0], -1)], dim=0)
 
 
-def evaluate(
-    fn: Callable[[Any], Any],
+def evaluate_values(
+    fn: Callable[[Any], HeadValues],
     xs: Any,
     batch_size: int,
-    pair: tuple[int, int],
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Any, Any, Any]:
     """(gap float64 [U], argmax int64 [U], logits of the pair [U, 2] float64) of every row of xs.
 
-    `fn` maps a [batch_size, D] block to logits [batch_size, V]; the last block is padded.
+    `fn` maps a [batch_size, D] block to its `HeadValues`; the last block is padded.
     """
     import numpy as np
 
@@ -243,48 +230,24 @@ def evaluate(
     for start in range(0, n, batch_size):
         block = xs[start : start + batch_size]
         real = block.shape[0]
-        logits = fn(pad_rows(block, batch_size))[:real]
-        gaps[start : start + real], tops[start : start + real] = gap_and_argmax(logits, pair)
-        pairs[start : start + real] = logits[:, list(pair)].double().cpu().numpy()
+        values = fn(pad_rows(block, batch_size))
+        gaps[start : start + real] = values.gap[:real]
+        tops[start : start + real] = values.argmax[:real]
+        pairs[start : start + real] = values.pair[:real]
         if progress is not None:
             progress(real)
     return gaps, tops, pairs
 
 
-class PrefixCache:
-    """Fast path: the prefix K/V computed once for a batch size, reused for every block of points."""
-
-    def __init__(self, model: Any, prefix: Any, batch_size: int) -> None:
-        import torch
-
-        from toolkit.numerics.forward import last_logits
-
-        self.model = model
-        self.batch_size = batch_size
-        self.prefix_length = prefix.shape[1]
-        with torch.no_grad():
-            _, self.cache = last_logits(model, inputs_embeds=prefix.expand(batch_size, -1, -1), use_cache=True)
-
-    def logits(self, xs: Any) -> Any:
-        """Logits [B, V] for B = batch_size last-row inputs xs [B, D] against the cached prefix."""
-        import torch
-
-        from toolkit.numerics.forward import last_logits
-
-        if xs.shape[0] != self.batch_size:
-            raise ValueError(f"PrefixCache was built for batches of {self.batch_size}, got {xs.shape[0]}")
-        with torch.no_grad():
-            logits, _ = last_logits(self.model, inputs_embeds=xs.unsqueeze(1), cache=self.cache, use_cache=True)
-        self._restore()
-        return logits
-
-    def _restore(self) -> None:
-        extra = self.cache.get_seq_length() - self.prefix_length
-        if extra > 0:
-            try:
-                self.cache.crop(-extra)  # transformers >= 5: a negative count removes tokens
-            except ValueError:
-                self.cache.crop(self.prefix_length)
+def evaluate(
+    fn: Callable[[Any], Any],
+    xs: Any,
+    batch_size: int,
+    pair: tuple[int, int],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Any, Any, Any]:
+    """`evaluate_values` for `fn` mapping a [batch_size, D] block to logits [batch_size, V]."""
+    return evaluate_values(lambda block: logits_values(fn(block), pair), xs, batch_size, progress)
 
 
 @dataclass
@@ -329,16 +292,19 @@ def run_grid(
     batch_size = max(1, min(batch_size, xs.shape[0]))  # never pad beyond the number of distinct inputs
     check = None
     if mode == "faithful":
-        gap, top, ab, check, path = _faithful(model, prefix, xs, pair, batch_size, check_sample, progress)
+        from toolkit.numerics.grid_faithful import faithful
+
+        gap, top, ab, check, path = faithful(model, prefix, xs, pair, batch_size, check_sample, progress)
         used = check.used
     else:
+        from toolkit.numerics import grid_fast
+
         used, path = batch_size, FAST_PATH
-        gap, top, ab = evaluate(PrefixCache(model, prefix, batch_size).logits, xs, used, pair, progress)
+        gap, top, ab = evaluate(grid_fast.PrefixCache(model, prefix, batch_size).logits, xs, used, pair, progress)
     agreement = None
     if mode == "fast":
-        agreement = _agreement(model, prefix, xs, gap, pair, agreement_sample, seed, progress)
-    if agreement is not None:  # sample indices refer to distinct inputs; report grid points too
-        agreement["distinct_index"] = agreement.pop("index")
+        agreement = grid_fast.agreement(model, prefix, xs, gap, pair, agreement_sample, seed, progress)
+        agreement["distinct_index"] = agreement.pop("index")  # sample indices refer to distinct inputs
     return GridResult(
         gap=gap[inverse],
         argmax=top[inverse],
@@ -350,73 +316,3 @@ def run_grid(
         agreement=agreement,
         path=path,
     )
-
-
-def _faithful(
-    model: Any,
-    prefix: Any,
-    xs: Any,
-    pair: tuple[int, int],
-    batch_size: int,
-    check_sample: int,
-    progress: Callable[[int], None] | None,
-) -> tuple[Any, Any, Any, BatchCheck, str]:
-    """(gap, argmax, logits of the pair, the check that allowed the path, the path) of faithful mode:
-    `SHARED_PATH` if its batch check passes, else `FAITHFUL_PATH` if that check passes, else one
-    point at a time (`POINT_PATH`).  Each batched path is used only after its own bitwise check."""
-    from toolkit.numerics.shared_prefix import SharedPrefix
-
-    def batched(block: Any) -> Any:
-        return faithful_logits(model, prefix, block)
-
-    if batch_size > 1 and prefix.shape[1] > 0:
-        shared = SharedPrefix(model, prefix, xs[0])
-
-        def shared_batch(block: Any) -> Any:
-            with shared.patched():  # only around the batch: the check's references run unpatched
-                return faithful_logits(model, prefix, block)
-
-        check = batch_check(model, prefix, xs, batch_size, check_sample, shared_batch)
-        if check.equal:
-            return (*evaluate(shared_batch, xs, batch_size, pair, progress), check, SHARED_PATH)
-    check = batch_check(model, prefix, xs, batch_size, check_sample)
-    if check.used > 1:
-        return (*evaluate(batched, xs, check.used, pair, progress), check, FAITHFUL_PATH)
-
-    def one(block: Any) -> Any:
-        return point_logits(model, prefix, block[0]).unsqueeze(0)
-
-    return (*evaluate(one, xs, 1, pair, progress), check, POINT_PATH)
-
-
-def _agreement(
-    model: Any,
-    prefix: Any,
-    xs: Any,
-    fast_gap: Any,
-    pair: tuple[int, int],
-    sample: int,
-    seed: int,
-    progress: Callable[[int], None] | None,
-) -> dict[str, Any]:
-    """Faithful (per-point) gaps on a seeded random sample of distinct inputs vs the fast gaps."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    count = min(sample, xs.shape[0])
-    index = np.sort(rng.choice(xs.shape[0], size=count, replace=False))
-    faithful = np.empty(count)
-    for k, i in enumerate(index):
-        faithful[k] = gap_and_argmax(point_logits(model, prefix, xs[int(i)]), pair)[0][0]
-        if progress is not None:
-            progress(1)
-    fast = fast_gap[index]
-    same_sign = np.sign(faithful) == np.sign(fast)
-    return {
-        "index": index.astype(np.int64),
-        "faithful_gap": faithful,
-        "fast_gap": fast,
-        "sign_agreement": float(same_sign.mean()) if count else float("nan"),
-        "max_abs_gap_diff": float(np.abs(faithful - fast).max()) if count else float("nan"),
-        "bitwise_equal": int((faithful == fast).sum()),
-    }

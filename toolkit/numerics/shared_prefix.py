@@ -14,7 +14,7 @@ Cost: the linear layers — almost all of a small model's FLOPs — drop from B�
 Rounding: the prefix rows are the one-point forward's own bits.  The last row is a matmul with
 M = B rows instead of M = T; on CPU a matmul's rows are bitwise the same for any M ≥ 8
 (FACTS.md), but that is a property of the kernel, not a guarantee, so callers prove every use
-against the one-point forward at run time (`toolkit.numerics.grid.batch_check`) and fall back.
+against the one-point forward at run time (`toolkit.numerics.grid_faithful.batch_check`) and fall back.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def describe(ctx: RunContext, params: Params, out: CheckedGroup) -> None:
     out.attrs["reference_path"] = grid.POINT_PATH
     out.attrs["evaluation_path"] = (
         "per map, attr evaluation_path: the first of these whose bitwise check passes: "
-        f"{grid.SHARED_PATH} | {grid.FAITHFUL_PATH} | one point at a time"
+        f"{grid.SHARED_HEAD_PATH} | {grid.SHARED_PATH} | {grid.FAITHFUL_PATH} | one point at a time"
         if params.mode == "faithful"
         else grid.FAST_PATH
     )

@@ -1,0 +1,163 @@
+"""Faithful mode of a 2-D grid: the fastest evaluation path proven bitwise equal to one full
+forward per point (`toolkit.numerics.grid.point_logits`) on a sample at run time.
+
+Paths, tried in order (descriptions in `toolkit.numerics.grid`): `SHARED_HEAD_PATH` (shared-prefix
+decoder + bounded head, `bounded_check`), `SHARED_PATH` (shared-prefix decoder + per-point head),
+`FAITHFUL_PATH` (batched decoder + per-point head), each after its own check (`batch_check`), else
+`POINT_PATH`.  The check that allowed the path is returned and stored with the map; its `note`
+says why faster paths were not taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit.numerics.exact_head import BLOCK, BoundedHead
+from toolkit.numerics.grid import (
+    FAITHFUL_PATH,
+    POINT_PATH,
+    SHARED_HEAD_PATH,
+    SHARED_PATH,
+    evaluate,
+    evaluate_values,
+    faithful_logits,
+    final_rows,
+    logits_values,
+    pad_rows,
+    point_logits,
+)
+
+
+@dataclass
+class BatchCheck:
+    """Outcome of comparing batched against one-at-a-time values on a sample of inputs."""
+
+    requested: int  # batch size asked for
+    used: int  # batch size actually used (1 when the check failed)
+    equal: bool  # every sampled value bitwise equal
+    sample: int  # number of inputs compared
+    max_abs_diff: float
+    note: str = ""  # what else was compared, or why a path was not tried
+
+
+def _check_batch(xs: Any, batch_size: int, sample: int) -> tuple[Any, list[int]]:
+    """The first `batch_size` rows of xs padded with copies of the last one (the shape every later
+    call has), and the rows to compare: `sample` of the real ones, the first and last included."""
+    import numpy as np
+
+    real = min(batch_size, xs.shape[0])
+    picks = sorted(set(np.linspace(0, real - 1, min(sample, real)).round().astype(int).tolist()))
+    return pad_rows(xs[:real], batch_size), picks
+
+
+def batch_check(
+    model: Any, prefix: Any, xs: Any, batch_size: int, sample: int, batched: Callable[[Any], Any] | None = None
+) -> BatchCheck:
+    """Compare `batched` (default `faithful_logits`) on one full batch with `point_logits` on
+    `sample` of its rows (`_check_batch`), every logit bitwise."""
+    import torch
+
+    if batch_size <= 1:
+        return BatchCheck(batch_size, 1, True, 0, 0.0)
+    batch, picks = _check_batch(xs, batch_size, sample)
+    batched_rows = batched(batch) if batched is not None else faithful_logits(model, prefix, batch)
+    diff = 0.0
+    equal = True
+    for i in picks:
+        single = point_logits(model, prefix, batch[i])
+        equal &= bool(torch.equal(single, batched_rows[i]))
+        diff = max(diff, float((single.double() - batched_rows[i].double()).abs().max()))
+    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff)
+
+
+def bounded_check(
+    model: Any,
+    prefix: Any,
+    xs: Any,
+    batch_size: int,
+    sample: int,
+    hidden: Callable[[Any], Any],
+    head: BoundedHead,
+    pair: tuple[int, int],
+) -> BatchCheck:
+    """Check the bounded head behind the decoder `hidden` (a batch [B, D] → final rows [B, 1, D]) on
+    `sample` rows of one full batch: its stored values equal `point_logits`' bit for bit, and every
+    vocabulary row through its GEMV blocks (in a shuffled order) equals `point_logits`' logits."""
+    import numpy as np
+
+    batch, picks = _check_batch(xs, batch_size, sample)
+    rows = hidden(batch)
+    values = head.values(rows, pair)
+    diff = 0.0
+    equal = True
+    for i in picks:
+        single = point_logits(model, prefix, batch[i])
+        blocks_equal, block_diff = head.check_blocks(rows[i : i + 1], single, seed=i)
+        want = logits_values(single.unsqueeze(0), pair)
+        equal &= blocks_equal and int(want.argmax[0]) == int(values.argmax[i])
+        equal &= bool(np.array_equal(want.pair[0], values.pair[i]))
+        diff = max(diff, block_diff, float(np.abs(want.pair[0] - values.pair[i]).max()))
+    note = (
+        f"bounded head: pair logits and argmax of {len(picks)} points, and all their vocabulary rows through "
+        f"{BLOCK}-row GEMV blocks, compared with point_logits"
+    )
+    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff, note)
+
+
+def faithful(
+    model: Any,
+    prefix: Any,
+    xs: Any,
+    pair: tuple[int, int],
+    batch_size: int,
+    check_sample: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[Any, Any, Any, BatchCheck, str]:
+    """(gap, argmax, logits of the pair, the check that allowed the path, the path) of faithful mode:
+    the first of `SHARED_HEAD_PATH`, `SHARED_PATH`, `FAITHFUL_PATH` whose own bitwise check passes,
+    else one point at a time (`POINT_PATH`)."""
+    from toolkit.numerics.exact_head import unusable_reason
+    from toolkit.numerics.shared_prefix import SharedPrefix
+
+    skipped = ""
+    if batch_size > 1 and prefix.shape[1] > 0:
+        shared = SharedPrefix(model, prefix, xs[0])
+
+        def shared_rows(block: Any) -> Any:
+            with shared.patched():  # only around the batch: the check's references run unpatched
+                return final_rows(model, prefix, block)
+
+        reason = unusable_reason(model)
+        if reason is None:
+            head = BoundedHead(model)
+            check = bounded_check(model, prefix, xs, batch_size, check_sample, shared_rows, head, pair)
+            if check.equal:
+                values = evaluate_values(lambda block: head.values(shared_rows(block), pair), xs, batch_size, progress)
+                return (*values, check, SHARED_HEAD_PATH)
+            skipped = f"bounded head refused by its check (max |diff| {check.max_abs_diff:.3g})"
+        else:
+            skipped = f"bounded head not usable: {reason}"
+
+        def shared_batch(block: Any) -> Any:
+            with shared.patched():
+                return faithful_logits(model, prefix, block)
+
+        check = batch_check(model, prefix, xs, batch_size, check_sample, shared_batch)
+        if check.equal:
+            check.note = skipped
+            return (*evaluate(shared_batch, xs, batch_size, pair, progress), check, SHARED_PATH)
+    check = batch_check(model, prefix, xs, batch_size, check_sample)
+    check.note = skipped
+    if check.used > 1:
+        return (
+            *evaluate(lambda block: faithful_logits(model, prefix, block), xs, check.used, pair, progress),
+            check,
+            FAITHFUL_PATH,
+        )
+
+    def one(block: Any) -> Any:
+        return point_logits(model, prefix, block[0]).unsqueeze(0)
+
+    return (*evaluate(one, xs, 1, pair, progress), check, POINT_PATH)
