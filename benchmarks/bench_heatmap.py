@@ -1,6 +1,11 @@
 """Benchmark: an exp7 logit-gap heatmap on SmolLM2-135M (fp32): upstream per-point loop vs faithful vs fast.
 
-Setup (no exp6 run needed): x0 = the prompt's own last-token embedding, pair (a, b) = the model's
+First, end to end (`heatmap_cli.py`, skipped with `--no-end-to-end`): a tie found by exp6, then
+one `--e2e-grid`² exp7.heatmap plane (its default params otherwise) through `toolkit submit`,
+faithful and fast, against the upstream loop in a fresh process, extrapolated from
+`--loop-points` points.
+
+Then in process (no exp6 run needed): x0 = the prompt's own last-token embedding, pair (a, b) = the model's
 top-2 at x0, directions = two seeded random orthonormal unit vectors in float64 (the cost per point
 is the same as for singular vectors).  Grid: `--grid` × `--grid` points over ±`--range`.
 
@@ -33,8 +38,14 @@ Timings on a machine shared with other jobs are noisy; each method runs once.
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from heatmap_cli import end_to_end
 
 PROMPT = "The capital of France is"
 
@@ -111,6 +122,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--agreement", type=int, default=64)
     parser.add_argument("--fine-limit", type=int, default=1000, help="skip the fine grid above this many inputs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--e2e-grid", type=int, default=31, help="points per axis of the end-to-end plane")
+    parser.add_argument("--no-end-to-end", action="store_true", help="only the in-process figures")
+    parser.add_argument("--dir", default=None, help="where to create the end-to-end campaign (default: a temp dir)")
     parser.add_argument("--peak-n", type=int, default=2048)
     return parser.parse_args()
 
@@ -174,6 +188,10 @@ def main() -> None:
     from toolkit.numerics import grid
 
     args = arguments()
+    if not args.no_end_to_end:
+        with tempfile.TemporaryDirectory(dir=args.dir) as root:
+            end_to_end(args.prompt, args.e2e_grid, args.loop_points, args.threads, Path(root))
+        print("in process, one after the other:")
     torch.set_grad_enabled(False)
     s = setup(args)
     model, prefix, pair, points, n = s["model"], s["prefix"], s["pair"], s["points"], s["n"]

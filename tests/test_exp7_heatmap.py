@@ -149,6 +149,7 @@ def test_fast_mode_reports_agreement_consistent_with_its_sample(campaign, tiny64
         assert group.attrs["agreement_max_abs_gap_diff"] == float(np.abs(faithful - fast).max())
         reference, _ = plain_loop(tiny64, group)
         assert np.array_equal(reference.ravel()[points], faithful)  # the stored "faithful" values are real
+        assert sample.attrs["faithful_path"] == grid.SHARED_HEAD_PATH  # computed in batches after the check
 
 
 def tiny_plane(model, seed: int = 1):
@@ -232,6 +233,28 @@ def test_batched_path_that_is_not_bitwise_falls_back_to_one(tiny, monkeypatch):
         for x in points
     ]
     assert np.array_equal(result.gap, np.array(reference))
+
+
+def test_a_bounded_head_off_by_one_ulp_falls_back_to_the_per_point_head(tiny, monkeypatch):
+    """The bounded head's own check must refuse it when its blocks do not reproduce the GEMV."""
+    from toolkit.numerics import exact_head
+
+    prefix, x0, v1, v2 = tiny_plane(tiny)
+    e = grid.axis_n(-1e-6, 1e-6, 4)
+    points = grid.form_points(x0, v1, v2, e, e, "fp64_then_round")
+    plain_rows = exact_head.BoundedHead.gemv_rows
+
+    def off_by_one_ulp(self, row, index):
+        values = plain_rows(self, row, index)
+        return torch.nextafter(values, torch.full_like(values, float("inf")))
+
+    monkeypatch.setattr(exact_head.BoundedHead, "gemv_rows", off_by_one_ulp)
+    result = grid.run_grid(tiny, prefix, points, (5, 7), "faithful", batch_size=8)
+    assert result.path == grid.SHARED_PATH and result.check is not None and result.check.equal
+    assert result.check.note.startswith("bounded head refused by its check (max |diff| ")
+    reference = [grid.point_logits(tiny, prefix, x) for x in points]
+    assert np.array_equal(result.gap, np.array([float(r[5].double() - r[7].double()) for r in reference]))
+    assert np.array_equal(result.argmax, np.array([int(torch.argmax(r)) for r in reference]))
 
 
 def test_params_are_validated(write_manifest):

@@ -62,7 +62,8 @@ SHARED_DECODER = (
 SHARED_HEAD_PATH = f"{SHARED_DECODER}, then {BOUNDED_HEAD}"
 SHARED_PATH = f"{SHARED_DECODER}, then lm_head on each point's row as [1,1,D]"
 FAST_PATH = (
-    "prefix K/V cache of rows 0..T-2 computed once; last row of B points as [B,1,D] against it; batched lm_head [B,1,D]"
+    "prefix K/V cache of rows 0..T-2 computed once at batch 1 and repeated for B points; last row of B points as "
+    "[B,1,D] against it; batched lm_head [B,1,D]"
 )
 
 

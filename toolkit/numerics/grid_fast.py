@@ -12,7 +12,8 @@ from typing import Any
 
 
 class PrefixCache:
-    """Fast path: the prefix K/V computed once for a batch size, reused for every block of points."""
+    """Fast path: the prefix K/V computed once (batch 1), repeated for a batch size and reused for
+    every block of points."""
 
     def __init__(self, model: Any, prefix: Any, batch_size: int) -> None:
         import torch
@@ -23,7 +24,8 @@ class PrefixCache:
         self.batch_size = batch_size
         self.prefix_length = prefix.shape[1]
         with torch.no_grad():
-            _, self.cache = last_logits(model, inputs_embeds=prefix.expand(batch_size, -1, -1), use_cache=True)
+            _, self.cache = last_logits(model, inputs_embeds=prefix, use_cache=True)
+            self.cache.batch_repeat_interleave(batch_size)
 
     def logits(self, xs: Any) -> Any:
         """Logits [B, V] for B = batch_size last-row inputs xs [B, D] against the cached prefix."""
@@ -57,26 +59,36 @@ def agreement(
     seed: int,
     progress: Callable[[int], None] | None,
 ) -> dict[str, Any]:
-    """Faithful (per-point) gaps on a seeded random sample of distinct inputs vs the fast gaps."""
+    """Faithful gaps on a seeded random sample of distinct inputs vs the fast gaps.  The faithful
+    values come from faithful mode on the sample (`toolkit.numerics.grid_faithful.faithful`: bitwise
+    one full forward per point, batched only after its own check); `faithful_path` says how."""
     import numpy as np
 
-    from toolkit.numerics.grid import gap_and_argmax, point_logits
+    from toolkit.numerics.grid_faithful import faithful
 
     rng = np.random.default_rng(seed)
     count = min(sample, xs.shape[0])
     index = np.sort(rng.choice(xs.shape[0], size=count, replace=False))
-    faithful = np.empty(count)
-    for k, i in enumerate(index):
-        faithful[k] = gap_and_argmax(point_logits(model, prefix, xs[int(i)]), pair)[0][0]
-        if progress is not None:
-            progress(1)
+    path = ""
+    faithful_gap = np.empty(0)
+    if count:
+        picked = xs[torch_index(index)]
+        faithful_gap, _, _, _, path = faithful(model, prefix, picked, pair, min(16, count), 8, progress)
     fast = fast_gap[index]
-    same_sign = np.sign(faithful) == np.sign(fast)
+    same_sign = np.sign(faithful_gap) == np.sign(fast)
     return {
         "index": index.astype(np.int64),
-        "faithful_gap": faithful,
+        "faithful_gap": faithful_gap,
+        "faithful_path": path,
         "fast_gap": fast,
         "sign_agreement": float(same_sign.mean()) if count else float("nan"),
-        "max_abs_gap_diff": float(np.abs(faithful - fast).max()) if count else float("nan"),
-        "bitwise_equal": int((faithful == fast).sum()),
+        "max_abs_gap_diff": float(np.abs(faithful_gap - fast).max()) if count else float("nan"),
+        "bitwise_equal": int((faithful_gap == fast).sum()),
     }
+
+
+def torch_index(index: Any) -> Any:
+    """A numpy index array as a torch long tensor."""
+    import torch
+
+    return torch.as_tensor(index, dtype=torch.long)

@@ -1,20 +1,24 @@
-"""Many last rows behind one prompt prefix: the decoder's linear layers compute the last row only.
+"""Many last rows behind one prompt prefix: the decoder's row-wise blocks compute the last row only.
 
 In a batch of inputs [B, T, D] that differ only in their last row (the grid points of exp7), the
 first T − 1 rows of every activation are the same for every input and do not depend on the last
-row (causal attention).  Inside `shared_prefix_rows`, every `torch.nn.Linear` in the decoder
-layers that is called on [B, T, in] returns the first T − 1 rows of ITS OWN output in one plain
-forward of [1, T, D] (captured once) and computes only row T − 1, as one [B, in] matmul.  Norms,
-rotary embeddings, activations and the attention itself still run on all T rows, through the
-model's own code, so the attention of the last row sees exactly the keys and values of the
-prefix that a one-point forward computes.
+row (causal attention).  Inside `shared_prefix_rows`, every decoder layer's `mlp` block and every
+other `torch.nn.Linear` in the decoder layers that is called on [B, T, ·] returns the first T − 1
+rows of ITS OWN output in one plain forward of [1, T, D] (captured once) and computes only row
+T − 1: a linear layer as one [B, in] matmul, an `mlp` block through its own forward on [B, 1, D]
+(its linear layers then run as [B, 1, in] matmuls).  Norms, rotary embeddings and the attention
+itself still run on all T rows, through the model's own code, so the attention of the last row
+sees exactly the keys and values of the prefix that a one-point forward computes.
 
-Cost: the linear layers — almost all of a small model's FLOPs — drop from B·T rows to B rows.
+Cost: the linear layers — almost all of a small model's FLOPs — and the MLP's activations drop
+from B·T rows to B rows.
 
 Rounding: the prefix rows are the one-point forward's own bits.  The last row is a matmul with
 M = B rows instead of M = T; on CPU a matmul's rows are bitwise the same for any M ≥ 8
 (FACTS.md), but that is a property of the kernel, not a guarantee, so callers prove every use
-against the one-point forward at run time (`toolkit.numerics.grid_faithful.batch_check`) and fall back.
+against the one-point forward at run time (`toolkit.numerics.grid_faithful.batch_check`) and fall
+back.  An `mlp` block is taken as row-wise (true of every dense MLP; a mixture-of-experts block
+that groups tokens by expert may round otherwise, which that check catches).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from typing import Any
 
 
 class SharedPrefix:
-    """The prefix rows of every decoder linear layer's output, captured from one plain forward of
-    `prefix` [1, T − 1, D] followed by `x` [D] (any last row: the prefix rows do not depend on it).
-    `patched()` installs the last-row-only layers for the duration of a block."""
+    """The prefix rows of every decoder `mlp` block's and linear layer's output, captured from one
+    plain forward of `prefix` [1, T − 1, D] followed by `x` [D] (any last row: the prefix rows do
+    not depend on it).  `patched()` installs the last-row-only blocks for the duration of a batch."""
 
     def __init__(self, model: Any, prefix: Any, x: Any) -> None:
         import torch
@@ -36,31 +40,40 @@ class SharedPrefix:
         from toolkit.numerics.fpunits import with_row
 
         stack = base_model(model)
-        self.linears = [m for layer in stack.layers for m in layer.modules() if type(m) is torch.nn.Linear]
+        mlps = [layer.mlp for layer in stack.layers if isinstance(getattr(layer, "mlp", None), torch.nn.Module)]
+        linears = [m for layer in stack.layers for m in layer.modules() if type(m) is torch.nn.Linear]
         self.rows: dict[torch.nn.Module, torch.Tensor] = {}
+        length = prefix.shape[1] + 1
 
-        def keep(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self.rows[module] = output[0, :-1].detach().clone()
+        def keep(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 3 and output.shape[:2] == (1, length):
+                self.rows[module] = output[0, :-1].detach().clone()
 
-        hooks = [m.register_forward_hook(keep) for m in self.linears]
+        hooks = [m.register_forward_hook(keep) for m in mlps + linears]
         try:
             with torch.no_grad():
                 stack(inputs_embeds=with_row(prefix, x.reshape(1, -1), prefix.shape[1]), use_cache=False)
         finally:
             for hook in hooks:
                 hook.remove()
+        self.blocks = [m for m in mlps if m in self.rows]
+        inside = {id(m) for block in self.blocks for m in block.modules()}
+        self.linears = [m for m in linears if m in self.rows and id(m) not in inside]
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[int]:
-        """While active, the decoder's plain `nn.Linear` layers compute only the last row of
-        [B, T, ·] inputs (any B, one-point forwards included: keep references outside); yields the
-        number of layers patched and restores them on exit."""
+        """While active, the decoder's `mlp` blocks and other plain `nn.Linear` layers compute only
+        the last row of [B, T, ·] inputs (any B, one-point forwards included: keep references
+        outside); yields the number of modules patched and restores them on exit."""
+        modules = self.blocks + self.linears
+        for module in self.blocks:
+            module.forward = _block_last_row(module, self.rows[module])
         for module in self.linears:
-            module.forward = _last_row_only(module, self.rows[module])  # type: ignore[method-assign]
+            module.forward = _linear_last_row(module, self.rows[module])  # type: ignore[method-assign]
         try:
-            yield len(self.linears)
+            yield len(modules)
         finally:
-            for module in self.linears:
+            for module in modules:
                 del module.forward  # back to the class's forward
 
 
@@ -71,7 +84,7 @@ def shared_prefix_rows(model: Any, prefix: Any, x: Any) -> Iterator[int]:
         yield count
 
 
-def _last_row_only(module: Any, prefix_rows: Any) -> Any:
+def _linear_last_row(module: Any, prefix_rows: Any) -> Any:
     import torch
 
     length = prefix_rows.shape[0] + 1
@@ -81,5 +94,20 @@ def _last_row_only(module: Any, prefix_rows: Any) -> Any:
             return torch.nn.functional.linear(inputs, module.weight, module.bias)
         last = torch.nn.functional.linear(inputs[:, -1], module.weight, module.bias)
         return torch.cat([prefix_rows.expand(inputs.shape[0], -1, -1), last[:, None]], dim=1)
+
+    return forward
+
+
+def _block_last_row(module: Any, prefix_rows: Any) -> Any:
+    import torch
+
+    length = prefix_rows.shape[0] + 1
+    plain = type(module).forward
+
+    def forward(inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or inputs.dim() != 3 or inputs.shape[1] != length:  # any other call: the plain block
+            return plain(module, inputs, *args, **kwargs)
+        last = plain(module, inputs[:, -1:])
+        return torch.cat([prefix_rows.expand(inputs.shape[0], -1, -1), last], dim=1)
 
     return forward

@@ -315,6 +315,7 @@ def _write_agreement(group: CheckedGroup, result: Any) -> None:
     sub.create_dataset("point_index", data=first[agreement["distinct_index"]])
     for name in ("distinct_index", "faithful_gap", "fast_gap"):
         sub.create_dataset(name, data=agreement[name])
+    sub.attrs["faithful_path"] = agreement["faithful_path"]  # how faithful_gap was computed (bitwise per point)
     for name in ("sign_agreement", "max_abs_gap_diff", "bitwise_equal"):
         sub.attrs[name] = agreement[name]
         group.attrs[f"agreement_{name}"] = agreement[name]
