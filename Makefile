@@ -31,8 +31,10 @@ test: model
 	@echo '$(PYTEST)'
 	@$(PYTEST); status=$$?; [ -z "$$PYTEST_STATUS_FILE" ] || echo $$status > "$$PYTEST_STATUS_FILE"; exit $$status
 
-bench: model
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+bench: model  # every benchmark at its defaults; prints each one's wall time and the total (goal: under 20 min)
+	@start=$$(date +%s); for b in benchmarks/bench_*.py; do s=$$(date +%s); echo "== $$b"; \
+	  $(BIN)/python $$b || exit 1; echo "== $$b: $$(( $$(date +%s) - s )) s"; done; \
+	echo "make bench: $$(( $$(date +%s) - start )) s in all"
 
 gpu-check: model  # benchmarks/gpu_check.py: the numerics on this machine's GPU (< 8 min); CPU parts only without CUDA
 	$(BIN)/python benchmarks/gpu_check.py
