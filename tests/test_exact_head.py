@@ -90,8 +90,8 @@ def test_the_bound_holds_between_the_batched_head_and_the_gemv(head_and_rows):
     gamma = width * 2.0**-24 / (1 - width * 2.0**-24)
     magnitude = rows[:, 0].double().abs() @ weight.double().abs().T  # sum |W_vi h_i|, the tight form
     assert bool(((batched - exact).abs() <= gamma * magnitude).all())  # the rounding-error theorem holds here
-    bound = head.scale * torch.linalg.vector_norm(rows[:, 0].double(), dim=1)[:, None] * head.row_norms[None, :]
-    assert bool((2 * gamma * magnitude <= bound).all())  # Cauchy–Schwarz: the bound used covers it
+    reach = head.scale * head.largest_row_norm * torch.linalg.vector_norm(rows[:, 0].double(), dim=1)[:, None]
+    assert bool((2 * gamma * magnitude <= reach).all())  # Cauchy–Schwarz: the bound used (E) covers it
 
 
 def test_a_flat_head_takes_the_full_gemv(one_torch_thread):

@@ -9,9 +9,11 @@ pair's logits and the argmax.  So:
 1. `approx` = the batched head [B, V].  It and the GEMV compute the same D-term dot products in
    some order, so each is within γ_D·Σ|W_vi·h_i| ≤ γ_D·‖W_v‖·‖h‖ of the exact value
    (γ_D = D·u/(1 − D·u); Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1), plus D
-   half-subnormals for underflowing products: |approx_v − gemv_v| ≤ e_v, twice that bound.
-2. The GEMV's maximum M is at least max_v(approx_v − e_v); a row with approx_v + e_v below that
-   cannot reach M, so the argmax is among the candidates C = {v : approx_v + e_v ≥ that bound}.
+   half-subnormals for underflowing products: |approx_v − gemv_v| ≤ E = twice that bound with the
+   largest row norm max_v ‖W_v‖.
+2. With m = max_v approx_v (at row v̂) and v* the GEMV's argmax: approx_v* ≥ gemv_v* − E ≥
+   gemv_v̂ − E ≥ m − 2E.  So the argmax is among the candidates C = {v : approx_v ≥ m − 2E}: one
+   comparison per logit in the model's dtype, against m − 2E rounded down to that dtype.
 3. The GEMV's own bits for C and the pair: their weight rows gathered into blocks of exactly
    `BLOCK` rows (the last padded with a repeated row) at the head's own address alignment
    (`ALIGN`), one [1, 1, D] × [BLOCK, D] GEMV each.  On CPU (torch 2.13) a GEMV's rows are bitwise
@@ -110,7 +112,7 @@ class BoundedHead:
         gamma = d * u / (1.0 - d * u)
         self.scale = 2.0 * gamma * SLACK
         self.floor = 2.0 * d * fmt.smallest_subnormal * SLACK
-        self.row_norms = torch.linalg.vector_norm(self.weight.double(), dim=1)
+        self.largest_row_norm = float(torch.linalg.vector_norm(self.weight.double(), dim=1).max())
         self.block = aligned_like(self.weight, BLOCK)
         self.points = 0  # points evaluated by `values`
         self.full_gemv = 0  # of those, points that took the full per-point GEMV
@@ -133,29 +135,38 @@ class BoundedHead:
         import torch
 
         with torch.no_grad():
-            approx = torch.nn.functional.linear(hidden[:, 0], self.weight).double()
-            norms = torch.linalg.vector_norm(hidden[:, 0].double(), dim=1)
-            bound = (self.scale * norms[:, None]) * self.row_norms[None, :] + self.floor + approx.abs() * ROUNDING
-            lowest = (approx - bound).amax(dim=1, keepdim=True)
-            candidates = (approx + bound) >= lowest
+            approx = torch.nn.functional.linear(hidden[:, 0], self.weight)
+            top = approx.amax(dim=1).double()
+            reach = self.scale * self.largest_row_norm * torch.linalg.vector_norm(hidden[:, 0].double(), dim=1)
+            below = top - 2 * (reach + self.floor) - top.abs() * ROUNDING
+            threshold = below.to(approx.dtype)
+            threshold = torch.where(
+                threshold.double() > below,
+                torch.nextafter(threshold, torch.full_like(threshold, -torch.inf)),
+                threshold,
+            )
+            rows, columns = torch.nonzero(approx >= threshold[:, None], as_tuple=True)
+            starts = torch.searchsorted(rows, torch.arange(hidden.shape[0] + 1, device=rows.device)).tolist()
+            finite = (torch.isfinite(top) & torch.isfinite(approx.amin(dim=1))).tolist()  # amax/amin keep NaN
             count = hidden.shape[0]
             out = HeadValues(np.empty(count), np.empty(count, dtype=np.int64), np.empty((count, 2)))
             wanted = torch.tensor(pair, dtype=torch.long, device=hidden.device)
             for b in range(count):
-                top, ab = self._point(hidden[b : b + 1], approx[b], candidates[b], wanted)
+                index = columns[starts[b] : starts[b + 1]]  # row-major: each point's candidates, ascending
+                top_row, ab = self._point(hidden[b : b + 1], finite[b], index, wanted)
                 pair_values = ab.double().cpu().numpy()
                 out.pair[b] = pair_values
                 out.gap[b] = pair_values[0] - pair_values[1]
-                out.argmax[b] = top
+                out.argmax[b] = top_row
             self.points += count
         return out
 
-    def _point(self, row: Any, approx: Any, candidates: Any, wanted: Any) -> tuple[int, Any]:
-        """(argmax, the pair's logits) of one point from its final row [1, 1, D]."""
+    def _point(self, row: Any, finite: bool, index: Any, wanted: Any) -> tuple[int, Any]:
+        """(argmax, the pair's logits) of one point from its final row [1, 1, D] and its candidate
+        rows `index` (ascending)."""
         import torch
 
-        index = torch.nonzero(candidates).flatten()
-        if 0 < index.shape[0] <= MAX_CANDIDATES and bool(torch.isfinite(approx).all()):
+        if finite and 0 < index.shape[0] <= MAX_CANDIDATES:
             exact = self.gemv_rows(row, torch.cat([index, wanted]))
             if bool(torch.isfinite(exact).all()):
                 return int(index[int(torch.argmax(exact[: index.shape[0]]))]), exact[index.shape[0] :]
@@ -169,6 +180,7 @@ class BoundedHead:
         import torch
 
         order = torch.randperm(self.weight.shape[0], generator=torch.Generator().manual_seed(seed))
+        order = order.to(self.weight.device)
         with torch.no_grad():
             values = torch.empty_like(reference)
             values[order] = self.gemv_rows(row, order)
