@@ -189,20 +189,15 @@ def faithful_logits(model: Any, prefix: Any, xs: Any) -> Any:
         return torch.cat([head_logits(model, hidden[i : i + 1])[:, -1] for i in range(hidden.shape[0])], dim=0)
 
 
-def gap_and_argmax(logits: Any, pair: tuple[int, int]) -> tuple[Any, Any]:
-    """(logit[a] − logit[b] as float64 numpy [B], argmax over the vocabulary int64 numpy [B])."""
+def logits_values(logits: Any, pair: tuple[int, int]) -> HeadValues:
+    """The stored values of logits [B, V]: logit[a] − logit[b] in float64, the argmax over the
+    vocabulary, and the two logits."""
     import torch
 
     rows = logits.reshape(-1, logits.shape[-1])
-    ab = rows[:, list(pair)].double().cpu()
-    gap = (ab[:, 0] - ab[:, 1]).numpy()  # exact for two fp32 (or narrower) values of similar size
-    return gap, torch.argmax(rows, dim=-1).cpu().numpy().astype("int64")
-
-
-def logits_values(logits: Any, pair: tuple[int, int]) -> HeadValues:
-    """The stored values (gap, argmax, pair logits) of logits [B, V]."""
-    gap, top = gap_and_argmax(logits, pair)
-    return HeadValues(gap, top, logits[:, list(pair)].double().cpu().numpy())
+    ab = rows[:, list(pair)].double().cpu().numpy()
+    gap = ab[:, 0] - ab[:, 1]  # exact for two fp32 (or narrower) values of similar size
+    return HeadValues(gap, torch.argmax(rows, dim=-1).cpu().numpy().astype("int64"), ab)
 
 
 def pad_rows(xs: Any, size: int) -> Any:

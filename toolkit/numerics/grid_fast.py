@@ -63,6 +63,7 @@ def agreement(
     values come from faithful mode on the sample (`toolkit.numerics.grid_faithful.faithful`: bitwise
     one full forward per point, batched only after its own check); `faithful_path` says how."""
     import numpy as np
+    import torch
 
     from toolkit.numerics.grid_faithful import faithful
 
@@ -72,7 +73,7 @@ def agreement(
     path = ""
     faithful_gap = np.empty(0)
     if count:
-        picked = xs[torch_index(index)]
+        picked = xs[torch.as_tensor(index, dtype=torch.long)]
         faithful_gap, _, _, _, path = faithful(model, prefix, picked, pair, min(16, count), 8, progress)
     fast = fast_gap[index]
     same_sign = np.sign(faithful_gap) == np.sign(fast)
@@ -85,10 +86,3 @@ def agreement(
         "max_abs_gap_diff": float(np.abs(faithful_gap - fast).max()) if count else float("nan"),
         "bitwise_equal": int((faithful_gap == fast).sum()),
     }
-
-
-def torch_index(index: Any) -> Any:
-    """A numpy index array as a torch long tensor."""
-    import torch
-
-    return torch.as_tensor(index, dtype=torch.long)
