@@ -23,6 +23,7 @@ RANK: dict[str, int] = {
     "report": 8,
     "launch": 7,
     "worker": 6,
+    "worker_exit": 6,
     "figures": 6,
     "report_html": 6,
     "context": 5,

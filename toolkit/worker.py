@@ -18,6 +18,9 @@ from toolkit.plan import Task
 from toolkit.store.campaign_dir import CampaignDir, PlanFile
 from toolkit.store.checkpoint import Checkpoint
 from toolkit.store.shard import open_shard
+from toolkit.worker_exit import install as _install_fast_exit
+
+_install_fast_exit()  # at import, before torch & co. register their exit handlers (it runs after theirs)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
