@@ -140,7 +140,9 @@ def test_batched_gains_equal_a_plain_per_point_loop_bitwise(tmp_path, one_torch_
         (run,) = [r for r in runs if r.exp_id == "lipschitz" and r.numerics["dtype"] == "float32"]
         for key, prompt in (("000", "The capital of France is"), ("001", "Numbers: 1, 2, 3,")):
             group = run.group[f"prompts/{key}"]
-            assert group.attrs["forward_batching"].startswith("batches of 16 (full recompute), bitwise equal")
+            assert group.attrs["forward_batching"].startswith(
+                "batches of 16 (last row only behind the shared prefix), bitwise equal"
+            )
             with torch.no_grad():
                 embeds = model.get_input_embeddings()(tokenizer(prompt, return_tensors="pt").input_ids)
 

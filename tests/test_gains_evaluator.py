@@ -56,3 +56,43 @@ def test_without_a_batched_path_it_is_the_plain_loop():
     evaluator = Evaluator(f)
     assert torch.equal(evaluator.rows(XS), exact_rows(XS))
     assert evaluator.note == "one forward per input (batch size 1)"
+
+
+def test_the_shared_prefix_path_is_tried_first_and_a_refusal_is_noted():
+    calls: list[str] = []
+
+    def shared(xs: torch.Tensor) -> torch.Tensor:
+        calls.append("shared")
+        return off_rows(xs)
+
+    def batched(xs: torch.Tensor) -> torch.Tensor:
+        calls.append("full")
+        return exact_rows(xs)
+
+    evaluator = Evaluator(f, batched, 16, shared=shared)
+    out = evaluator.rows(XS)
+    assert torch.equal(out, exact_rows(XS)) and evaluator.batched is batched
+    assert calls == ["shared", "full", "full", "full"]  # the refused path once, on the first block only
+    ulp = float(torch.nextafter(f(XS[0])[0], torch.tensor(float("inf"))) - f(XS[0])[0])
+    assert evaluator.note == (
+        "batches of 16 (full recompute), bitwise equal to one input at a time on 4 rows of the first batch; "
+        f"last row only behind the shared prefix differed (max |Δ| {ulp:.3g})"
+    )
+
+
+def test_a_proved_shared_prefix_path_is_used_and_no_other_runs():
+    evaluator = Evaluator(f, off_rows, 16, shared=exact_rows)
+    assert torch.equal(evaluator.rows(XS), exact_rows(XS)) and evaluator.batched is exact_rows
+    assert evaluator.note == (
+        "batches of 16 (last row only behind the shared prefix), bitwise equal to one input at a time "
+        "on 4 rows of the first batch"
+    )
+
+
+def test_when_both_differ_each_refusal_is_named():
+    evaluator = Evaluator(f, off_rows, 16, shared=off_rows)
+    assert torch.equal(evaluator.rows(XS), exact_rows(XS)) and evaluator.batch_size == 1
+    assert evaluator.note.startswith(
+        "one forward per input: batches of 16 differed (last row only behind the shared prefix: max |Δ| "
+    )
+    assert ", full recompute: max |Δ| " in evaluator.note

@@ -27,16 +27,26 @@ BATCH_CHECK_SAMPLE = 4  # rows of the first batch compared with f one at a time
 class Evaluator:
     """f on many inputs: `rows(xs [N, D])` → [N, M] in f's dtype.
 
-    Without `batched` (or batch_size 1): f on one input at a time.  With it: padded blocks of
-    `batch_size` rows through the batched F, but only after the first block proved itself: its
-    rows at BATCH_CHECK_SAMPLE spread positions must equal f of the same inputs in every bit,
-    else that block and everything after go through f one at a time.  `note` says which ran.
+    Without a batched F (or batch_size 1): f on one input at a time.  With them: padded blocks of
+    `batch_size` rows through the first batched F that proves itself on the first block — its
+    rows at BATCH_CHECK_SAMPLE spread positions must equal f of the same inputs in every bit — tried
+    in order (`shared`, the last rows behind a shared prefix, then `batched`, a full recompute of B
+    inputs); when none does, that block and everything after go through f one at a time.  `note`
+    says which ran.
     """
 
-    def __init__(self, f: Callable[[Any], Any], batched: Callable[[Any], Any] | None = None, batch_size: int = 1):
+    def __init__(
+        self,
+        f: Callable[[Any], Any],
+        batched: Callable[[Any], Any] | None = None,
+        batch_size: int = 1,
+        shared: Callable[[Any], Any] | None = None,
+    ):
         self.f = f
-        self.batched = batched if batch_size > 1 else None
-        self.batch_size = batch_size if self.batched is not None else 1
+        tries = [("last row only behind the shared prefix", shared), ("full recompute", batched)]
+        self.candidates = [(label, fn) for label, fn in tries if fn is not None] if batch_size > 1 else []
+        self.batched: Callable[[Any], Any] | None = None
+        self.batch_size = batch_size if self.candidates else 1
         self.checked = False
         self.note = "one forward per input (batch size 1)"
 
@@ -59,33 +69,44 @@ class Evaluator:
 
         from toolkit.numerics.grid import pad_rows
 
+        if not self.checked and self.candidates:
+            self.checked = True
+            return self._first_block(block)
         if self.batched is None:
             return torch.stack([self.f(x) for x in block])
-        together = self.batched(pad_rows(block, self.batch_size))[: block.shape[0]]
-        if not self.checked:
-            self.checked = True
-            if not self._same(block, together):
-                self.batched, self.batch_size = None, 1
-                return torch.stack([self.f(x) for x in block])
-        return together
+        return self.batched(pad_rows(block, self.batch_size))[: block.shape[0]]
 
-    def _same(self, block: Any, together: Any) -> bool:
+    def _first_block(self, block: Any) -> Any:
+        """The first block through the first candidate that matches f bitwise on the sample."""
         import numpy as np
+        import torch
+
+        from toolkit.numerics.grid import pad_rows
 
         picks = sorted(set(np.linspace(0, block.shape[0] - 1, BATCH_CHECK_SAMPLE).round().astype(int).tolist()))
         alone = {i: self.f(block[i]) for i in picks}
-        if all(bool((alone[i] == together[i]).all()) for i in picks):
-            self.note = (
-                f"batches of {self.batch_size} (full recompute), bitwise equal to one input at a time "
-                f"on {len(picks)} rows of the first batch"
-            )
-            return True
-        worst = max(float((alone[i].double() - together[i].double()).abs().max()) for i in picks)
+        refused: list[tuple[str, float]] = []
+        for label, fn in self.candidates:
+            together = fn(pad_rows(block, self.batch_size))[: block.shape[0]]
+            if all(bool((alone[i] == together[i]).all()) for i in picks):
+                self.batched = fn
+                self.note = (
+                    f"batches of {self.batch_size} ({label}), bitwise equal to one input at a time "
+                    f"on {len(picks)} rows of the first batch"
+                )
+                self.note += "".join(f"; {name} differed (max |Δ| {worst:.3g})" for name, worst in refused)
+                return together
+            refused.append((label, max(float((alone[i].double() - together[i].double()).abs().max()) for i in picks)))
+        if len(refused) == 1:
+            why = f"max |Δ| {refused[0][1]:.3g}"
+        else:
+            why = ", ".join(f"{name}: max |Δ| {worst:.3g}" for name, worst in refused)
         self.note = (
-            f"one forward per input: batches of {self.batch_size} differed (max |Δ| {worst:.3g}) "
+            f"one forward per input: batches of {self.batch_size} differed ({why}) "
             f"on {len(picks)} rows of the first batch"
         )
-        return False
+        self.batch_size = 1
+        return torch.stack([self.f(x) for x in block])
 
 
 def finite_difference_gains(

@@ -24,7 +24,7 @@ that groups tokens by expert may round otherwise, which that check catches).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -111,3 +111,26 @@ def _block_last_row(module: Any, prefix_rows: Any) -> Any:
         return torch.cat([prefix_rows.expand(inputs.shape[0], -1, -1), last], dim=1)
 
     return forward
+
+
+def last_rows_f(model: Any, input_ids: Any) -> Callable[[Any], Any] | None:
+    """F(xs [B, D]) = [B, D]: the final-norm rows at the last position of the prompt `input_ids`
+    [1, T] with its last embedding replaced by each row of xs, the decoder's blocks on the last row
+    only (`SharedPrefix`); None for a one-token prompt (no prefix to share).  Bitwise equal to one
+    input at a time only where this CPU's kernels make it so: callers prove it on a sample first
+    (`toolkit.numerics.gains.Evaluator`)."""
+    from toolkit.numerics.embedding_forward import base_model, prompt_embeddings
+    from toolkit.numerics.fpunits import with_row
+
+    embeds = prompt_embeddings(model, input_ids)
+    last = embeds.shape[1] - 1
+    if last < 1:
+        return None
+    shared = SharedPrefix(model, embeds[:, :last], embeds[0, last])
+
+    def rows(xs: Any) -> Any:
+        with shared.patched():
+            out = base_model(model)(inputs_embeds=with_row(embeds, xs, last), use_cache=False)
+        return out.last_hidden_state[:, last]
+
+    return rows

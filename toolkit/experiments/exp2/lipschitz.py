@@ -27,7 +27,9 @@ rounds them to float32, and its finite differences stall at fp32 resolution.  Ev
 full recompute of the prompt (one code path for f and its perturbations); the perturbed inputs go
 through in batches of `FD_BATCH` only where a check on this prompt's own inputs proved the batched
 rows bitwise equal to batch size 1 (`toolkit.numerics.gains.Evaluator`; the per-prompt
-attr `forward_batching` says which ran).
+attr `forward_batching` says which ran): first with the decoder's blocks on the last row only
+behind the prompt's shared prefix (`toolkit.numerics.shared_prefix.last_rows_f`, ~T times fewer
+FLOPs), else a full recompute of each batch.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def run(ctx: RunContext, params: Params) -> None:
     out.attrs["true_fp64"] = setup.use_true_fp64
     out.attrs["forward_path"] = (
         "full recompute of the prompt, no KV cache; batch size 1, or batches of "
-        f"{FD_BATCH} where proven bitwise equal to batch size 1 (per-prompt attr forward_batching)"
+        f"{FD_BATCH} (the last row only behind the shared prefix, else a full recompute) where proven bitwise "
+        "equal to batch size 1 (per-prompt attr forward_batching)"
     )
     with model_arithmetic(ctx, setup.use_true_fp64, attention=setup.attention):
         residuals = []
@@ -148,10 +151,11 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
     from toolkit.numerics.embedding_forward import make_f_rows
     from toolkit.numerics.gains import Evaluator, finite_difference_gains, random_directions
     from toolkit.numerics.session import prompt_singular, solver_attrs
+    from toolkit.numerics.shared_prefix import last_rows_f
 
     ids, op, triplets = prompt_singular(ctx, prompt, params, bar.update)
     random_dirs = random_directions(params.n_random, op.in_dim, params.seed)
-    evaluator = Evaluator(op.f, make_f_rows(ctx.model, ids), FD_BATCH)
+    evaluator = Evaluator(op.f, make_f_rows(ctx.model, ids), FD_BATCH, shared=last_rows_f(ctx.model, ids))
     jacobian_gain_random = (
         torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random else torch.zeros(0, dtype=torch.float64)
     )
