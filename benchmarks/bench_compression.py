@@ -75,8 +75,8 @@ def demo_slice(tmp: Path) -> Path:
     demo = yaml.safe_load((REPO / "manifests" / "gpu_divergence.yaml").read_text())
     params = next(e["params"] for e in demo["experiments"] if e["name"] == "exp4.generate")
     path = tmp / "demo-slice.yaml"
-    text = DEMO_SLICE_MANIFEST.format(output=tmp / "runs", prompts=json.dumps(demo["prompts"]), params=json.dumps(params))
-    path.write_text(text)
+    prompts, params = json.dumps(demo["prompts"]), json.dumps(params)
+    path.write_text(DEMO_SLICE_MANIFEST.format(output=tmp / "runs", prompts=prompts, params=params))
     return path
 
 
