@@ -154,20 +154,21 @@ def test_full_disk_during_gather_keeps_store_and_shards_and_a_later_gather_succe
     used = shutil.disk_usage(tmpfs).used
     _mount(tmpfs, used + 8192, remount=True)  # two pages free: the lock fits, a new store does not
     before = _sha256s(folder)
-    need = CampaignDir(folder).store_path.stat().st_size + sum(p.stat().st_size for p in shards[2:]) + SPACE_MARGIN
+    need = sum(p.stat().st_size for p in shards[2:]) + SPACE_MARGIN  # appended in place: the new tasks only
 
     full = run_cli("gather", str(folder))
     free_while_locked = shutil.disk_usage(tmpfs).free - 4096  # gather.lock took one page of tmpfs
     assert full.code == 1 and full.out == ""
     pattern = (
-        rf"error: {re.escape(str(folder))}/\.store\.h5~[^~]+~\d+\.tmp: no space to write the new store: it "
-        rf"needs {need} bytes \({need / 1024:.1f} KiB\), {free_while_locked} bytes "
+        rf"error: {re.escape(str(folder))}/store\.h5: no space to add the new tasks: they "
+        rf"need {need} bytes \({need / 1024:.1f} KiB\), {free_while_locked} bytes "
         rf"\({free_while_locked / 1024:.1f} KiB\) are free; store\.h5 and the shards are unchanged — free "
         r"space there or move the campaign folder, then rerun toolkit gather\n"
     )
     assert re.fullmatch(pattern, full.err), full.err
     assert _sha256s(folder) == before
-    assert not list(folder.glob(".store.h5~*")) and not (folder / "gather.lock").exists()
+    assert not list(folder.glob(".store.h5*")) and not (folder / "gather.lock").exists()
+    assert not (folder / "store.h5.journal").exists()
 
     _mount(tmpfs, 1024 * 1024, remount=True)
     roomy = run_cli("gather", str(folder))

@@ -61,16 +61,20 @@ def test_gather_killed_mid_write_keeps_old_store_and_shards(tiny_manifest, tmp_p
     )
     assert crashed.code == -9  # the submitting process itself was killed inside gather
     assert _tasks(folder / "store.h5") == before  # the old store is intact and readable
-    assert len(list(folder.glob(".store.h5~*.tmp"))) == 1
+    assert (folder / "store.h5.journal").read_bytes().startswith(b"toolkit store journal 1\nP")  # pending
     assert (folder / "gather.lock").exists()
 
     gathered = run_cli("gather", str(folder))
     assert gathered.code == 0, gathered.err
-    assert "gathered 0 new and 4 rerun task(s), 1 already in" in gathered.out
+    assert gathered.out.startswith(
+        f"undid the interrupted gather's unfinished append to {folder / 'store.h5'}\n"
+        "gathered 0 new and 4 rerun task(s), 1 already in"
+    )
     after = _tasks(folder / "store.h5")
     assert set(after) == set(before)
     assert sum(after[t] != before[t] for t in after) == 4  # the reruns replaced the old groups
-    assert not list(folder.glob(".store.h5~*.tmp")) and not (folder / "gather.lock").exists()
+    assert not list(folder.glob(".store.h5*")) and not (folder / "gather.lock").exists()
+    assert not (folder / "store.h5.journal").exists()
 
     rebuilt = run_cli("gather", str(folder), "--rebuild")
     assert rebuilt.code == 0 and "gathered 5 new" in rebuilt.out

@@ -7,6 +7,7 @@ the same way, tested with fabricated versions."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def test_gather_keeps_the_stores_schema_and_creation_stamp(finished, tmp_path):
     with h5py.File(store, "a") as handle:  # forget one task's run, so the next gather copies the store
         first = sorted(handle["tasks"])[0]
         handle["tasks"][first].attrs["run_uid"] = "stale"
+    os.utime(CampaignDir(folder).shard_path(first))  # a newer ctime, as a rerun's publish gives: compared again
     result = run_cli("gather", str(folder))
     assert result.code == 0 and result.out.startswith("gathered 0 new and 1 rerun task(s), 4 already in")
     with h5py.File(store, "r") as handle:

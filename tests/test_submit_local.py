@@ -77,6 +77,7 @@ SHOW_ATTRS = {
     "manifest_sha256": str,
     "created_utc": str,
     "updated_utc": str,
+    "shards_seen_ctime_ns": int,
 }
 SHOW_TASK = {
     "task_id": str,

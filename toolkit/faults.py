@@ -1,6 +1,8 @@
 """Fault injection for the crash-safety tests: `TOOLKIT_FAULT=<point>:<n>` makes this process
 SIGKILL itself the n-th time it reaches `<point>` (points: `shard-publish`, `gather-merge`,
-`generate-prompt` and `pdf-window` right after a unit's progress checkpoint is saved).
+`gather-commit` (the commit journal written, store.h5 not yet edited), `gather-apply` (after each
+page written into store.h5), `generate-prompt` and `pdf-window` right after a unit's progress
+checkpoint is saved).
 Unset in normal use; costs one environment lookup per call."""
 
 from __future__ import annotations

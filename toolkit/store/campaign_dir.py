@@ -11,6 +11,7 @@ from the files, its locks and its store handle.  Every other module asks a `Camp
 <campaign>/shards/.<task_id>.lock       held by the worker running the task
 <campaign>/submit.lock  <campaign>/gather.lock   held by toolkit submit / by the gather
 <campaign>/store.h5        /tasks/<task_id> groups gathered from the shards
+<campaign>/store.h5.journal  while a gather appends to store.h5 (toolkit.store.journal)
 <campaign>/jobs/<submission>/           submitit logs    <campaign>/figures/  plots
 ```
 
@@ -234,10 +235,12 @@ class CampaignDir:
         import h5py
 
         from toolkit.store import schema
+        from toolkit.store.journal import wait_settled
 
         path = self.store_path
         if not path.exists():
             return set()
+        wait_settled(path)
         try:
             with h5py.File(path, "r", locking=False) as handle:
                 schema.check_schema(path, handle.attrs)
@@ -263,7 +266,7 @@ class CampaignDir:
 
     def remove_stale_store_temps(self) -> None:
         """Remove temporary store files left by gathers killed on this host."""
-        for leftover in self.root.glob(f".{STORE_NAME}~*.tmp"):
+        for leftover in [*self.root.glob(f".{STORE_NAME}~*.tmp"), *self.root.glob(f".{STORE_NAME}.journal~*.tmp")]:
             if stale_temp(leftover):
                 leftover.unlink()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from toolkit.errors import StoreError
+from toolkit.store.journal import wait_settled
 from toolkit.store.schema import check_schema
 
 JSON_ATTRS = ("params", "numerics", "model", "provenance", "inputs", "checksums")
@@ -127,6 +128,7 @@ class Store:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no store yet; run toolkit submit or toolkit gather first")
+        wait_settled(self.path)
         try:
             self.handle = h5py.File(self.path, "r", locking=False)
         except OSError as err:

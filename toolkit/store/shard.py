@@ -45,7 +45,10 @@ def _content_sha256(data: Any) -> str:
             raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
             digest.update(len(raw).to_bytes(8, "little") + raw)
     elif hasattr(data, "tobytes"):
-        digest.update(data.tobytes())
+        try:  # the array's own memory when it is contiguous: no copy
+            digest.update(memoryview(data).cast("B") if data.flags.c_contiguous else data.tobytes())
+        except (TypeError, ValueError, AttributeError):  # a dtype the buffer protocol cannot express
+            digest.update(data.tobytes())
     else:
         digest.update(data if isinstance(data, bytes) else str(data).encode("utf-8"))
     return digest.hexdigest()
