@@ -119,15 +119,17 @@ def test_scales_survive_gather_and_a_clash_gets_its_own_name(tmp_path: Path):
     (tmp_path / "manifest.yaml").write_text("campaign: t\n")
     stores = {"g/eps": "[E] grid", "g/a": "[K,E] values", "g/b": "[E] other grid", "g/k": "[T,T] matrix"}
     attrs = {"experiment": "exp0.demo", "exp_id": "d", "target": "cpu", "repeat": 0, "params": {}, "numerics": {}}
-    with open_shard(tmp_path, "t0", attrs) as root:
-        out = CheckedGroup.for_experiment(root, "exp0.demo", stores, {"T": "k"})
-        group = out.create_group("g")
-        group.create_dataset("eps", data=np.array([0.1, 0.2, 0.3]))
-        group.create_dataset("a", data=np.arange(6.0).reshape(2, 3))
-        group.create_dataset("b", data=np.arange(5.0))
-        group.create_dataset("k", data=np.zeros((4, 4)))
-    gather(tmp_path)
-    for path, where in ((tmp_path / "shards" / "t0.h5", "/g"), (tmp_path / "store.h5", "/tasks/t0/g")):
+    for task in ("t0", "t1"):  # t1 is appended to the store in place (toolkit.store.journal)
+        with open_shard(tmp_path, task, attrs) as root:
+            out = CheckedGroup.for_experiment(root, "exp0.demo", stores, {"T": "k"})
+            group = out.create_group("g")
+            group.create_dataset("eps", data=np.array([0.1, 0.2, 0.3]))
+            group.create_dataset("a", data=np.arange(6.0).reshape(2, 3))
+            group.create_dataset("b", data=np.arange(5.0))
+            group.create_dataset("k", data=np.zeros((4, 4)))
+        assert gather(tmp_path).added == [task]
+    stored = [(tmp_path / "store.h5", f"/tasks/{t}/g") for t in ("t0", "t1")]
+    for path, where in ((tmp_path / "shards" / "t0.h5", "/g"), *stored):
         with xr.open_dataset(path, group=where, engine="h5netcdf") as ds:
             assert ds["a"].dims == ("k_2", "eps") and ds["b"].dims == ("eps_5",)
             assert ds["k"].dims == ("k_i", "k_j")
