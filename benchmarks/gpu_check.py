@@ -178,7 +178,7 @@ def part_exp7_faithful(setup: Setup) -> dict[str, Any]:
     embeds = prompt_embeddings(model, setup.ids(tokenizer))
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(8, embeds.shape[-1], generator=generator).to(embeds) * 1e-3
-    check = batch_check(model, embeds[:, :-1], embeds[0, -1] + noise, batch_size=8, sample=8)
+    check, _ = batch_check(model, embeds[:, :-1], embeds[0, -1] + noise, batch_size=8, sample=8)
     verdict = "bitwise equal" if check.equal else f"differs (max|Δ| {check.max_abs_diff:.3g})"
     text = f"batched vs one point at a time, {check.sample} points: {verdict}"
     return {"ok": True, "result": text, "bitwise_equal": check.equal}

@@ -320,3 +320,40 @@ def test_upstream_arithmetic_matches_a_numpy_float32_emulation():
     assert np.array_equal(got, np.array(want))
     once = grid.form_points(torch.from_numpy(x0), v1, v2, e, e, "fp64_then_round").numpy()
     assert not np.array_equal(got, once)  # the two recorded arithmetics reach different inputs
+
+
+def test_balanced_batches_reuse_the_checked_batch_and_equal_plain_forwards(tiny, monkeypatch):
+    """25 points at batch_size 16: two batches of 13 (not 16 and a 16-row batch holding 9); the first,
+    computed by the check, is not recomputed; every value still equals a plain forward of that point."""
+    from toolkit.numerics import exact_head
+
+    assert [grid.balanced_batch(b, n) for b, n in ((64, 961), (64, 10201), (8, 121), (64, 1), (64, 65), (1, 5))] == [
+        61,
+        64,
+        8,
+        1,
+        33,
+        1,
+    ]
+    prefix, x0, v1, v2 = tiny_plane(tiny)
+    e = grid.axis_n(-1e-6, 1e-6, 5)
+    points = grid.form_points(x0, v1, v2, e, e, "fp64_then_round")
+    calls = []
+    real_values = exact_head.BoundedHead.values
+
+    def counted(self, rows, pair):
+        calls.append(rows.shape[0])
+        return real_values(self, rows, pair)
+
+    monkeypatch.setattr(exact_head.BoundedHead, "values", counted)
+    result = grid.run_grid(tiny, prefix, points, (5, 7), "faithful", batch_size=16)
+    assert result.n_distinct == 25 and result.batch_size == 13 and result.path == grid.SHARED_HEAD_PATH
+    assert calls == [13, 13]  # the check's batch, then the second: the first is not computed twice
+    gaps, tops = [], []
+    for x in points:
+        inputs = torch.cat([prefix[0], x[None]], dim=0)[None]
+        with torch.no_grad():
+            logits = tiny(inputs_embeds=inputs, use_cache=False, logits_to_keep=1).logits[0, -1]
+        gaps.append(float(logits[5].double() - logits[7].double()))
+        tops.append(int(torch.argmax(logits)))
+    assert np.array_equal(result.gap, np.array(gaps)) and np.array_equal(result.argmax, np.array(tops))

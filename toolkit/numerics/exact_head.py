@@ -112,7 +112,9 @@ class BoundedHead:
         gamma = d * u / (1.0 - d * u)
         self.scale = 2.0 * gamma * SLACK
         self.floor = 2.0 * d * fmt.smallest_subnormal * SLACK
-        self.largest_row_norm = float(torch.linalg.vector_norm(self.weight.double(), dim=1).max())
+        self.largest_row_norm = max(  # in float64, 4096 rows at a time (no copy of the whole matrix)
+            float(torch.linalg.vector_norm(rows.double(), dim=1).max()) for rows in self.weight.split(4096)
+        )
         self.block = aligned_like(self.weight, BLOCK)
         self.points = 0  # points evaluated by `values`
         self.full_gemv = 0  # of those, points that took the full per-point GEMV

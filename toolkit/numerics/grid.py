@@ -200,6 +200,14 @@ def logits_values(logits: Any, pair: tuple[int, int]) -> HeadValues:
     return HeadValues(gap, torch.argmax(rows, dim=-1).cpu().numpy().astype("int64"), ab)
 
 
+def balanced_batch(requested: int, n: int) -> int:
+    """The batch size for n rows: as few batches as `requested` needs, each as small as that allows
+    (961 rows at 64: 16 batches of 61, not 15 of 64 and a 64-row batch holding one row)."""
+    size = max(1, min(requested, n))
+    batches = -(-n // size)
+    return max(1, -(-n // batches))
+
+
 def pad_rows(xs: Any, size: int) -> Any:
     """xs [b, D] padded to [size, D] with copies of its last row (b <= size)."""
     import torch
@@ -214,10 +222,12 @@ def evaluate_values(
     xs: Any,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    first: HeadValues | None = None,
 ) -> tuple[Any, Any, Any]:
     """(gap float64 [U], argmax int64 [U], logits of the pair [U, 2] float64) of every row of xs.
 
-    `fn` maps a [batch_size, D] block to its `HeadValues`; the last block is padded.
+    `fn` maps a [batch_size, D] block to its `HeadValues`; the last block is padded.  `first`: the
+    values `fn` already gave for the first block (a run-time check computes them), not recomputed.
     """
     import numpy as np
 
@@ -226,7 +236,7 @@ def evaluate_values(
     for start in range(0, n, batch_size):
         block = xs[start : start + batch_size]
         real = block.shape[0]
-        values = fn(pad_rows(block, batch_size))
+        values = first if start == 0 and first is not None else fn(pad_rows(block, batch_size))
         gaps[start : start + real] = values.gap[:real]
         tops[start : start + real] = values.argmax[:real]
         pairs[start : start + real] = values.pair[:real]
@@ -241,9 +251,12 @@ def evaluate(
     batch_size: int,
     pair: tuple[int, int],
     progress: Callable[[int], None] | None = None,
+    first: Any = None,
 ) -> tuple[Any, Any, Any]:
-    """`evaluate_values` for `fn` mapping a [batch_size, D] block to logits [batch_size, V]."""
-    return evaluate_values(lambda block: logits_values(fn(block), pair), xs, batch_size, progress)
+    """`evaluate_values` for `fn` mapping a [batch_size, D] block to logits [batch_size, V];
+    `first`: the logits `fn` already gave for the first block."""
+    known = logits_values(first, pair) if first is not None else None
+    return evaluate_values(lambda block: logits_values(fn(block), pair), xs, batch_size, progress, known)
 
 
 @dataclass
@@ -285,7 +298,7 @@ def run_grid(
     else:
         xs, inverse = points, np.arange(points.shape[0], dtype=np.int64)
     xs = xs.to(device)
-    batch_size = max(1, min(batch_size, xs.shape[0]))  # never pad beyond the number of distinct inputs
+    batch_size = balanced_batch(batch_size, xs.shape[0])
     check = None
     if mode == "faithful":
         from toolkit.numerics.grid_faithful import faithful

@@ -20,6 +20,7 @@ from toolkit.numerics.grid import (
     POINT_PATH,
     SHARED_HEAD_PATH,
     SHARED_PATH,
+    HeadValues,
     evaluate,
     evaluate_values,
     faithful_logits,
@@ -54,13 +55,14 @@ def _check_batch(xs: Any, batch_size: int, sample: int) -> tuple[Any, list[int]]
 
 def batch_check(
     model: Any, prefix: Any, xs: Any, batch_size: int, sample: int, batched: Callable[[Any], Any] | None = None
-) -> BatchCheck:
+) -> tuple[BatchCheck, Any]:
     """Compare `batched` (default `faithful_logits`) on one full batch with `point_logits` on
-    `sample` of its rows (`_check_batch`), every logit bitwise."""
+    `sample` of its rows (`_check_batch`), every logit bitwise; also returns the batch's logits
+    (the first block of the map: not computed twice)."""
     import torch
 
     if batch_size <= 1:
-        return BatchCheck(batch_size, 1, True, 0, 0.0)
+        return BatchCheck(batch_size, 1, True, 0, 0.0), None
     batch, picks = _check_batch(xs, batch_size, sample)
     batched_rows = batched(batch) if batched is not None else faithful_logits(model, prefix, batch)
     diff = 0.0
@@ -69,7 +71,7 @@ def batch_check(
         single = point_logits(model, prefix, batch[i])
         equal &= bool(torch.equal(single, batched_rows[i]))
         diff = max(diff, float((single.double() - batched_rows[i].double()).abs().max()))
-    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff)
+    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff), batched_rows
 
 
 def bounded_check(
@@ -81,10 +83,11 @@ def bounded_check(
     hidden: Callable[[Any], Any],
     head: BoundedHead,
     pair: tuple[int, int],
-) -> BatchCheck:
+) -> tuple[BatchCheck, HeadValues]:
     """Check the bounded head behind the decoder `hidden` (a batch [B, D] → final rows [B, 1, D]) on
     `sample` rows of one full batch: its stored values equal `point_logits`' bit for bit, and every
-    vocabulary row through its GEMV blocks (in a shuffled order) equals `point_logits`' logits."""
+    vocabulary row through its GEMV blocks (in a shuffled order) equals `point_logits`' logits.
+    Also returns the batch's values (the first block of the map: not computed twice)."""
     import numpy as np
 
     batch, picks = _check_batch(xs, batch_size, sample)
@@ -103,7 +106,7 @@ def bounded_check(
         f"bounded head: pair logits and argmax of {len(picks)} points, and all their vocabulary rows through "
         f"{BLOCK}-row GEMV blocks, compared with point_logits"
     )
-    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff, note)
+    return BatchCheck(batch_size, batch_size if equal else 1, equal, len(picks), diff, note), values
 
 
 def faithful(
@@ -132,9 +135,11 @@ def faithful(
         reason = unusable_reason(model)
         if reason is None:
             head = BoundedHead(model)
-            check = bounded_check(model, prefix, xs, batch_size, check_sample, shared_rows, head, pair)
+            check, first = bounded_check(model, prefix, xs, batch_size, check_sample, shared_rows, head, pair)
             if check.equal:
-                values = evaluate_values(lambda block: head.values(shared_rows(block), pair), xs, batch_size, progress)
+                values = evaluate_values(
+                    lambda block: head.values(shared_rows(block), pair), xs, batch_size, progress, first
+                )
                 return (*values, check, SHARED_HEAD_PATH)
             skipped = f"bounded head refused by its check (max |diff| {check.max_abs_diff:.3g})"
         else:
@@ -144,15 +149,15 @@ def faithful(
             with shared.patched():
                 return faithful_logits(model, prefix, block)
 
-        check = batch_check(model, prefix, xs, batch_size, check_sample, shared_batch)
+        check, first = batch_check(model, prefix, xs, batch_size, check_sample, shared_batch)
         if check.equal:
             check.note = skipped
-            return (*evaluate(shared_batch, xs, batch_size, pair, progress), check, SHARED_PATH)
-    check = batch_check(model, prefix, xs, batch_size, check_sample)
+            return (*evaluate(shared_batch, xs, batch_size, pair, progress, first), check, SHARED_PATH)
+    check, first = batch_check(model, prefix, xs, batch_size, check_sample)
     check.note = skipped
     if check.used > 1:
         return (
-            *evaluate(lambda block: faithful_logits(model, prefix, block), xs, check.used, pair, progress),
+            *evaluate(lambda block: faithful_logits(model, prefix, block), xs, check.used, pair, progress, first),
             check,
             FAITHFUL_PATH,
         )

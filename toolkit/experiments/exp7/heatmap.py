@@ -12,10 +12,11 @@ and stores gap = logit[a] − logit[b] (float64 from the native logits), the arg
 index of each point's distinct rounded input, x0, the directions and the exact grid values.
 
 Modes (`mode`, recorded): `faithful` — every value bitwise equal to one full forward of that
-point alone at batch size 1 (`toolkit.numerics.grid.point_logits`); batches of `batch_size` are
-used only if a run-time check on `check_sample` inputs proves them bitwise equal, else batch
-size 1 (recorded); identical rounded inputs are evaluated once (`dedup`).  `fast` — prefix KV
-cache and batches of the last position; it also computes faithful values on `agreement_sample`
+point alone at batch size 1 (`toolkit.numerics.grid.point_logits`); batches of up to
+`batch_size` (balanced, `grid.balanced_batch`) are used only if a run-time check on
+`check_sample` inputs of the first batch proves them bitwise equal, else batch size 1
+(recorded); identical rounded inputs are evaluated once (`dedup`).  `fast` — prefix KV cache
+and batches of the last position; it also computes faithful values on `agreement_sample`
 random distinct inputs and stores the sign-agreement rate and the largest |gap difference|.
 """
 
