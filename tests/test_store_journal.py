@@ -4,7 +4,9 @@ answers come from plain bytearrays, plain h5py and the shards themselves."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from toolkit.store import journal
 from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.gather import gather
 from toolkit.store.journal import PAGE, JournaledFile, journal_path, recover
+from toolkit.store.lock import holder_gone, process_start
 from toolkit.store.reader import Store
 from toolkit.store.shard import open_shard
 
@@ -177,6 +180,17 @@ def _from_shards(folder: Path) -> dict[str, bytes]:
     return out
 
 
+def _gathered(tmp_path: Path, count: int) -> Path:
+    """A campaign folder with `count` shards, gathered into a new store.h5."""
+    folder = tmp_path / "campaign"
+    folder.mkdir()
+    (folder / "manifest.yaml").write_text("campaign: campaign\n")
+    _shards(folder, 0, count)
+    time.sleep(0.05)  # past the filesystem clock's tick, so the shards' ctimes are older than the gather's lock
+    gather(folder)
+    return folder
+
+
 def _killed_gather(folder: Path, fault: str) -> None:
     code = f"from pathlib import Path; from toolkit.store.gather import gather; gather(Path({str(folder)!r}))"
     done = subprocess.run(
@@ -194,11 +208,7 @@ def _killed_gather(folder: Path, fault: str) -> None:
     ],
 )
 def test_gather_killed_inside_an_append(tmp_path, monkeypatch, fault, state, message):
-    folder = tmp_path / "campaign"
-    folder.mkdir()
-    (folder / "manifest.yaml").write_text("campaign: campaign\n")
-    _shards(folder, 0, 3)
-    gather(folder)
+    folder = _gathered(tmp_path, 3)
     store = CampaignDir(folder).store_path
     old = store.read_bytes()
     _shards(folder, 3, 3)
@@ -230,11 +240,7 @@ def test_gather_killed_inside_an_append(tmp_path, monkeypatch, fault, state, mes
 
 
 def test_a_damaged_journal_is_refused_and_rebuild_starts_over(tmp_path):
-    folder = tmp_path / "campaign"
-    folder.mkdir()
-    (folder / "manifest.yaml").write_text("campaign: campaign\n")
-    _shards(folder, 0, 2)
-    gather(folder)
+    folder = _gathered(tmp_path, 2)
     store = CampaignDir(folder).store_path
     journal_path(store).write_bytes(journal.MAGIC + b"C" + bytes(10))
     with pytest.raises(StoreError) as refused:
@@ -250,12 +256,7 @@ def test_a_damaged_journal_is_refused_and_rebuild_starts_over(tmp_path):
 
 
 def test_a_gather_opens_only_the_shards_that_changed_since_the_last_one(tmp_path, monkeypatch):
-    folder = tmp_path / "campaign"
-    folder.mkdir()
-    (folder / "manifest.yaml").write_text("campaign: campaign\n")
-    _shards(folder, 0, 3)
-    time.sleep(0.05)  # past the filesystem clock's tick, so the shards' ctimes are older than the gather's lock
-    gather(folder)
+    folder = _gathered(tmp_path, 3)
     opened: list[str] = []
     real = gather_module._run_uid
     monkeypatch.setattr(gather_module, "_run_uid", lambda path: opened.append(path.stem) or real(path))
@@ -271,3 +272,16 @@ def test_a_gather_opens_only_the_shards_that_changed_since_the_last_one(tmp_path
     report = gather(folder)
     assert report.replaced == [rerun] and report.unchanged == 4 and opened == [rerun]
     assert _stored(CampaignDir(folder).store_path) == _from_shards(folder)
+
+
+def test_a_reader_stops_waiting_at_once_when_no_live_gather_holds_the_lock(tmp_path):
+    lock = tmp_path / "gather.lock"
+    assert holder_gone(lock)  # no lock: no gather
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())}
+    lock.write_text(json.dumps(record))
+    assert not holder_gone(lock)  # this live process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({**record, "pid": int(dead.stdout), "start": ""}))
+    assert holder_gone(lock)  # a process of this host that has ended
+    lock.write_text(json.dumps({**record, "host": "another-node"}))
+    assert not holder_gone(lock)  # another host's holder: a reader cannot tell, so it waits

@@ -275,7 +275,11 @@ SETTLE_SECONDS = 10.0
 
 def wait_settled(store: Path, timeout: float | None = None) -> None:
     """Wait while a commit journal says store.h5 is being edited (a gather's last milliseconds);
-    StoreError if it stays (a gather died there: the next gather finishes it)."""
+    StoreError if it stays, or at once if no live gather holds the folder's gather.lock (a gather
+    died there: the next gather finishes it)."""
+    from toolkit.store.campaign_dir import GATHER_LOCK_NAME
+    from toolkit.store.lock import holder_gone
+
     journal = journal_path(store)
     deadline = time.monotonic() + (SETTLE_SECONDS if timeout is None else timeout)
     while True:
@@ -286,7 +290,7 @@ def wait_settled(store: Path, timeout: float | None = None) -> None:
             return
         if head[len(MAGIC) :] != COMMIT:
             return
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or holder_gone(store.parent / GATHER_LOCK_NAME):
             raise StoreError(
                 f"{store}: a gather was interrupted while committing ({journal} remains); run toolkit gather "
                 "to finish it, then read the store again"

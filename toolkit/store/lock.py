@@ -184,6 +184,21 @@ class FileLock:
                 return
 
 
+def holder_gone(path: Path) -> bool:
+    """Whether the lock at `path` is absent or was left by a process of this host that has ended: a
+    cheap test for readers, which write nothing (a holder on another host counts as alive)."""
+    try:
+        info = _parse(path.read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        return False
+    pid = int(info.get("pid", 0))
+    return not pid_alive(pid) or bool(info.get("start") and process_start(pid) != info["start"])
+
+
 def _parse(text: str) -> dict[str, Any]:
     """The holder recorded in a lock file; also the `host pid` text of locks written before these records"""
     words = text.split()
