@@ -285,3 +285,25 @@ def test_a_reader_stops_waiting_at_once_when_no_live_gather_holds_the_lock(tmp_p
     assert holder_gone(lock)  # a process of this host that has ended
     lock.write_text(json.dumps({**record, "host": "another-node"}))
     assert not holder_gone(lock)  # another host's holder: a reader cannot tell, so it waits
+
+
+def test_short_reads_and_writes_are_completed(tmp_path, monkeypatch):
+    """One pwrite/preadv may move fewer bytes than asked (Linux: at most 0x7ffff000 a call, so any
+    dataset over 2 GiB); the helpers loop.  Here each call moves at most 1000 bytes."""
+    real_pwrite, real_preadv = os.pwrite, os.preadv
+    monkeypatch.setattr(journal.os, "pwrite", lambda fd, data, at: real_pwrite(fd, bytes(data[:1000]), at))
+    monkeypatch.setattr(
+        journal.os, "preadv", lambda fd, views, at: real_preadv(fd, [views[0][: min(1000, len(views[0]))]], at)
+    )
+    data = np.random.default_rng(3).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        journal._pwrite_all(fd, memoryview(data), 7)
+        back = bytearray(10_050)
+        journal._pread_into(fd, memoryview(back), 7)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(7) + data
+    assert bytes(back) == data + bytes(50)  # zeros past the end of the file

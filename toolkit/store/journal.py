@@ -38,6 +38,7 @@ MAGIC = b"toolkit store journal 1\n"
 _HEADER = struct.Struct("<cQQQQ")  # kind, original length, final length, zeroed from, page count
 _INDEX = struct.Struct("<Q")
 PENDING, COMMIT = b"P", b"C"
+_CHUNK = 1 << 20  # bytes zeroed per write when a cut is applied
 
 
 def journal_path(store: Path) -> Path:
@@ -85,10 +86,10 @@ class JournaledFile:
         start, end = self._pos, self._pos + n
         self._pos = end
         if start >= self._base:  # appended bytes: straight from the file
-            got = os.preadv(self._fd, [view[:n]], start)
-            view[got:n] = bytes(n - got)
+            _pread_into(self._fd, view[:n], start)
             return n
-        data = bytearray(os.pread(self._fd, n, start).ljust(n, b"\0"))
+        data = bytearray(n)
+        _pread_into(self._fd, memoryview(data), start)
         if self._zero_from < self._base and end > self._zero_from:
             lo, hi = max(start, self._zero_from), min(end, self._base)
             data[lo - start : hi - start] = bytes(hi - lo)
@@ -111,7 +112,7 @@ class JournaledFile:
         start, end = self._pos, self._pos + len(view)
         split = min(max(start, self._base), end)
         if split < end:
-            os.pwrite(self._fd, view[split - start :], split)
+            _pwrite_all(self._fd, view[split - start :], split)
         for page in range(start // PAGE, (split - 1) // PAGE + 1) if start < split else ():
             edited = self._page(page)
             lo, hi = max(start, page * PAGE), min(split, (page + 1) * PAGE)
@@ -186,6 +187,23 @@ class JournaledFile:
         fsync_path(self.path.parent)
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """pwrite until every byte is written (one call may write less, e.g. past 2 GiB on Linux)."""
+    while len(view):
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill `view` from the file at `offset`; zeros past the end of the file."""
+    while len(view):
+        done = os.preadv(fd, [view], offset)
+        if done == 0:
+            view[:] = bytes(len(view))
+            return
+        view, offset = view[done:], offset + done
+
+
 def _write_journal(
     journal: Path, kind: bytes, base: int, size: int, zero_from: int, pages: dict[int, bytearray]
 ) -> None:
@@ -236,12 +254,12 @@ def _apply(path: Path, base: int, size: int, zero_from: int, pages: dict[int, by
     """Write the edited pages (only below the original length), zero what was cut, set the final length."""
     fd = os.open(path, os.O_RDWR)
     try:
-        if zero_from < min(base, size):
-            os.pwrite(fd, bytes(min(base, size) - zero_from), zero_from)
+        for at in range(zero_from, min(base, size), _CHUNK):
+            _pwrite_all(fd, memoryview(bytes(min(_CHUNK, min(base, size) - at))), at)
         for page, data in sorted(pages.items()):
             end = min(base, (page + 1) * PAGE)
             if page * PAGE < end:
-                os.pwrite(fd, bytes(data[: end - page * PAGE]), page * PAGE)
+                _pwrite_all(fd, memoryview(bytes(data[: end - page * PAGE])), page * PAGE)
                 faults.checkpoint("gather-apply")
         os.ftruncate(fd, size)
         os.fsync(fd)
