@@ -327,14 +327,8 @@ def test_balanced_batches_reuse_the_checked_batch_and_equal_plain_forwards(tiny,
     computed by the check, is not recomputed; every value still equals a plain forward of that point."""
     from toolkit.numerics import exact_head
 
-    assert [grid.balanced_batch(b, n) for b, n in ((64, 961), (64, 10201), (8, 121), (64, 1), (64, 65), (1, 5))] == [
-        61,
-        64,
-        8,
-        1,
-        33,
-        1,
-    ]
+    cases = ((64, 961), (64, 10201), (8, 121), (64, 1), (64, 65), (1, 5), (64, 0))
+    assert [grid.balanced_batch(b, n) for b, n in cases] == [61, 64, 8, 1, 33, 1, 1]
     prefix, x0, v1, v2 = tiny_plane(tiny)
     e = grid.axis_n(-1e-6, 1e-6, 5)
     points = grid.form_points(x0, v1, v2, e, e, "fp64_then_round")

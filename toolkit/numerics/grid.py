@@ -204,7 +204,7 @@ def balanced_batch(requested: int, n: int) -> int:
     """The batch size for n rows: as few batches as `requested` needs, each as small as that allows
     (961 rows at 64: 16 batches of 61, not 15 of 64 and a 64-row batch holding one row)."""
     size = max(1, min(requested, n))
-    batches = -(-n // size)
+    batches = max(1, -(-n // size))  # no rows: one (empty) batch, as before balancing
     return max(1, -(-n // batches))
 
 
