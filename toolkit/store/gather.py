@@ -114,7 +114,7 @@ def _gather_locked(folder: CampaignDir, manifest_text: str | None, rebuild: bool
         else:
             verified[task_id] = path
     if verified or existing is None:
-        _write_store(folder, store, verified, existing is not None, (manifest_text, seen), report)
+        _write_store(folder, store, verified, existing is not None, manifest_text, seen, report)
     for task_id, problem in report.bad_shards.items():
         _quarantine(folder, task_id, problem)
     return report
@@ -125,7 +125,8 @@ def _write_store(
     store: Path,
     shards: dict[str, Path],
     append: bool,
-    root: tuple[str | None, int],
+    manifest_text: str | None,
+    seen: int,
     report: GatherReport,
 ) -> None:
     """Add the verified shards: appended in place to an existing store (`toolkit.store.journal`), or
@@ -145,7 +146,7 @@ def _write_store(
         if journaled is None:
             target.unlink(missing_ok=True)
         with h5py.File(journaled or target, "r+" if journaled else "w", locking=False) as out:
-            _root_attrs(out, folder, *root)
+            _root_attrs(out, folder, manifest_text, seen)
             tasks = out.require_group("tasks")
             for task_id, path in sorted(shards.items()):
                 _merge_shard(tasks, task_id, path, report)

@@ -157,7 +157,8 @@ class JournaledFile:
     def _page(self, page: int) -> bytearray:
         edited = self._pages.get(page)
         if edited is None:
-            edited = bytearray(os.pread(self._fd, PAGE, page * PAGE).ljust(PAGE, b"\0"))
+            edited = bytearray(PAGE)
+            _pread_into(self._fd, memoryview(edited), page * PAGE)
             cut = max(0, self._zero_from - page * PAGE)
             if cut < PAGE:
                 edited[cut:] = bytes(PAGE - cut)

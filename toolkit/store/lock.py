@@ -145,8 +145,7 @@ class FileLock:
         if job and job == os.environ.get("SLURM_JOB_ID"):  # an earlier run of this job, requeued
             return info, True
         if info.get("host") == socket.gethostname():  # the pid answers for itself
-            pid = int(info.get("pid", 0))
-            return info, not pid_alive(pid) or bool(info.get("start") and process_start(pid) != info["start"])
+            return info, _ended_here(info)
         finished = slurm_job_finished(job) if job else None
         if finished is not None:  # Slurm answers for its job
             return info, finished
@@ -193,8 +192,11 @@ def holder_gone(path: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
-    if info.get("host") != socket.gethostname():
-        return False
+    return info.get("host") == socket.gethostname() and _ended_here(info)
+
+
+def _ended_here(info: dict[str, Any]) -> bool:
+    """Whether the holder, a process of this host, has ended (its pid gone or reused)."""
     pid = int(info.get("pid", 0))
     return not pid_alive(pid) or bool(info.get("start") and process_start(pid) != info["start"])
 
