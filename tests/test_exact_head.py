@@ -66,6 +66,69 @@ def test_values_equal_the_whole_head_gemv_bitwise(head_and_rows):
             assert values.gap[b] == float(logits[pair[0]].double() - logits[pair[1]].double())
     assert values.argmax[0] in (7, 41, 650) and values.argmax[1] == 100  # ties went to the lower index
     assert head.points == 36 and head.full_gemv == 0
+    assert head.batches == {"anchored": 0, "batched": 3}  # rows far apart: the anchored bound leaves too many
+
+
+@pytest.fixture
+def near_rows(one_torch_thread):
+    """A head with an exact tie and near-ties at the top for h₀, and 24 rows within 1e-5 of h₀ (a grid's
+    points are that close), so the argmax moves among the tied rows."""
+    g = torch.Generator().manual_seed(5)
+    vocab, width = 900, 96
+    h0 = torch.randn(width, generator=g)
+    w = torch.randn(vocab, width, generator=g) * 0.2
+    w[41] = w[600] = h0 * 0.5
+    w[7] = w[41] * (1 - 2**-22)
+    w[650] = w[41] + 1e-7 * torch.randn(width, generator=g)
+    rows = (h0 + 1e-5 * torch.randn(24, width, generator=g))[:, None]
+    rows[0, 0] = h0
+    return misaligned(w), rows
+
+
+def test_near_rows_take_the_anchored_bound_and_equal_the_gemv_bitwise(near_rows):
+    weight, rows = near_rows
+    head = BoundedHead(head_model(weight))
+    first = head.values(rows[:12], (41, 600))
+    anchor = head.anchor
+    second = head.values(rows[12:], (7, 650))
+    assert head.batches == {"anchored": 2, "batched": 0} and head.full_gemv == 0
+    assert head.anchor is anchor  # formed once, from the first finite row
+    tops = set()
+    for values, part, pair in ((first, rows[:12], (41, 600)), (second, rows[12:], (7, 650))):
+        for b in range(part.shape[0]):
+            logits = gemv(weight, part[b : b + 1])
+            assert values.argmax[b] == int(torch.argmax(logits)), b
+            assert values.pair[b].tolist() == [float(logits[pair[0]]), float(logits[pair[1]])]
+            tops.add(int(values.argmax[b]))
+    assert tops <= {7, 41, 650} and len(tops) >= 2, tops  # the argmax moved among the near-tied rows
+
+
+def test_the_anchored_bound_covers_every_gemv_value(near_rows):
+    weight, rows = near_rows
+    head = BoundedHead(head_model(weight))
+    head.values(rows, (41, 600))
+    h0 = rows[0, 0].double()
+    exact0 = weight.double() @ h0  # independent float64 logits of the anchor
+    width = weight.shape[1]
+    gamma = width * 2.0**-24 / (1 - width * 2.0**-24)
+    norms = torch.linalg.vector_norm(weight.double(), dim=1)
+    assert torch.equal(head.anchor[0], h0) and float((head.anchor[1] - exact0).abs().max()) < 1e-12
+    for b in range(rows.shape[0]):
+        values = gemv(weight, rows[b : b + 1]).double()
+        h = rows[b, 0].double()
+        half = norms * (torch.linalg.vector_norm(h - h0) + gamma * torch.linalg.vector_norm(h)) + 1e-12
+        assert bool(((values - exact0).abs() <= half).all()), b
+
+
+def test_a_non_finite_row_among_near_rows_takes_the_full_gemv(near_rows):
+    weight, rows = near_rows
+    rows = rows[:6].clone()
+    rows[3, 0, 2] = float("inf")
+    head = BoundedHead(head_model(weight))
+    values = head.values(rows, (41, 600))
+    assert head.batches == {"anchored": 1, "batched": 0} and head.full_gemv == 1
+    for b in range(6):
+        assert values.argmax[b] == int(torch.argmax(gemv(weight, rows[b : b + 1]))), b
 
 
 def test_every_row_through_the_blocks_equals_the_gemv(head_and_rows):

@@ -1,19 +1,23 @@
 """The per-point `lm_head` values a grid stores — the pair's logits and the argmax over the
-vocabulary — bitwise those of the per-point GEMV, for the cost of one batched head.
+vocabulary — bitwise those of the per-point GEMV, for far less than a GEMV per point.
 
 Why: a faithful grid's reference applies `lm_head` to ONE point's final row ([1, 1, D], a GEMV),
-which reads all V·D weights for every point; a batched head [B, D] is B times cheaper but its
-bits differ (another kernel, another summation order).  Only two things per point are stored: the
-pair's logits and the argmax.  So:
+which reads all V·D weights for every point.  Only two things per point are stored: the pair's
+logits and the argmax.  So each logit v of a point with final row h is first BOUNDED, then the
+GEMV's own bits are computed only for the rows that can be the argmax:
 
-1. `approx` = the batched head [B, V].  It and the GEMV compute the same D-term dot products in
-   some order, so each is within γ_D·Σ|W_vi·h_i| ≤ γ_D·‖W_v‖·‖h‖ of the exact value
-   (γ_D = D·u/(1 − D·u); Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1), plus D
-   half-subnormals for underflowing products: |approx_v − gemv_v| ≤ E = twice that bound with the
-   largest row norm max_v ‖W_v‖.
-2. With m = max_v approx_v (at row v̂) and v* the GEMV's argmax: approx_v* ≥ gemv_v* − E ≥
-   gemv_v̂ − E ≥ m − 2E.  So the argmax is among the candidates C = {v : approx_v ≥ m − 2E}: one
-   comparison per logit in the model's dtype, against m − 2E rounded down to that dtype.
+1. Bounds.  A GEMV computes the D-term dot product W_v·h in some order, so it is within
+   γ_D·Σ|W_vi·h_i| ≤ γ_D·‖W_v‖·‖h‖ of the exact value (γ_D = D·u/(1 − D·u); Higham, *Accuracy
+   and Stability of Numerical Algorithms*, §3.1), plus D half-subnormals for underflowing products.
+   a. Anchored (tried first): z = W·h₀ of one anchor row h₀, once per map in float64 (each product
+      exact, the sum within γ_D(float64)·‖W_v‖·‖h₀‖).  Since W_v·h = W_v·h₀ + W_v·(h − h₀), every
+      GEMV value of a point lies within ‖W_v‖·(‖h − h₀‖ + γ_D·‖h‖) + γ_D(float64)·‖W_v‖·‖h₀‖ of z_v:
+      O(V) work per batch with the row norms ‖W_v‖ taken once.  Grid points are close together, so
+      this leaves a handful of rows for the whole batch.
+   b. Batched (where (a) leaves more than `MAX_CANDIDATES` rows): the head on the whole batch
+      [B, D], each value within 2·γ_D·max_v‖W_v‖·‖h‖ of the GEMV's.
+2. With lower and upper bounds ℓ_v ≤ gemv_v ≤ u_v, the argmax v* has u_v* ≥ gemv_v* ≥ max_v ℓ_v,
+   so it is among the candidates C = {v : u_v ≥ max ℓ}; every row tied for the maximum is too.
 3. The GEMV's own bits for C and the pair: their weight rows gathered into blocks of exactly
    `BLOCK` rows (the last padded with a repeated row) at the head's own address alignment
    (`ALIGN`), one [1, 1, D] × [BLOCK, D] GEMV each.  On CPU (torch 2.13) a GEMV's rows are bitwise
@@ -31,6 +35,7 @@ few (`MAX_CANDIDATES`) or whose values are not finite takes the full per-point G
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +47,17 @@ BLOCK = 64
 ALIGN = 64
 #: Above this many candidate rows a point takes the full per-point GEMV instead.
 MAX_CANDIDATES = 4 * BLOCK
+#: Weight rows converted to float64 at a time when forming the row norms and the anchor's logits.
+CHUNK = 4096
 #: Safety factor, and a margin relative to |approx_v|, for the float64 arithmetic that forms and
 #: applies the bounds themselves (each of those operations errs by at most 2**-53 relative).
 SLACK = 1.0 + 2.0**-30
 ROUNDING = 2.0**-40
 
 DESCRIPTION = (
-    f"lm_head batched as [B,D] to bound every logit (|batched − GEMV| ≤ 2·γ_D·‖W_v‖·‖h‖), then the "
+    "every logit bounded around one anchor row's float64 logits (|GEMV(h)_v − W_v·h₀| ≤ ‖W_v‖·(‖h − h₀‖ + "
+    "γ_D·‖h‖) + γ_D(f64)·‖W_v‖·‖h₀‖), or, where that leaves more than "
+    f"{MAX_CANDIDATES} rows, by lm_head batched as [B,D] (|batched − GEMV| ≤ 2·γ_D·‖W_v‖·‖h‖), then the "
     f"per-point [1,1,D] GEMV's own bits for the pair and every row that can be the argmax, in blocks of {BLOCK} "
     "weight rows (block-invariance checked on the whole vocabulary at run time)"
 )
@@ -109,15 +118,19 @@ class BoundedHead:
         fmt = float_format(self.weight.dtype)
         d = self.weight.shape[1]
         u = 2.0**-fmt.precision
-        gamma = d * u / (1.0 - d * u)
-        self.scale = 2.0 * gamma * SLACK
+        self.gamma = d * u / (1.0 - d * u)
+        self.gamma64 = d * 2.0**-53 / (1.0 - d * 2.0**-53)
+        self.scale = 2.0 * self.gamma * SLACK
         self.floor = 2.0 * d * fmt.smallest_subnormal * SLACK
-        self.largest_row_norm = max(  # in float64, 4096 rows at a time (no copy of the whole matrix)
-            float(torch.linalg.vector_norm(rows.double(), dim=1).max()) for rows in self.weight.split(4096)
-        )
+        self.norms = torch.empty(self.weight.shape[0], dtype=torch.float64, device=self.weight.device)
+        self.anchor: tuple[Any, Any] | None = None  # (h₀ [D] float64, W·h₀ [V] float64)
+        for rows, chunk in self._float64_chunks():
+            torch.linalg.vector_norm(chunk, dim=1, out=self.norms[rows])
+        self.largest_row_norm = float(self.norms.max())
         self.block = aligned_like(self.weight, BLOCK)
         self.points = 0  # points evaluated by `values`
         self.full_gemv = 0  # of those, points that took the full per-point GEMV
+        self.batches = {"anchored": 0, "batched": 0}  # how each batch's candidates were bounded
 
     def gemv_rows(self, row: Any, index: Any) -> Any:
         """The per-point GEMV's values of rows `index` (int64 [n]) for one final row [1, 1, D]."""
@@ -125,11 +138,24 @@ class BoundedHead:
 
         n = index.shape[0]
         padded = torch.cat([index, index[-1:].expand((-n) % BLOCK)])
-        blocks = []
+        values = []
         for start in range(0, padded.shape[0], BLOCK):
             torch.index_select(self.weight, 0, padded[start : start + BLOCK], out=self.block)
-            blocks.append(torch.nn.functional.linear(row, self.block)[0, 0])
-        return torch.cat(blocks)[:n]
+            values.append(torch.nn.functional.linear(row, self.block)[0, 0])
+        return torch.cat(values)[:n]
+
+    def gather(self, index: Any) -> list[Any]:
+        """Weight rows `index` (int64 [n]) in new blocks of `BLOCK` rows at the head's alignment, the
+        last padded with its last row: `gemv_rows`' blocks, kept for many rows [1, 1, D]."""
+        import torch
+
+        padded = torch.cat([index, index[-1:].expand((-index.shape[0]) % BLOCK)])
+        blocks = []
+        for start in range(0, padded.shape[0], BLOCK):
+            block = aligned_like(self.weight, BLOCK)
+            torch.index_select(self.weight, 0, padded[start : start + BLOCK], out=block)
+            blocks.append(block)
+        return blocks
 
     def values(self, hidden: Any, pair: tuple[int, int]) -> HeadValues:
         """Stored values of B points from their final rows `hidden` [B, 1, D] (see the module doc)."""
@@ -137,41 +163,104 @@ class BoundedHead:
         import torch
 
         with torch.no_grad():
-            approx = torch.nn.functional.linear(hidden[:, 0], self.weight)
-            top = approx.amax(dim=1).double()
-            reach = self.scale * self.largest_row_norm * torch.linalg.vector_norm(hidden[:, 0].double(), dim=1)
-            below = top - 2 * (reach + self.floor) - top.abs() * ROUNDING
-            threshold = below.to(approx.dtype)
-            threshold = torch.where(
-                threshold.double() > below,
-                torch.nextafter(threshold, torch.full_like(threshold, -torch.inf)),
-                threshold,
-            )
-            rows, columns = torch.nonzero(approx >= threshold[:, None], as_tuple=True)
-            starts = torch.searchsorted(rows, torch.arange(hidden.shape[0] + 1, device=rows.device)).tolist()
-            finite = (torch.isfinite(top) & torch.isfinite(approx.amin(dim=1))).tolist()  # amax/amin keep NaN
-            count = hidden.shape[0]
-            out = HeadValues(np.empty(count), np.empty(count, dtype=np.int64), np.empty((count, 2)))
+            rows = hidden[:, 0]
+            count = rows.shape[0]
             wanted = torch.tensor(pair, dtype=torch.long, device=hidden.device)
+            out = HeadValues(np.empty(count), np.empty(count, dtype=np.int64), np.empty((count, 2)))
+            finite = torch.isfinite(rows).all(dim=1).tolist()
+            shared = self._anchored_candidates(rows, finite)
+            if shared is not None:
+                self.batches["anchored"] += 1
+                blocks = self.gather(torch.cat([shared, wanted]))
+                per_point = [shared] * count
+            else:
+                self.batches["batched"] += 1
+                blocks = None
+                per_point, batched_finite = self._batched_candidates(rows)
+                finite = [a and b for a, b in zip(finite, batched_finite)]
             for b in range(count):
-                index = columns[starts[b] : starts[b + 1]]  # row-major: each point's candidates, ascending
-                top_row, ab = self._point(hidden[b : b + 1], finite[b], index, wanted)
+                top_row, ab = self._point(hidden[b : b + 1], finite[b], per_point[b], wanted, blocks)
                 pair_values = ab.double().cpu().numpy()
                 out.pair[b] = pair_values
-                out.gap[b] = pair_values[0] - pair_values[1]
+                with np.errstate(invalid="ignore"):  # inf − inf: NaN, as the GEMV's own gap
+                    out.gap[b] = pair_values[0] - pair_values[1]
                 out.argmax[b] = top_row
             self.points += count
         return out
 
-    def _point(self, row: Any, finite: bool, index: Any, wanted: Any) -> tuple[int, Any]:
+    def _anchored_candidates(self, rows: Any, finite: list[bool]) -> Any:
+        """Candidate rows (int64, ascending) shared by every finite point of `rows` [B, D], from the
+        bounds around the anchor (module doc, 1a); None where they are more than `MAX_CANDIDATES`
+        or no point is finite."""
+        import torch
+
+        usable = torch.tensor(finite, device=rows.device)
+        if not bool(usable.any()):
+            return None
+        if self.anchor is None:
+            self.anchor = self._anchor_logits(rows[int(usable.nonzero()[0, 0])].double())
+        h0, z0 = self.anchor
+        points = rows[usable].double()
+        radius = torch.linalg.vector_norm(points - h0, dim=1) + self.gamma * torch.linalg.vector_norm(points, dim=1)
+        reach = float(radius.max()) + self.gamma64 * float(torch.linalg.vector_norm(h0))
+        half = (self.norms * reach + self.floor) * SLACK + z0.abs() * ROUNDING
+        if not float(z0.abs().max() + half.max()) < torch.finfo(self.weight.dtype).max / 2:
+            return None  # NaN or near overflow: the batched bounds and the full GEMV handle those
+        index = torch.nonzero(z0 + half >= (z0 - half).max()).flatten()
+        return index if index.shape[0] <= MAX_CANDIDATES else None
+
+    def _float64_chunks(self) -> Iterator[tuple[slice, Any]]:
+        """The head in float64, `CHUNK` rows at a time through one buffer (no copy of the whole matrix)."""
+        import torch
+
+        buffer = torch.empty(CHUNK, self.weight.shape[1], dtype=torch.float64, device=self.weight.device)
+        for start in range(0, self.weight.shape[0], CHUNK):
+            rows = self.weight[start : start + CHUNK]
+            buffer[: rows.shape[0]].copy_(rows)
+            yield slice(start, start + rows.shape[0]), buffer[: rows.shape[0]]
+
+    def _anchor_logits(self, h0: Any) -> tuple[Any, Any]:
+        """(h₀, W·h₀) in float64 for the anchor row h₀ [D] (float64)."""
+        import torch
+
+        z0 = torch.empty_like(self.norms)
+        for rows, chunk in self._float64_chunks():
+            torch.mv(chunk, h0, out=z0[rows])
+        return h0, z0
+
+    def _batched_candidates(self, rows: Any) -> tuple[list[Any], list[bool]]:
+        """Per point of `rows` [B, D]: candidate rows (ascending) from the batched head's bounds
+        (module doc, 1b), and whether its batched values are finite."""
+        import torch
+
+        approx = torch.nn.functional.linear(rows, self.weight)
+        top = approx.amax(dim=1).double()
+        reach = self.scale * self.largest_row_norm * torch.linalg.vector_norm(rows.double(), dim=1)
+        below = top - 2 * (reach + self.floor) - top.abs() * ROUNDING
+        threshold = below.to(approx.dtype)
+        threshold = torch.where(
+            threshold.double() > below,
+            torch.nextafter(threshold, torch.full_like(threshold, -torch.inf)),
+            threshold,
+        )
+        found, columns = torch.nonzero(approx >= threshold[:, None], as_tuple=True)
+        starts = torch.searchsorted(found, torch.arange(rows.shape[0] + 1, device=found.device)).tolist()
+        finite = (torch.isfinite(top) & torch.isfinite(approx.amin(dim=1))).tolist()  # amax/amin keep NaN
+        return [columns[starts[b] : starts[b + 1]] for b in range(rows.shape[0])], finite
+
+    def _point(self, row: Any, finite: bool, index: Any, wanted: Any, blocks: list[Any] | None) -> tuple[int, Any]:
         """(argmax, the pair's logits) of one point from its final row [1, 1, D] and its candidate
-        rows `index` (ascending)."""
+        rows `index` (ascending), through `blocks` (those rows and the pair, gathered) if given."""
         import torch
 
         if finite and 0 < index.shape[0] <= MAX_CANDIDATES:
-            exact = self.gemv_rows(row, torch.cat([index, wanted]))
-            if bool(torch.isfinite(exact).all()):
-                return int(index[int(torch.argmax(exact[: index.shape[0]]))]), exact[index.shape[0] :]
+            if blocks is None:
+                exact = self.gemv_rows(row, torch.cat([index, wanted]))
+            else:
+                exact = torch.cat([torch.nn.functional.linear(row, block)[0, 0] for block in blocks])
+            n = index.shape[0]
+            if bool(torch.isfinite(exact[: n + 2]).all()):
+                return int(index[int(torch.argmax(exact[:n]))]), exact[n : n + 2]
         self.full_gemv += 1
         logits = torch.nn.functional.linear(row, self.weight)[0, 0]
         return int(torch.argmax(logits)), logits[wanted]
