@@ -5,7 +5,7 @@ Setup (not timed): a campaign whose exp6.equal_logits run finds a tie of the pac
 prompt (2 directions).  Then, timed, each in its own process:
 
 * toolkit: the same manifest plus one exp7.heatmap entry (plane [1, 2], `--e2e-grid`² points over
-  ±1e-8, every other param at its default: faithful, batch 64, check 8, dedup), submitted with
+  ±1e-8, every other param at its default: faithful, batch 96, check 8, dedup), submitted with
   `toolkit submit --executor local --no-plot`, which runs only the new task (the tie is done):
   process start, imports, model load, reading the tie, the map with its run-time check, the shard
   and the gather.  Then the same with `mode: fast` (agreement sample 64 included).
