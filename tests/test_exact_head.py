@@ -138,10 +138,19 @@ def test_every_row_through_the_blocks_equals_the_gemv(head_and_rows):
     assert head.block.shape == (exact_head.BLOCK, weight.shape[1])
     for b in range(3):
         assert head.check_blocks(rows[b : b + 1], gemv(weight, rows[b : b + 1]), seed=b) == (True, 0.0)
+    covered = torch.cat(
+        [torch.randperm(weight.shape[0], generator=torch.Generator().manual_seed(0))[k::3] for k in range(3)]
+    )
+    assert sorted(covered.tolist()) == list(range(weight.shape[0]))  # the parts of one order cover every row once
+    for k in range(3):
+        assert head.check_blocks(rows[k : k + 1], gemv(weight, rows[k : k + 1]), part=(k, 3)) == (True, 0.0)
     wrong = gemv(weight, rows[:1]).clone()
     wrong[5] = torch.nextafter(wrong[5], torch.tensor(float("inf")))
     equal, diff = head.check_blocks(rows[:1], wrong)
     assert not equal and diff > 0
+    position = int((torch.randperm(weight.shape[0], generator=torch.Generator().manual_seed(0)) == 5).nonzero())
+    k = position % 4  # the part that holds row 5 finds it; the others do not look at it
+    assert [head.check_blocks(rows[:1], wrong, part=(j, 4))[0] for j in range(4)] == [j != k for j in range(4)]
 
 
 def test_the_bound_holds_between_the_batched_head_and_the_gemv(head_and_rows):

@@ -118,8 +118,8 @@ def test_faithful_heatmap_equals_the_per_point_loop_in_every_cell(campaign, tiny
                 "equal": True,
                 "sample": 8,
                 "max_abs_diff": 0.0,
-                "note": "bounded head: pair logits and argmax of 8 points, and all their vocabulary rows through "
-                "64-row GEMV blocks, compared with point_logits",
+                "note": "bounded head: pair logits and argmax of 8 points, and every vocabulary row (each with one of "
+                "them) through 64-row GEMV blocks, compared with point_logits",
             }
             assert group.attrs["batch_size_used"] == 8
             # linear layers on the last row only, then the bounded head
