@@ -117,7 +117,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--fine-range", type=float, default=1e-10)
     parser.add_argument("--loop-points", type=int, default=40)
     parser.add_argument("--faithful-points", type=int, default=128)
-    parser.add_argument("--faithful-batch", type=int, default=64)
+    parser.add_argument("--faithful-batch", type=int, default=96)
     parser.add_argument("--fast-batch", type=int, default=256)
     parser.add_argument("--agreement", type=int, default=64)
     parser.add_argument("--fine-limit", type=int, default=1000, help="skip the fine grid above this many inputs")

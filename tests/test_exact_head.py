@@ -211,7 +211,24 @@ def test_heads_the_bound_does_not_cover_are_refused(one_torch_thread):
 PROMPT = "Beyond the ridge the shepherds counted their flock twice before the storm reached the valley"
 
 
-def test_a_wide_plane_of_the_packaged_model_equals_plain_forwards(one_torch_thread):
+@pytest.fixture
+def heads(monkeypatch):
+    """Every BoundedHead made while the test runs (to read how its batches were bounded)."""
+    made: list[BoundedHead] = []
+    plain = BoundedHead.__init__
+
+    def recording(self: BoundedHead, model: object) -> None:
+        plain(self, model)
+        made.append(self)
+
+    monkeypatch.setattr(BoundedHead, "__init__", recording)
+    return made
+
+
+@pytest.mark.parametrize(("half_width", "bounds"), [(6.0, "batched"), (1e-6, "anchored")])
+def test_a_plane_of_the_packaged_model_equals_plain_forwards(one_torch_thread, heads, half_width, bounds):
+    """A wide plane (the argmax changes; its points are too far apart for the anchored bound) and a
+    narrow one (every batch bounded around the anchor), both bitwise plain forwards."""
     from toolkit.manifest import ModelSpec, Numerics
     from toolkit.models.loading import load
 
@@ -223,18 +240,20 @@ def test_a_wide_plane_of_the_packaged_model_equals_plain_forwards(one_torch_thre
         embeds = model.get_input_embeddings()(ids)
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
     q, _ = torch.linalg.qr(torch.randn(x0.numel(), 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
-    e = grid.axis_n(-6.0, 6.0, 7)  # wide: the argmax changes across the plane
+    e = grid.axis_n(-half_width, half_width, 7)
     points = grid.form_points(x0, q[:, 0], q[:, 1], e, e, "fp64_then_round")
     pair = (28, 30)
     result = grid.run_grid(model, prefix, points, pair, "faithful", batch_size=16, dedup=False)
     assert result.path == grid.SHARED_HEAD_PATH and result.check is not None and result.check.equal
+    (head,) = heads
+    assert head.batches[bounds] == 4 and sum(head.batches.values()) == 4  # 49 points: 4 balanced batches of 13
     with torch.no_grad():
         rows = [
             model(inputs_embeds=torch.cat([prefix, x[None, None]], dim=1), logits_to_keep=1).logits[0, -1]
             for x in points
         ]
     top = np.array([int(torch.argmax(row)) for row in rows])
-    assert len(np.unique(top)) >= 3, np.unique(top)
+    assert len(np.unique(top)) >= (3 if bounds == "batched" else 1), np.unique(top)
     assert np.array_equal(result.argmax, top)
     assert np.array_equal(result.logits_ab, np.array([[float(row[28]), float(row[30])] for row in rows]))
     assert np.array_equal(result.gap, np.array([float(row[28].double() - row[30].double()) for row in rows]))
