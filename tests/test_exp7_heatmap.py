@@ -351,3 +351,33 @@ def test_balanced_batches_reuse_the_checked_batch_and_equal_plain_forwards(tiny,
         gaps.append(float(logits[5].double() - logits[7].double()))
         tops.append(int(torch.argmax(logits)))
     assert np.array_equal(result.gap, np.array(gaps)) and np.array_equal(result.argmax, np.array(tops))
+
+
+def test_fast_mode_equals_the_cached_path_with_a_per_point_head(tiny):
+    """Fast mode's values, from plain transformers calls: the prefix K/V cache of rows 0..T-2 at
+    batch 1 repeated for 8 points, their last rows as [8, 1, D] against it, then each point's final
+    row through the whole head as a [1, 1, D] GEMV (argmax and the pair's logits)."""
+    from transformers import DynamicCache
+
+    prefix, x0, v1, v2 = tiny_plane(tiny, seed=3)
+    e = grid.axis(-4.0, 4.0, 2.0)  # 25 points, far enough apart that the argmax changes
+    points = grid.form_points(x0, v1, v2, e, e, "fp64_then_round")[:24]  # 3 full batches of 8
+    pair = (5, 7)
+    result = grid.run_grid(tiny, prefix, points, pair, "fast", batch_size=8, dedup=False, agreement_sample=4)
+    assert result.path == grid.FAST_HEAD_PATH
+    weight = tiny.get_output_embeddings().weight
+    gap, top = [], []
+    with torch.no_grad():
+        for start in range(0, 24, 8):
+            cache = DynamicCache(config=tiny.config)
+            tiny(inputs_embeds=prefix, cache=cache, use_cache=True)
+            cache.batch_repeat_interleave(8)
+            rows = tiny.model(
+                inputs_embeds=points[start : start + 8, None], cache=cache, use_cache=True
+            ).last_hidden_state
+            for b in range(8):
+                logits = torch.nn.functional.linear(rows[b : b + 1, -1:], weight)[0, 0]
+                gap.append(float(logits[pair[0]].double() - logits[pair[1]].double()))
+                top.append(int(torch.argmax(logits)))
+    assert np.array_equal(result.gap, np.array(gap))
+    assert np.array_equal(result.argmax, np.array(top)) and len(set(top)) >= 2, set(top)

@@ -61,10 +61,12 @@ SHARED_DECODER = (
 )
 SHARED_HEAD_PATH = f"{SHARED_DECODER}, then {BOUNDED_HEAD}"
 SHARED_PATH = f"{SHARED_DECODER}, then lm_head on each point's row as [1,1,D]"
-FAST_PATH = (
+FAST_DECODER = (
     "prefix K/V cache of rows 0..T-2 computed once at batch 1 and repeated for B points; last row of B points as "
-    "[B,1,D] against it; batched lm_head [B,1,D]"
+    "[B,1,D] against it"
 )
+FAST_HEAD_PATH = f"{FAST_DECODER}; then {BOUNDED_HEAD} (here: on the map's first point)"
+FAST_PATH = f"{FAST_DECODER}; batched lm_head [B,1,D]"
 
 
 def axis(lo: float, hi: float, step: float) -> Any:
@@ -271,7 +273,7 @@ class GridResult:
     check: BatchCheck | None
     batch_size: int
     agreement: dict[str, Any] | None  # fast mode: sample indices, faithful and fast gaps, rates
-    path: str = ""  # SHARED_PATH, FAITHFUL_PATH, POINT_PATH or FAST_PATH: how the values were computed
+    path: str = ""  # one of the *_PATH descriptions above: how the values were computed
 
 
 def run_grid(
@@ -308,8 +310,8 @@ def run_grid(
     else:
         from toolkit.numerics import grid_fast
 
-        used, path = batch_size, FAST_PATH
-        gap, top, ab = evaluate(grid_fast.PrefixCache(model, prefix, batch_size).logits, xs, used, pair, progress)
+        used = batch_size
+        gap, top, ab, path = grid_fast.fast_map(model, prefix, xs, pair, batch_size, progress)
     agreement = None
     if mode == "fast":
         agreement = grid_fast.agreement(model, prefix, xs, gap, pair, agreement_sample, seed, progress)

@@ -1,8 +1,11 @@
-"""Fast mode of a 2-D grid: a prefix K/V cache shared by every point and a batched `lm_head`.
+"""Fast mode of a 2-D grid: a prefix K/V cache shared by every point, then the bounded head
+(`toolkit.numerics.exact_head`: the per-point GEMV's bits for the pair and the argmax of each
+cached final row, once its blocks matched a full GEMV on the map's first point), else a batched
+`lm_head`.
 
-Not bitwise equal to one full forward per point (the cached path and the batched head round
-differently), so every fast map also stores its agreement with the faithful values on a seeded
-sample of its inputs (`agreement`).
+Not bitwise equal to one full forward per point (the cached path rounds differently), so every
+fast map also stores its agreement with the faithful values on a seeded sample of its inputs
+(`agreement`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ class PrefixCache:
         self._restore()
         return logits
 
+    def rows(self, xs: Any) -> Any:
+        """Final-norm rows [B, 1, D] of B = batch_size last-row inputs xs [B, D] against the cached prefix."""
+        import torch
+
+        from toolkit.numerics.embedding_forward import base_model
+        from toolkit.numerics.forward import cache_keyword
+
+        if xs.shape[0] != self.batch_size:
+            raise ValueError(f"PrefixCache was built for batches of {self.batch_size}, got {xs.shape[0]}")
+        stack = base_model(self.model)
+        with torch.no_grad():
+            out = stack(inputs_embeds=xs.unsqueeze(1), use_cache=True, **{cache_keyword(stack.__class__): self.cache})
+        self._restore()
+        return out.last_hidden_state[:, -1:]
+
     def _restore(self) -> None:
         extra = self.cache.get_seq_length() - self.prefix_length
         if extra > 0:
@@ -47,6 +65,32 @@ class PrefixCache:
                 self.cache.crop(-extra)  # transformers >= 5: a negative count removes tokens
             except ValueError:
                 self.cache.crop(self.prefix_length)
+
+
+def fast_map(
+    model: Any, prefix: Any, xs: Any, pair: tuple[int, int], batch_size: int, progress: Callable[[int], None] | None
+) -> tuple[Any, Any, Any, str]:
+    """(gap, argmax, logits of the pair, the path) of fast mode over xs [U, D] in blocks of
+    `batch_size`: `FAST_HEAD_PATH` where the head is usable and its GEMV blocks equal a full GEMV
+    of the first point's cached row, else `FAST_PATH`."""
+    import torch
+
+    from toolkit.numerics.exact_head import BoundedHead, unusable_reason
+    from toolkit.numerics.grid import FAST_HEAD_PATH, FAST_PATH, evaluate, evaluate_values, pad_rows
+
+    cache = PrefixCache(model, prefix, batch_size)
+    if unusable_reason(model) is None:
+        head = BoundedHead(model)
+        rows = cache.rows(pad_rows(xs[:batch_size], batch_size))
+        with torch.no_grad():
+            full = torch.nn.functional.linear(rows[:1], head.weight)[0, 0]
+        if head.check_blocks(rows[:1], full)[0]:
+            first = head.values(rows, pair)
+            values = evaluate_values(
+                lambda block: head.values(cache.rows(block), pair), xs, batch_size, progress, first
+            )
+            return (*values, FAST_HEAD_PATH)
+    return (*evaluate(cache.logits, xs, batch_size, pair, progress), FAST_PATH)
 
 
 def agreement(

@@ -218,7 +218,8 @@ def describe(ctx: RunContext, params: Params, out: CheckedGroup) -> None:
         "per map, attr evaluation_path: the first of these whose bitwise check passes: "
         f"{grid.SHARED_HEAD_PATH} | {grid.SHARED_PATH} | {grid.FAITHFUL_PATH} | one point at a time"
         if params.mode == "faithful"
-        else grid.FAST_PATH
+        else f"per map, attr evaluation_path: {grid.FAST_HEAD_PATH} | where the bounded head is not usable or "
+        f"its blocks differ: {grid.FAST_PATH}"
     )
     out.attrs["gap"] = "float64(logit[a]) - float64(logit[b]) of the native-dtype logits (exact)"
     out.attrs["dtype"] = ctx.numerics.dtype
