@@ -36,7 +36,7 @@ few (`MAX_CANDIDATES`) or whose values are not finite takes the full per-point G
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,28 +135,29 @@ class BoundedHead:
 
     def gemv_rows(self, row: Any, index: Any) -> Any:
         """The per-point GEMV's values of rows `index` (int64 [n]) for one final row [1, 1, D]."""
-        import torch
-
-        n = index.shape[0]
-        padded = torch.cat([index, index[-1:].expand((-n) % BLOCK)])
-        values = []
-        for start in range(0, padded.shape[0], BLOCK):
-            torch.index_select(self.weight, 0, padded[start : start + BLOCK], out=self.block)
-            values.append(torch.nn.functional.linear(row, self.block)[0, 0])
-        return torch.cat(values)[:n]
+        return self.gemv_blocks(row, self._blocks(index, reuse=True))[: index.shape[0]]
 
     def gather(self, index: Any) -> list[Any]:
         """Weight rows `index` (int64 [n]) in new blocks of `BLOCK` rows at the head's alignment, the
         last padded with its last row: `gemv_rows`' blocks, kept for many rows [1, 1, D]."""
+        return list(self._blocks(index, reuse=False))
+
+    def gemv_blocks(self, row: Any, blocks: Iterable[Any]) -> Any:
+        """One [1, 1, D] × [BLOCK, D] GEMV per block, concatenated."""
+        import torch
+
+        return torch.cat([torch.nn.functional.linear(row, block)[0, 0] for block in blocks])
+
+    def _blocks(self, index: Any, reuse: bool) -> Iterator[Any]:
+        """Weight rows `index` gathered into aligned blocks of exactly `BLOCK` rows (the last padded
+        with its last row); with `reuse`, every block is the same buffer, valid until the next one."""
         import torch
 
         padded = torch.cat([index, index[-1:].expand((-index.shape[0]) % BLOCK)])
-        blocks = []
         for start in range(0, padded.shape[0], BLOCK):
-            block = aligned_like(self.weight, BLOCK)
+            block = self.block if reuse else aligned_like(self.weight, BLOCK)
             torch.index_select(self.weight, 0, padded[start : start + BLOCK], out=block)
-            blocks.append(block)
-        return blocks
+            yield block
 
     def values(self, hidden: Any, pair: tuple[int, int]) -> HeadValues:
         """Stored values of B points from their final rows `hidden` [B, 1, D] (see the module doc)."""
@@ -258,7 +259,7 @@ class BoundedHead:
             if blocks is None:
                 exact = self.gemv_rows(row, torch.cat([index, wanted]))
             else:
-                exact = torch.cat([torch.nn.functional.linear(row, block)[0, 0] for block in blocks])
+                exact = self.gemv_blocks(row, blocks)
             n = index.shape[0]
             if bool(torch.isfinite(exact[: n + 2]).all()):
                 return int(index[int(torch.argmax(exact[:n]))]), exact[n : n + 2]

@@ -76,6 +76,7 @@ def fast_map(
     import torch
 
     from toolkit.numerics.exact_head import BoundedHead, unusable_reason
+    from toolkit.numerics.forward import head_logits
     from toolkit.numerics.grid import FAST_HEAD_PATH, FAST_PATH, evaluate, evaluate_values, pad_rows
 
     cache = PrefixCache(model, prefix, batch_size)
@@ -83,7 +84,7 @@ def fast_map(
         head = BoundedHead(model)
         rows = cache.rows(pad_rows(xs[:batch_size], batch_size))
         with torch.no_grad():
-            full = torch.nn.functional.linear(rows[:1], head.weight)[0, 0]
+            full = head_logits(model, rows[:1])[0, 0]
         if head.check_blocks(rows[:1], full)[0]:
             first = head.values(rows, pair)
             values = evaluate_values(
