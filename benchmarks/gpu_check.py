@@ -12,7 +12,8 @@ Needs only torch, transformers and the project.  On CUDA (packaged SmolLM2-135M,
   batch_size      the prompt alone vs as row 0 of a batch of 8 (bitwise?), when toolkit.manifest's
                   Numerics has the `batch_size` axis
   sigma1_vs_svd   exp2's σ₁ (toolkit.numerics.spectrum, as exp2 runs it) vs an SVD of the full Jacobian, fp32
-  exp7_faithful   exp7's faithful batched logits vs one point at a time (bitwise?), batch of 8
+  exp7_faithful   a plain batch of 8 points vs one at a time (bitwise?), and exp7's faithful mode
+                  (its own batch, from the row-class probe) vs one at a time (must be bitwise)
   generate_speed  the toolkit's greedy loop (KV cache) vs transformers' generate: tokens/s, same ids?
 
 Without CUDA it runs every part that does not need CUDA on the tiny random Llama with tiny
@@ -169,19 +170,28 @@ def part_sigma1_vs_svd(setup: Setup) -> dict[str, Any]:
 
 
 def part_exp7_faithful(setup: Setup) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     from toolkit.numerics.embedding_forward import prompt_embeddings
-    from toolkit.numerics.grid_faithful import batch_check
+    from toolkit.numerics.grid import logits_values, point_logits
+    from toolkit.numerics.grid_faithful import batch_check, faithful
 
     model, tokenizer = setup.model()
     embeds = prompt_embeddings(model, setup.ids(tokenizer))
+    prefix = embeds[:, :-1]
     generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(8, embeds.shape[-1], generator=generator).to(embeds) * 1e-3
-    check, _ = batch_check(model, embeds[:, :-1], embeds[0, -1] + noise, batch_size=8, sample=8)
-    verdict = "bitwise equal" if check.equal else f"differs (max|Δ| {check.max_abs_diff:.3g})"
-    text = f"batched vs one point at a time, {check.sample} points: {verdict}"
-    return {"ok": True, "result": text, "bitwise_equal": check.equal}
+    xs = embeds[0, -1] + torch.randn(8, embeds.shape[-1], generator=generator).to(embeds) * 1e-3
+    raw, _ = batch_check(model, prefix, xs, batch_size=8, sample=8)
+    gap, top, _, check, path = faithful(model, prefix, xs, (0, 1), 8, 8, None)
+    alone = logits_values(torch.stack([point_logits(model, prefix, x) for x in xs]), (0, 1))
+    equal = bool(np.array_equal(gap, alone.gap) and np.array_equal(top, alone.argmax))
+    raw_text = "bitwise equal" if raw.equal else f"differs (max|Δ| {raw.max_abs_diff:.3g})"
+    text = (
+        f"a plain batch of 8: {raw_text}; exp7 faithful (batch {check.used}, {path.split(',')[0][:40]}...) vs one "
+        f"point at a time: {'bitwise equal' if equal else 'DIFFERS'}"
+    )
+    return {"ok": equal, "result": text, "bitwise_equal": equal, "plain_batch8_equal": raw.equal, "batch": check.used}
 
 
 def part_generate_speed(setup: Setup) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -140,9 +141,12 @@ def test_batched_gains_equal_a_plain_per_point_loop_bitwise(tmp_path, one_torch_
         (run,) = [r for r in runs if r.exp_id == "lipschitz" and r.numerics["dtype"] == "float32"]
         for key, prompt in (("000", "The capital of France is"), ("001", "Numbers: 1, 2, 3,")):
             group = run.group[f"prompts/{key}"]
-            assert group.attrs["forward_batching"].startswith(
-                "batches of 16 (last row only behind the shared prefix), bitwise equal"
+            # up to 16: the row-class probe lowers it where 16 rows round unlike the prompt's own on this machine
+            used = re.match(
+                r"batches of (\d+) \(last row only behind the shared prefix\), bitwise equal",
+                group.attrs["forward_batching"],
             )
+            assert used is not None and 2 <= int(used.group(1)) <= 16, group.attrs["forward_batching"]
             with torch.no_grad():
                 embeds = model.get_input_embeddings()(tokenizer(prompt, return_tensors="pt").input_ids)
 

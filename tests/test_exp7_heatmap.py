@@ -323,8 +323,10 @@ def test_upstream_arithmetic_matches_a_numpy_float32_emulation():
 
 
 def test_balanced_batches_reuse_the_checked_batch_and_equal_plain_forwards(tiny, monkeypatch):
-    """25 points at batch_size 16: two batches of 13 (not 16 and a 16-row batch holding 9); the first,
-    computed by the check, is not recomputed; every value still equals a plain forward of that point."""
+    """25 points at batch_size 16: balanced batches (two of 13, not 16 and a 16-row batch holding 9, where
+    13 rows round like the one-point forward on this machine; else the row-class probe's smaller size,
+    again without a wasted batch); the first, computed by the check, is not recomputed; every value
+    still equals a plain forward of that point."""
     from toolkit.numerics import exact_head
 
     cases = ((64, 961), (64, 10201), (8, 121), (64, 1), (64, 65), (1, 5), (64, 0))
@@ -341,8 +343,10 @@ def test_balanced_batches_reuse_the_checked_batch_and_equal_plain_forwards(tiny,
 
     monkeypatch.setattr(exact_head.BoundedHead, "values", counted)
     result = grid.run_grid(tiny, prefix, points, (5, 7), "faithful", batch_size=16)
-    assert result.n_distinct == 25 and result.batch_size == 13 and result.path == grid.SHARED_HEAD_PATH
-    assert calls == [13, 13]  # the check's batch, then the second: the first is not computed twice
+    size = result.batch_size
+    assert result.n_distinct == 25 and 2 <= size <= 13 and result.path == grid.SHARED_HEAD_PATH
+    assert size == grid.balanced_batch(size, 25)  # as few rows of padding as that many batches allow
+    assert calls == [size] * -(-25 // size)  # the check's batch, then the rest: the first is not computed twice
     gaps, tops = [], []
     for x in points:
         inputs = torch.cat([prefix[0], x[None]], dim=0)[None]

@@ -59,8 +59,9 @@ def test_gpu_check_runs_its_cpu_parts_and_refuses_the_cuda_ones(tmp_path):
         assert (row["status"], row["device"], row["model"]) == ("ok", "cpu", "tiny-random-llama"), row
         assert any(line.startswith(f"{part:<16} ok ") for line in lines), part
     assert data["identity"]["device"] == "cpu" and data["identity"]["torch"] == torch.__version__
-    # the exp7 path and a per-point loop agree bitwise on a CPU (full-sequence rows: FACTS.md)
-    assert rows["exp7_faithful"]["bitwise_equal"] is True
+    # exp7's faithful mode and a per-point loop agree bitwise on any machine (a plain batch of 8 need not:
+    # on AVX-512 the tiny model's 8-row matmuls round unlike its 4-row ones)
+    assert rows["exp7_faithful"]["bitwise_equal"] is True and rows["exp7_faithful"]["batch"] >= 1
     reference, ids = _known_answers()
     assert abs(rows["sigma1_vs_svd"]["svd_sigma1"] - reference) <= 1e-5 * reference  # fp32 Jacobians, 2 AD paths
     assert abs(rows["sigma1_vs_svd"]["sigma1"] - reference) <= 1e-4 * reference

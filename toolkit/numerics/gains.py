@@ -19,7 +19,10 @@ CPU generator, so the same seed gives the same directions on every device).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from toolkit.numerics.row_classes import RowProbe
 
 BATCH_CHECK_SAMPLE = 4  # rows of the first batch compared with f one at a time
 
@@ -27,12 +30,15 @@ BATCH_CHECK_SAMPLE = 4  # rows of the first batch compared with f one at a time
 class Evaluator:
     """f on many inputs: `rows(xs [N, D])` → [N, M] in f's dtype.
 
-    Without a batched F (or batch_size 1): f on one input at a time.  With them: padded blocks of
-    `batch_size` rows through the first batched F that proves itself on the first block — its
-    rows at BATCH_CHECK_SAMPLE spread positions must equal f of the same inputs in every bit — tried
-    in order (`shared`, the last rows behind a shared prefix, then `batched`, a full recompute of B
-    inputs); when none does, that block and everything after go through f one at a time.  `note`
-    says which ran.
+    Without a batched F (or batch_size 1): f on one input at a time.  With them: padded blocks
+    through the first batched F that proves itself on the first block — its rows at
+    BATCH_CHECK_SAMPLE spread positions must equal f of the same inputs in every bit — tried in order
+    (`shared`, the last rows behind a shared prefix, then `batched`, a full recompute of B inputs);
+    when none does, that block and everything after go through f one at a time.  Each candidate's
+    block size is `batch_size`, or with a `probe` (`toolkit.numerics.row_classes.RowProbe` against
+    f's T rows) the largest up to it whose matmuls round like f's on this machine (rows per input:
+    1 for `shared`, T for `batched`); a candidate left with blocks of 1 is not tried.  `note` says
+    which ran.
     """
 
     def __init__(
@@ -41,72 +47,91 @@ class Evaluator:
         batched: Callable[[Any], Any] | None = None,
         batch_size: int = 1,
         shared: Callable[[Any], Any] | None = None,
+        probe: RowProbe | None = None,
     ):
         self.f = f
-        tries = [("last row only behind the shared prefix", shared), ("full recompute", batched)]
-        self.candidates = [(label, fn) for label, fn in tries if fn is not None] if batch_size > 1 else []
+        self.candidates: list[tuple[str, Callable[[Any], Any], int]] = []
+        self.lowered: list[str] = []
+        if batch_size > 1:
+            for label, fn, rows_per_input in (
+                ("last row only behind the shared prefix", shared, 1),
+                ("full recompute", batched, probe.reference_rows if probe else 1),
+            ):
+                size = probe.batch_like(rows_per_input, batch_size) if probe and fn else batch_size
+                if fn is not None and size > 1:
+                    self.candidates.append((label, fn, size))
+                if fn is not None and size < batch_size:
+                    self.lowered.append(f"{label}: the row-class probe allowed {size} of {batch_size}")
         self.batched: Callable[[Any], Any] | None = None
-        self.batch_size = batch_size if self.candidates else 1
+        self.batch_size = 1
         self.checked = False
-        self.note = "one forward per input (batch size 1)"
+        self.note = "one forward per input (batch size 1)" + self._lowered()
+
+    def _lowered(self) -> str:
+        return "".join(f"; {line}" for line in self.lowered)
 
     def rows(self, xs: Any, progress: Callable[[int], None] | None = None) -> Any:
         """f of every row of xs, stacked; `progress(n)` after every n rows done."""
         import torch
 
+        from toolkit.numerics.grid import pad_rows
+
         out = []
-        size = self.batch_size  # a failed check sets it to 1 for later calls; this call keeps its blocks
+        start = 0
         with torch.no_grad():
-            for start in range(0, xs.shape[0], size):
-                block = xs[start : start + size]
-                out.append(self._block(block))
+            while start < xs.shape[0]:
+                if not self.checked and self.candidates:
+                    self.checked = True
+                    values = self._first_block(xs[start:])
+                elif self.batched is None:
+                    values = self.f(xs[start])[None]
+                else:
+                    block = xs[start : start + self.batch_size]
+                    values = self.batched(pad_rows(block, self.batch_size))[: block.shape[0]]
+                out.append(values)
+                start += values.shape[0]
                 if progress is not None:
-                    progress(block.shape[0])
+                    progress(values.shape[0])
         return torch.cat(out)
 
-    def _block(self, block: Any) -> Any:
-        import torch
-
-        from toolkit.numerics.grid import pad_rows
-
-        if not self.checked and self.candidates:
-            self.checked = True
-            return self._first_block(block)
-        if self.batched is None:
-            return torch.stack([self.f(x) for x in block])
-        return self.batched(pad_rows(block, self.batch_size))[: block.shape[0]]
-
-    def _first_block(self, block: Any) -> Any:
-        """The first block through the first candidate that matches f bitwise on the sample."""
+    def _first_block(self, rest: Any) -> Any:
+        """The first block of `rest` through the first candidate that matches f bitwise on the sample
+        (its own block size), else f of rest's first input alone."""
         import numpy as np
-        import torch
 
         from toolkit.numerics.grid import pad_rows
 
-        picks = sorted(set(np.linspace(0, block.shape[0] - 1, BATCH_CHECK_SAMPLE).round().astype(int).tolist()))
-        alone = {i: self.f(block[i]) for i in picks}
-        refused: list[tuple[str, float]] = []
-        for label, fn in self.candidates:
-            together = fn(pad_rows(block, self.batch_size))[: block.shape[0]]
+        alone: dict[int, Any] = {}
+        refused: list[tuple[str, int, float]] = []
+        for label, fn, size in self.candidates:
+            block = rest[:size]
+            picks = sorted(set(np.linspace(0, block.shape[0] - 1, BATCH_CHECK_SAMPLE).round().astype(int).tolist()))
+            for i in picks:
+                if i not in alone:
+                    alone[i] = self.f(block[i])
+            together = fn(pad_rows(block, size))[: block.shape[0]]
             if all(bool((alone[i] == together[i]).all()) for i in picks):
-                self.batched = fn
+                self.batched, self.batch_size = fn, size
                 self.note = (
-                    f"batches of {self.batch_size} ({label}), bitwise equal to one input at a time "
+                    f"batches of {size} ({label}), bitwise equal to one input at a time "
                     f"on {len(picks)} rows of the first batch"
                 )
-                self.note += "".join(f"; {name} differed (max |Δ| {worst:.3g})" for name, worst in refused)
+                self.note += "".join(f"; {name} differed (max |Δ| {worst:.3g})" for name, _, worst in refused)
+                self.note += self._lowered()
                 return together
-            refused.append((label, max(float((alone[i].double() - together[i].double()).abs().max()) for i in picks)))
+            refused.append(
+                (label, size, max(float((alone[i].double() - together[i].double()).abs().max()) for i in picks))
+            )
         if len(refused) == 1:
-            why = f"max |Δ| {refused[0][1]:.3g}"
+            why = f"max |Δ| {refused[0][2]:.3g}"
         else:
-            why = ", ".join(f"{name}: max |Δ| {worst:.3g}" for name, worst in refused)
+            why = ", ".join(f"{name}: max |Δ| {worst:.3g}" for name, _, worst in refused)
+        sizes = "/".join(str(b) for b in sorted({b for _, b, _ in refused}, reverse=True))
         self.note = (
-            f"one forward per input: batches of {self.batch_size} differed ({why}) "
-            f"on {len(picks)} rows of the first batch"
+            f"one forward per input: batches of {sizes} differed ({why}) on {BATCH_CHECK_SAMPLE} rows "
+            "of the first batch" + self._lowered()
         )
-        self.batch_size = 1
-        return torch.stack([self.f(x) for x in block])
+        return (alone[0] if 0 in alone else self.f(rest[0]))[None]
 
 
 def finite_difference_gains(

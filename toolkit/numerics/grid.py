@@ -300,17 +300,16 @@ def run_grid(
     else:
         xs, inverse = points, np.arange(points.shape[0], dtype=np.int64)
     xs = xs.to(device)
-    batch_size = balanced_batch(batch_size, xs.shape[0])
     check = None
     if mode == "faithful":
-        from toolkit.numerics.grid_faithful import faithful
+        from toolkit.numerics.grid_faithful import faithful  # balances its batches itself, within the row classes
 
         gap, top, ab, check, path = faithful(model, prefix, xs, pair, batch_size, check_sample, progress)
         used = check.used
     else:
         from toolkit.numerics import grid_fast
 
-        used = batch_size
+        used = batch_size = balanced_batch(batch_size, xs.shape[0])
         gap, top, ab, path = grid_fast.fast_map(model, prefix, xs, pair, batch_size, progress)
     agreement = None
     if mode == "fast":

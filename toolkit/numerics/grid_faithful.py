@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.numerics.exact_head import BLOCK, BoundedHead
 from toolkit.numerics.grid import (
@@ -21,6 +21,7 @@ from toolkit.numerics.grid import (
     SHARED_HEAD_PATH,
     SHARED_PATH,
     HeadValues,
+    balanced_batch,
     evaluate,
     evaluate_values,
     faithful_logits,
@@ -29,6 +30,9 @@ from toolkit.numerics.grid import (
     pad_rows,
     point_logits,
 )
+
+if TYPE_CHECKING:
+    from toolkit.numerics.row_classes import RowProbe
 
 
 @dataclass
@@ -121,41 +125,26 @@ def faithful(
 ) -> tuple[Any, Any, Any, BatchCheck, str]:
     """(gap, argmax, logits of the pair, the check that allowed the path, the path) of faithful mode:
     the first of `SHARED_HEAD_PATH`, `SHARED_PATH`, `FAITHFUL_PATH` whose own bitwise check passes,
-    else one point at a time (`POINT_PATH`)."""
-    from toolkit.numerics.exact_head import unusable_reason
-    from toolkit.numerics.shared_prefix import SharedPrefix
+    else one point at a time (`POINT_PATH`).  Each batched path runs at the largest batch size up to
+    `batch_size` that the row-class probe (`toolkit.numerics.row_classes.batch_like`) finds rounding
+    like the one-point forward on this machine; the check's `note` says when that lowered it."""
+    from toolkit.numerics.row_classes import RowProbe
 
-    skipped = ""
+    notes: list[str] = []
+    refused: list[BatchCheck] = []
+    length = prefix.shape[1] + 1
+    probe = RowProbe(model, length)
     if batch_size > 1 and prefix.shape[1] > 0:
-        shared = SharedPrefix(model, prefix, xs[0])
-
-        def shared_rows(block: Any) -> Any:
-            with shared.patched():  # only around the batch: the check's references run unpatched
-                return final_rows(model, prefix, block)
-
-        reason = unusable_reason(model)
-        if reason is None:
-            head = BoundedHead(model)
-            check, first = bounded_check(model, prefix, xs, batch_size, check_sample, shared_rows, head, pair)
-            if check.equal:
-                values = evaluate_values(
-                    lambda block: head.values(shared_rows(block), pair), xs, batch_size, progress, first
-                )
-                return (*values, check, SHARED_HEAD_PATH)
-            skipped = f"bounded head refused by its check (max |diff| {check.max_abs_diff:.3g})"
-        else:
-            skipped = f"bounded head not usable: {reason}"
-
-        def shared_batch(block: Any) -> Any:
-            with shared.patched():
-                return faithful_logits(model, prefix, block)
-
-        check, first = batch_check(model, prefix, xs, batch_size, check_sample, shared_batch)
-        if check.equal:
-            check.note = skipped
-            return (*evaluate(shared_batch, xs, batch_size, pair, progress, first), check, SHARED_PATH)
-    check, first = batch_check(model, prefix, xs, batch_size, check_sample)
-    check.note = skipped
+        found = _shared_paths(model, prefix, xs, pair, batch_size, check_sample, progress, probe, notes, refused)
+        if found is not None:
+            return found
+    size = _batch(probe, length, batch_size, xs.shape[0])
+    check, first = batch_check(model, prefix, xs, size, check_sample)
+    if size < 2 and refused:  # no batch for a full recompute: report the check that refused the last path
+        check = refused[-1]
+        check.used = 1
+    check.requested = batch_size
+    check.note = "; ".join(notes + _fitted(batch_size, size, length, length))
     if check.used > 1:
         return (
             *evaluate(lambda block: faithful_logits(model, prefix, block), xs, check.used, pair, progress, first),
@@ -167,3 +156,81 @@ def faithful(
         return point_logits(model, prefix, block[0]).unsqueeze(0)
 
     return (*evaluate(one, xs, 1, pair, progress), check, POINT_PATH)
+
+
+def _shared_paths(
+    model: Any,
+    prefix: Any,
+    xs: Any,
+    pair: tuple[int, int],
+    requested: int,
+    check_sample: int,
+    progress: Callable[[int], None] | None,
+    probe: RowProbe,
+    notes: list[str],
+    refused: list[BatchCheck],
+) -> tuple[Any, Any, Any, BatchCheck, str] | None:
+    """`faithful`'s result by `SHARED_HEAD_PATH` or `SHARED_PATH`, or None (why: appended to `notes`,
+    the checks that failed to `refused`)."""
+    from toolkit.numerics.exact_head import unusable_reason
+    from toolkit.numerics.shared_prefix import SharedPrefix
+
+    length = prefix.shape[1] + 1
+    size = _batch(probe, 1, requested, xs.shape[0])
+    fitted = _fitted(requested, size, length, 1)
+    if size < 2:
+        notes.append(
+            f"shared-prefix decoder not tried: the row-class probe found no matmul of 2 to {requested} rows "
+            f"rounding like the one-point forward's {length} rows on this machine"
+        )
+        return None
+    shared = SharedPrefix(model, prefix, xs[0])
+
+    def shared_rows(block: Any) -> Any:
+        with shared.patched():  # only around the batch: the check's references run unpatched
+            return final_rows(model, prefix, block)
+
+    reason = unusable_reason(model)
+    if reason is None:
+        head = BoundedHead(model)
+        check, first = bounded_check(model, prefix, xs, size, check_sample, shared_rows, head, pair)
+        if check.equal:
+            check.requested, check.note = requested, "; ".join([check.note, *fitted])
+            values = evaluate_values(lambda block: head.values(shared_rows(block), pair), xs, size, progress, first)
+            return (*values, check, SHARED_HEAD_PATH)
+        notes.append(f"bounded head refused by its check (max |diff| {check.max_abs_diff:.3g})")
+        refused.append(check)
+    else:
+        notes.append(f"bounded head not usable: {reason}")
+
+    def shared_batch(block: Any) -> Any:
+        with shared.patched():
+            return faithful_logits(model, prefix, block)
+
+    check, first = batch_check(model, prefix, xs, size, check_sample, shared_batch)
+    if check.equal:
+        check.requested, check.note = requested, "; ".join(notes + fitted)
+        return (*evaluate(shared_batch, xs, size, pair, progress, first), check, SHARED_PATH)
+    notes.append(f"shared-prefix decoder refused by its check at batch {size} (max |diff| {check.max_abs_diff:.3g})")
+    refused.append(check)
+    return None
+
+
+def _batch(probe: RowProbe, rows_per_point: int, requested: int, n: int) -> int:
+    """The batch size for n inputs: the largest up to `requested` that the row-class probe fits,
+    balanced (`balanced_batch`: fewer padded rows) where the balanced size fits too."""
+    if requested < 2:
+        return 1
+    size = probe.batch_like(rows_per_point, requested)
+    balanced = balanced_batch(size, n)
+    return balanced if balanced == size or probe.fits(balanced * rows_per_point) else size
+
+
+def _fitted(requested: int, used: int, length: int, rows_per_point: int) -> list[str]:
+    """The note (empty or one line) when the row-class probe lowered the batch size below `requested`."""
+    if used >= requested:
+        return []
+    return [
+        f"batch {used} of {requested} requested: the row-class probe found no larger matmul than "
+        f"{used * rows_per_point} rows rounding like the one-point forward's {length} rows on this machine"
+    ]

@@ -71,15 +71,21 @@ class WindowLogits:
     The decoder stack runs on the whole window; `lm_head` (and a final soft-cap) then runs on the
     needed rows alone.  The first window this object computes also gets the full logits (all
     rows, as the model's own forward) and the needed rows are compared in every bit: equal, and later
-    windows compute those rows only; different (or fewer than `MIN_ROWS` rows needed anywhere), and
+    windows compute those rows only; different (or fewer than `min_rows` rows needed anywhere), and
     every window computes all rows.  Returned: the logits of the `needed` rows, in that order.
     `note` says which path ran.
+
+    A matmul of few rows takes another kernel on CPU, and where the kernels change is the machine's
+    (FACTS.md: below 8 rows on one, below 16 on another), so the first window also finds the
+    smallest last-rows block (`MIN_ROWS`, doubled) whose logits equal the full ones: `min_rows`,
+    the fewest rows a later subset may have (None: no block did, every row is computed).
     """
 
-    MIN_ROWS = 8  # a matmul of fewer rows takes another kernel on CPU (FACTS.md): never subset below it
+    MIN_ROWS = 8  # the first tail block tried; a matmul of fewer rows took another kernel on every CPU measured
 
     def __init__(self) -> None:
         self.proved: bool | None = None
+        self.min_rows: int | None = self.MIN_ROWS
         self.note = "lm_head on every row of each window (no window computed)"
 
     def __call__(self, model: Any, ids: Any, needed: Any) -> tuple[Any, Any]:
@@ -92,19 +98,34 @@ class WindowLogits:
         rows = torch.as_tensor(needed, dtype=torch.long, device=ids.device)
         with torch.inference_mode():
             hidden = base_model(model)(input_ids=ids, use_cache=False).last_hidden_state[0]
-            if self.proved is False or rows.numel() < self.MIN_ROWS:
+            if self.proved is False or self.min_rows is None or rows.numel() < self.min_rows:
                 return head_logits(model, hidden)[rows], hidden
             part = head_logits(model, hidden[rows])
             if self.proved is None:
                 full = head_logits(model, hidden)
-                self.proved = bool(torch.equal(full[rows], part))
+                self.min_rows = self._tail_block(model, hidden, full)
+                self.proved = bool(torch.equal(full[rows], part)) and self.min_rows is not None
                 self.note = (
-                    f"lm_head on the {rows.numel()} rows the words read, bitwise equal to all rows on the first window"
+                    f"lm_head on the {rows.numel()} rows the words read, bitwise equal to all rows on the first window "
+                    f"(subsets of at least {self.min_rows} rows)"
                     if self.proved
                     else "lm_head on every row: the needed rows alone differed from all rows on the first window"
                 )
                 return full[rows], hidden
             return part, hidden
+
+    def _tail_block(self, model: Any, hidden: Any, full: Any) -> int | None:
+        """The smallest last-rows block (MIN_ROWS, doubled, below the window) whose logits are `full`'s."""
+        import torch
+
+        from toolkit.numerics.forward import head_logits
+
+        size = self.MIN_ROWS
+        while size < hidden.shape[0]:
+            if torch.equal(head_logits(model, hidden[-size:]), full[-size:]):
+                return size
+            size *= 2
+        return None
 
 
 def needed_rows(spans: list[tuple[int, int]], offset: int) -> Any:

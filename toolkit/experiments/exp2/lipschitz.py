@@ -25,7 +25,8 @@ Needs `attn_implementation: eager` (JVPs fail under SDPA); checked when the task
 compute in float64 for the task (`toolkit.numerics.true_fp64`): a plain `.double()` model still
 rounds them to float32, and its finite differences stall at fp32 resolution.  Every forward is a
 full recompute of the prompt (one code path for f and its perturbations); the perturbed inputs go
-through in batches of `FD_BATCH` only where a check on this prompt's own inputs proved the batched
+through in batches of up to `FD_BATCH` (the largest whose matmuls round like the prompt's own on this
+machine, `toolkit.numerics.row_classes`) only where a check on this prompt's own inputs proved the batched
 rows bitwise equal to batch size 1 (`toolkit.numerics.gains.Evaluator`; the per-prompt
 attr `forward_batching` says which ran): first with the decoder's blocks on the last row only
 behind the prompt's shared prefix (`toolkit.numerics.shared_prefix.last_rows_f`, ~T times fewer
@@ -131,9 +132,10 @@ def run(ctx: RunContext, params: Params) -> None:
     out.attrs["attn_implementation"] = ctx.numerics.attn_implementation
     out.attrs["true_fp64"] = setup.use_true_fp64
     out.attrs["forward_path"] = (
-        "full recompute of the prompt, no KV cache; batch size 1, or batches of "
-        f"{FD_BATCH} (the last row only behind the shared prefix, else a full recompute) where proven bitwise "
-        "equal to batch size 1 (per-prompt attr forward_batching)"
+        "full recompute of the prompt, no KV cache; batch size 1, or batches of up to "
+        f"{FD_BATCH} (the last row only behind the shared prefix, else a full recompute; the size the row-class "
+        "probe finds rounding like batch size 1 on this machine) where proven bitwise equal to batch size 1 "
+        "(per-prompt attr forward_batching)"
     )
     with model_arithmetic(ctx, setup.use_true_fp64, attention=setup.attention):
         residuals = []
@@ -150,12 +152,14 @@ def _one_prompt(ctx: RunContext, params: Params, prompt: str, eps: Any, group: C
 
     from toolkit.numerics.embedding_forward import make_f_rows
     from toolkit.numerics.gains import Evaluator, finite_difference_gains, random_directions
+    from toolkit.numerics.row_classes import RowProbe
     from toolkit.numerics.session import prompt_singular, solver_attrs
     from toolkit.numerics.shared_prefix import last_rows_f
 
     ids, op, triplets = prompt_singular(ctx, prompt, params, bar.update)
     random_dirs = random_directions(params.n_random, op.in_dim, params.seed)
-    evaluator = Evaluator(op.f, make_f_rows(ctx.model, ids), FD_BATCH, shared=last_rows_f(ctx.model, ids))
+    probe = RowProbe(ctx.model, int(ids.shape[1]))
+    evaluator = Evaluator(op.f, make_f_rows(ctx.model, ids), FD_BATCH, last_rows_f(ctx.model, ids), probe)
     jacobian_gain_random = (
         torch.linalg.vector_norm(op.jvp(random_dirs), dim=1) if params.n_random else torch.zeros(0, dtype=torch.float64)
     )

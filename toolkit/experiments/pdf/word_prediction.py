@@ -241,8 +241,8 @@ def _prefix_check(
     ctx: RunContext, params: Params, ids: Any, table: dict[str, Any], head: WindowLogits, bar: Progress
 ) -> dict[str, Any]:
     """Recompute `check_words` evenly spaced scored words per prefix; the largest differences.
-    The prefix's logits are those of its last `WindowLogits.MIN_ROWS` rows when `head` proved
-    row subsets exact (then bitwise those of all rows), else of every row."""
+    The prefix's logits are those of its last `head.min_rows` rows when `head` proved row subsets of
+    that size exact (then bitwise those of all rows), else of every row."""
     import numpy as np
     import torch
 
@@ -256,7 +256,8 @@ def _prefix_check(
     logit_diff, prob_diff, agree = 0.0, 0.0, 0
     for w in picks:
         s, j = int(table["window_start"][w]), int(table["token_start"][w])
-        rows = np.arange(max(0, j - s - head.MIN_ROWS), j - s)  # lm_head on the last rows only, as proved
+        tail = head.min_rows if head.proved and head.min_rows else j - s  # lm_head on the last rows only, as proved
+        rows = np.arange(max(0, j - s - tail), j - s)
         logits, _ = head(ctx.model, ids_t[:, s:j], rows)
         row = logits[-1]
         prob = float(torch.softmax(row.double(), dim=0)[int(ids[j])])
