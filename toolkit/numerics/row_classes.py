@@ -1,9 +1,9 @@
 """Which matmul row counts round like a reference's: the batch sizes a faithful batched path may use.
 
 A CPU BLAS picks its kernel by the number of rows M of a matmul, and one row's bits can change
-with the kernel.  Measured (FACTS.md): on an AVX2 machine, M = 1, 2..7 and ≥ 8 rounded a row in
-three different ways; on an AVX-512 machine (Sapphire Rapids, MKL 2024.2, torch 2.13) the classes
-were 1, 2..15 and ≥ 16.  A batched path whose linear layers see b rows is bitwise equal to the
+with the kernel.  Measured: on the AVX2 machine of FACTS.md, M = 1, 2..7 and ≥ 8 rounded a row in
+three different ways; on an AVX-512 machine (Sapphire Rapids, MKL 2024.2, torch 2.13, December
+2026) the classes were 1, 2..15 and ≥ 16 for SmolLM2-135M's weights, and 2..5 for a K = 128 weight.  A batched path whose linear layers see b rows is bitwise equal to the
 per-point forward, whose linear layers see T rows, only where b and T fall in the same class on
 the machine in use.  No constant can say which b that is, so `RowProbe.batch_like` probes the model's own
 linear weights here, at run time, with a few matmuls of seeded random rows.

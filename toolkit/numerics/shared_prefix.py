@@ -14,8 +14,9 @@ Cost: the linear layers — almost all of a small model's FLOPs — and the MLP'
 from B·T rows to B rows.
 
 Rounding: the prefix rows are the one-point forward's own bits.  The last row is a matmul with
-M = B rows instead of M = T; on CPU a matmul's rows are bitwise the same for any M ≥ 8
-(FACTS.md), but that is a property of the kernel, not a guarantee, so callers prove every use
+M = B rows instead of M = T; on CPU a matmul's rows are bitwise the same within a class of M
+that depends on the machine (AVX2: ≥ 8; AVX-512: 2..15 and ≥ 16; `toolkit.numerics.row_classes`
+picks B), but that is a property of the kernel, not a guarantee, so callers prove every use
 against the one-point forward at run time (`toolkit.numerics.grid_faithful.batch_check`) and fall
 back.  An `mlp` block is taken as row-wise (true of every dense MLP; a mixture-of-experts block
 that groups tokens by expert may round otherwise, which that check catches).
