@@ -33,6 +33,7 @@ from toolkit.numerics.grid import (
 
 if TYPE_CHECKING:
     from toolkit.numerics.row_classes import RowProbe
+    from toolkit.numerics.tiled_linear import Tiling
 
 
 @dataclass
@@ -171,23 +172,55 @@ def _shared_paths(
     refused: list[BatchCheck],
 ) -> tuple[Any, Any, Any, BatchCheck, str] | None:
     """`faithful`'s result by `SHARED_HEAD_PATH` or `SHARED_PATH`, or None (why: appended to `notes`,
-    the checks that failed to `refused`)."""
-    from toolkit.numerics.exact_head import unusable_reason
+    the checks that failed to `refused`).  First at the requested batch with its matmuls tiled
+    where the row-class probe needs it (`RowProbe.tiling`), then at the probe's largest plain batch."""
     from toolkit.numerics.shared_prefix import SharedPrefix
 
     length = prefix.shape[1] + 1
+    variants: list[tuple[int, Tiling | None, list[str]]] = []
+    tiling = probe.tiling(balanced_batch(requested, xs.shape[0])) if requested > 1 else None
+    if tiling is not None:
+        why = f"the row-class probe's largest height rounding like the one-point forward's {length} rows"
+        variants.append((tiling.rows, tiling, [f"batch {tiling.rows}: {tiling.describe()} ({why})"]))
     size = _batch(probe, 1, requested, xs.shape[0])
-    fitted = _fitted(requested, size, length, 1)
-    if size < 2:
+    if size >= 2:
+        variants.append((size, None, _fitted(requested, size, length, 1)))
+    else:
         notes.append(
-            f"shared-prefix decoder not tried: the row-class probe found no matmul of 2 to {requested} rows "
+            f"plain shared-prefix batch not tried: the row-class probe found no matmul of 2 to {requested} rows "
             f"rounding like the one-point forward's {length} rows on this machine"
         )
-        return None
-    shared = SharedPrefix(model, prefix, xs[0])
+    shared = SharedPrefix(model, prefix, xs[0]) if variants else None
+    for size, tiling, fitted in variants:
+        found = _shared_variant(model, prefix, xs, pair, size, tiling, shared, check_sample, progress, notes, refused)
+        if found is not None:
+            check = found[3]
+            check.requested, check.note = requested, "; ".join([line for line in (check.note, *fitted) if line])
+            return found
+    return None
+
+
+def _shared_variant(
+    model: Any,
+    prefix: Any,
+    xs: Any,
+    pair: tuple[int, int],
+    size: int,
+    tiling: Tiling | None,
+    shared: Any,
+    check_sample: int,
+    progress: Callable[[int], None] | None,
+    notes: list[str],
+    refused: list[BatchCheck],
+) -> tuple[Any, Any, Any, BatchCheck, str] | None:
+    """The shared-prefix decoder at batch `size` (tiled by `tiling`): with the bounded head, else the
+    per-point head, each after its own check; None when both checks fail (noted)."""
+    from toolkit.numerics.exact_head import unusable_reason
+
+    how = f"batch {size}{', tiled' if tiling else ''}"
 
     def shared_rows(block: Any) -> Any:
-        with shared.patched():  # only around the batch: the check's references run unpatched
+        with shared.patched(tiling):  # only around the batch: the check's references run unpatched
             return final_rows(model, prefix, block)
 
     reason = unusable_reason(model)
@@ -195,23 +228,22 @@ def _shared_paths(
         head = BoundedHead(model)
         check, first = bounded_check(model, prefix, xs, size, check_sample, shared_rows, head, pair)
         if check.equal:
-            check.requested, check.note = requested, "; ".join([check.note, *fitted])
             values = evaluate_values(lambda block: head.values(shared_rows(block), pair), xs, size, progress, first)
             return (*values, check, SHARED_HEAD_PATH)
-        notes.append(f"bounded head refused by its check (max |diff| {check.max_abs_diff:.3g})")
+        notes.append(f"bounded head refused by its check at {how} (max |diff| {check.max_abs_diff:.3g})")
         refused.append(check)
-    else:
+    elif f"bounded head not usable: {reason}" not in notes:
         notes.append(f"bounded head not usable: {reason}")
 
     def shared_batch(block: Any) -> Any:
-        with shared.patched():
+        with shared.patched(tiling):
             return faithful_logits(model, prefix, block)
 
     check, first = batch_check(model, prefix, xs, size, check_sample, shared_batch)
     if check.equal:
-        check.requested, check.note = requested, "; ".join(notes + fitted)
+        check.note = "; ".join(notes)
         return (*evaluate(shared_batch, xs, size, pair, progress, first), check, SHARED_PATH)
-    notes.append(f"shared-prefix decoder refused by its check at batch {size} (max |diff| {check.max_abs_diff:.3g})")
+    notes.append(f"shared-prefix decoder refused by its check at {how} (max |diff| {check.max_abs_diff:.3g})")
     refused.append(check)
     return None
 

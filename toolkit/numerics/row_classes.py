@@ -3,19 +3,26 @@
 A CPU BLAS picks its kernel by the number of rows M of a matmul, and one row's bits can change
 with the kernel.  Measured: on the AVX2 machine of FACTS.md, M = 1, 2..7 and ≥ 8 rounded a row in
 three different ways; on an AVX-512 machine (Sapphire Rapids, MKL 2024.2, torch 2.13, December
-2026) the classes were 1, 2..15 and ≥ 16 for SmolLM2-135M's weights, and 2..5 for a K = 128 weight.  A batched path whose linear layers see b rows is bitwise equal to the
-per-point forward, whose linear layers see T rows, only where b and T fall in the same class on
-the machine in use.  No constant can say which b that is, so `RowProbe.batch_like` probes the model's own
-linear weights here, at run time, with a few matmuls of seeded random rows.
+2026) the classes were 1, 2..15 and ≥ 16 for SmolLM2-135M's weights, and 2..5 for a K = 128
+weight.  A batched path whose linear layers see b rows is bitwise equal to the per-point forward,
+whose linear layers see T rows, only where b and T fall in the same class on the machine in use.
+No constant can say which b that is, so `RowProbe` probes the model's own linear weights here,
+at run time, with a few matmuls of seeded random rows: `batch_like` gives the largest batch that
+fits, `tiling` a way to run a larger batch as tiles of fitting height
+(`toolkit.numerics.tiled_linear`).
 
-The probe only proposes a batch size.  Every caller still proves its batched path on real inputs
+The probe only proposes.  Every caller still proves its batched path on real inputs
 (`toolkit.numerics.grid_faithful`, `toolkit.numerics.gains.Evaluator`) and falls back to one
 point at a time where that check fails.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from toolkit.numerics.tiled_linear import Tiling
 
 PROBE_SEED = 0
 
@@ -36,15 +43,18 @@ def decoder_weights(model: Any) -> list[Any]:
     return sorted(found.values(), key=lambda w: w.numel())
 
 
-def rounds_like(weight: Any, rows: int, reference_rows: int, probe: Any) -> bool:
+def rounds_like(
+    weight: Any, rows: int, reference_rows: int, probe: Any, linear: Callable[[Any, Any], Any] | None = None
+) -> bool:
     """True when rows at the start, middle and end of a `rows`-row matmul with `weight` ([out, in])
-    are bitwise those of the same input row as the last row of a `reference_rows`-row matmul.
-    `probe` [≥ rows + reference_rows − 1, in] holds the input rows (weight's dtype and device)."""
+    (by `linear`, default `torch.nn.functional.linear`) are bitwise those of the same input row as
+    the last row of a plain `reference_rows`-row matmul.  `probe` [≥ rows + reference_rows − 1, in]
+    holds the input rows (weight's dtype and device)."""
     import torch
 
     with torch.no_grad():
         inputs = probe[:rows]
-        batched = torch.nn.functional.linear(inputs, weight)
+        batched = (linear or torch.nn.functional.linear)(inputs, weight)
         filler = probe[rows : rows + reference_rows - 1]
         for p in sorted({0, rows // 2, rows - 1}):
             alone = torch.nn.functional.linear(torch.cat([filler, inputs[p : p + 1]]), weight)[-1]
@@ -88,3 +98,23 @@ class RowProbe:
             if self.fits(b * rows_per_point):
                 return b
         return 1
+
+    def tiling(self, rows: int, most: int | None = None) -> Tiling | None:
+        """A `Tiling` of `rows`-row matmuls whose every row rounds like the reference's on every decoder
+        weight (row chunks of the largest fitting height up to `most`, default rows − 1; column tiles
+        if they keep the bits, else whole columns), or None: not needed (`rows` fits whole and no
+        `most` was given) or none found (no row height of 2 or more fits)."""
+        from toolkit.numerics.tiled_linear import Tiling
+
+        if rows < 2 or not self.weights or (most is None and self.fits(rows)):
+            return None
+        height = self.batch_like(1, min(most or rows - 1, rows - 1))
+        if height < 2:
+            return None
+        for split in (True, False):
+            tiling = Tiling(rows, height, split)
+            if all(
+                rounds_like(w, rows, self.reference_rows, self._probe(w, rows), tiling.linear) for w in self.weights
+            ):
+                return tiling
+        return None

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from toolkit.numerics.tiled_linear import Tiling
 
 
 class SharedPrefix:
@@ -62,19 +65,26 @@ class SharedPrefix:
         self.linears = [m for m in linears if m in self.rows and id(m) not in inside]
 
     @contextlib.contextmanager
-    def patched(self) -> Iterator[int]:
+    def patched(self, tiling: Tiling | None = None) -> Iterator[int]:
         """While active, the decoder's `mlp` blocks and other plain `nn.Linear` layers compute only
         the last row of [B, T, ·] inputs (any B, one-point forwards included: keep references
-        outside); yields the number of modules patched and restores them on exit."""
-        modules = self.blocks + self.linears
+        outside); with a `tiling`, every decoder linear layer's matmul of `tiling.rows` rows runs
+        as its tiles (`toolkit.numerics.tiled_linear`).  Yields the number of blocks and layers
+        computing the last row only, and restores every patched module on exit."""
+        import torch
+
+        linear = tiling.linear if tiling is not None else torch.nn.functional.linear
+        inner = [m for block in self.blocks for m in block.modules() if type(m) is torch.nn.Linear] if tiling else []
         for module in self.blocks:
             module.forward = _block_last_row(module, self.rows[module])
         for module in self.linears:
-            module.forward = _linear_last_row(module, self.rows[module])  # type: ignore[method-assign]
+            module.forward = _linear_last_row(module, self.rows[module], linear)  # type: ignore[method-assign]
+        for module in inner:
+            module.forward = _tiled(module, linear)  # type: ignore[method-assign]
         try:
-            yield len(modules)
+            yield len(self.blocks) + len(self.linears)
         finally:
-            for module in modules:
+            for module in self.blocks + self.linears + inner:
                 del module.forward  # back to the class's forward
 
 
@@ -85,7 +95,14 @@ def shared_prefix_rows(model: Any, prefix: Any, x: Any) -> Iterator[int]:
         yield count
 
 
-def _linear_last_row(module: Any, prefix_rows: Any) -> Any:
+def _tiled(module: Any, linear: Callable[..., Any]) -> Any:
+    def forward(inputs: Any) -> Any:
+        return linear(inputs, module.weight, module.bias)
+
+    return forward
+
+
+def _linear_last_row(module: Any, prefix_rows: Any, linear: Callable[..., Any]) -> Any:
     import torch
 
     length = prefix_rows.shape[0] + 1
@@ -93,7 +110,7 @@ def _linear_last_row(module: Any, prefix_rows: Any) -> Any:
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() != 3 or inputs.shape[1] != length:  # any other call: the plain layer
             return torch.nn.functional.linear(inputs, module.weight, module.bias)
-        last = torch.nn.functional.linear(inputs[:, -1], module.weight, module.bias)
+        last = linear(inputs[:, -1], module.weight, module.bias)
         return torch.cat([prefix_rows.expand(inputs.shape[0], -1, -1), last[:, None]], dim=1)
 
     return forward
