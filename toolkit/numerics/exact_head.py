@@ -20,9 +20,10 @@ GEMV's own bits are computed only for the rows that can be the argmax:
    so it is among the candidates C = {v : u_v ≥ max ℓ}; every row tied for the maximum is too.
 3. The GEMV's own bits for C and the pair: their weight rows gathered into blocks of exactly
    `BLOCK` rows (the last padded with a repeated row) at the head's own address alignment
-   (`ALIGN`), one [1, 1, D] × [BLOCK, D] GEMV each.  On CPU (torch 2.13) a GEMV's rows are bitwise
-   the same in any block of a multiple of 8 rows, in any order (not in a block of 17), if the rows
-   sit at the same address modulo 64 bytes; `check_blocks` proves it at run time for this model:
+   (`ALIGN`), one [1, 1, D] × [BLOCK, D] GEMV each.  On an AVX2 CPU (torch 2.13) a GEMV's rows were
+   bitwise the same in any block of a multiple of 8 rows, in any order (not in a block of 17), if
+   the rows sit at the same address modulo 64 bytes (an AVX-512 one: in any block but one of 2
+   rows); that is the kernel's, not a guarantee, so `check_blocks` proves it at run time for this model:
    the whole vocabulary in shuffled blocks against full GEMVs (each row once, spread over the
    checked points).
 4. argmax = the lowest index with the largest exact value among C (`torch.argmax`'s rule).
