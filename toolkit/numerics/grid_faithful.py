@@ -33,6 +33,7 @@ from toolkit.numerics.grid import (
 
 if TYPE_CHECKING:
     from toolkit.numerics.row_classes import RowProbe
+    from toolkit.numerics.shared_prefix import SharedPrefix
     from toolkit.numerics.tiled_linear import Tiling
 
 
@@ -126,16 +127,19 @@ def faithful(
 ) -> tuple[Any, Any, Any, BatchCheck, str]:
     """(gap, argmax, logits of the pair, the check that allowed the path, the path) of faithful mode:
     the first of `SHARED_HEAD_PATH`, `SHARED_PATH`, `FAITHFUL_PATH` whose own bitwise check passes,
-    else one point at a time (`POINT_PATH`).  Each batched path runs at the largest batch size up to
-    `batch_size` that the row-class probe (`toolkit.numerics.row_classes.batch_like`) finds rounding
-    like the one-point forward on this machine; the check's `note` says when that lowered it."""
+    else one point at a time (`POINT_PATH`).  `batch_size` is balanced over the inputs
+    (`balanced_batch`); where matmuls of that many rows round unlike the one-point forward's on this
+    machine (`toolkit.numerics.row_classes.RowProbe`), the shared-prefix paths run it tiled
+    (`toolkit.numerics.tiled_linear`) and then at the largest batch that fits, and the full
+    recompute at the largest that fits; the check's `note` says which."""
     from toolkit.numerics.row_classes import RowProbe
 
     notes: list[str] = []
     refused: list[BatchCheck] = []
     length = prefix.shape[1] + 1
     probe = RowProbe(model, length)
-    if batch_size > 1 and prefix.shape[1] > 0:
+    wanted = balanced_batch(batch_size, xs.shape[0])
+    if wanted > 1 and prefix.shape[1] > 0:
         found = _shared_paths(model, prefix, xs, pair, batch_size, check_sample, progress, probe, notes, refused)
         if found is not None:
             return found
@@ -144,8 +148,8 @@ def faithful(
     if size < 2 and refused:  # no batch for a full recompute: report the check that refused the last path
         check = refused[-1]
         check.used = 1
-    check.requested = batch_size
-    check.note = "; ".join(notes + _fitted(batch_size, size, length, length))
+    check.requested = wanted
+    check.note = "; ".join(notes + _fitted(wanted, size, length, length))
     if check.used > 1:
         return (
             *evaluate(lambda block: faithful_logits(model, prefix, block), xs, check.used, pair, progress, first),
@@ -172,30 +176,34 @@ def _shared_paths(
     refused: list[BatchCheck],
 ) -> tuple[Any, Any, Any, BatchCheck, str] | None:
     """`faithful`'s result by `SHARED_HEAD_PATH` or `SHARED_PATH`, or None (why: appended to `notes`,
-    the checks that failed to `refused`).  First at the requested batch with its matmuls tiled
-    where the row-class probe needs it (`RowProbe.tiling`), then at the probe's largest plain batch."""
+    the checks that failed to `refused`).  First at the requested batch (balanced) with its matmuls
+    tiled where the row-class probe needs it (`RowProbe.tiling`), then at the probe's largest plain
+    batch up to `requested` (balanced where that fits too)."""
     from toolkit.numerics.shared_prefix import SharedPrefix
 
     length = prefix.shape[1] + 1
+    wanted = balanced_batch(requested, xs.shape[0])
     variants: list[tuple[int, Tiling | None, list[str]]] = []
-    tiling = probe.tiling(balanced_batch(requested, xs.shape[0])) if requested > 1 else None
+    tiling = probe.tiling(wanted) if wanted > 1 else None
     if tiling is not None:
         why = f"the row-class probe's largest height rounding like the one-point forward's {length} rows"
         variants.append((tiling.rows, tiling, [f"batch {tiling.rows}: {tiling.describe()} ({why})"]))
     size = _batch(probe, 1, requested, xs.shape[0])
     if size >= 2:
-        variants.append((size, None, _fitted(requested, size, length, 1)))
+        variants.append((size, None, _fitted(wanted, size, length, 1)))
     else:
         notes.append(
             f"plain shared-prefix batch not tried: the row-class probe found no matmul of 2 to {requested} rows "
             f"rounding like the one-point forward's {length} rows on this machine"
         )
-    shared = SharedPrefix(model, prefix, xs[0]) if variants else None
+    if not variants:
+        return None
+    shared = SharedPrefix(model, prefix, xs[0])
     for size, tiling, fitted in variants:
         found = _shared_variant(model, prefix, xs, pair, size, tiling, shared, check_sample, progress, notes, refused)
         if found is not None:
             check = found[3]
-            check.requested, check.note = requested, "; ".join([line for line in (check.note, *fitted) if line])
+            check.requested, check.note = wanted, "; ".join([line for line in (check.note, *fitted) if line])
             return found
     return None
 
@@ -207,7 +215,7 @@ def _shared_variant(
     pair: tuple[int, int],
     size: int,
     tiling: Tiling | None,
-    shared: Any,
+    shared: SharedPrefix,
     check_sample: int,
     progress: Callable[[int], None] | None,
     notes: list[str],
