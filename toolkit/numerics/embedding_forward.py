@@ -44,6 +44,14 @@ def base_model(model: Any) -> Any:
     return base
 
 
+def decoder_linears(modules: Any) -> list[Any]:
+    """Every plain `torch.nn.Linear` inside `modules` (e.g. the decoder layers, or their `mlp`
+    blocks), in module order: the layers a batched decoder path runs on many rows."""
+    import torch
+
+    return [m for module in modules for m in module.modules() if type(m) is torch.nn.Linear]
+
+
 def decoder_layer_names(model: Any) -> list[str]:
     """Exact module names of the decoder layers, in order (e.g. `model.layers.0` … `model.layers.29`)."""
     layers = getattr(base_model(model), "layers", None)

@@ -96,8 +96,9 @@ class Evaluator:
 
     def _first_block(self, rest: Any) -> Any:
         """The first block of `rest` through the first candidate that matches f bitwise on the sample
-        (its own block size), else f of rest's first input alone."""
+        (its own block size), else f of rest's inputs up to the last sampled one, one at a time."""
         import numpy as np
+        import torch
 
         from toolkit.numerics.grid import pad_rows
 
@@ -131,7 +132,8 @@ class Evaluator:
             f"one forward per input: batches of {sizes} differed ({why}) on {BATCH_CHECK_SAMPLE} rows "
             "of the first batch" + self._lowered()
         )
-        return (alone[0] if 0 in alone else self.f(rest[0]))[None]
+        # the block as far as it was sampled, one input at a time: the sampled inputs are not computed twice
+        return torch.stack([alone[i] if i in alone else self.f(rest[i]) for i in range(max(alone) + 1)])
 
 
 def finite_difference_gains(

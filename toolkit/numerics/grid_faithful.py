@@ -181,7 +181,7 @@ def _shared_paths(
     batch up to `requested` (balanced where that fits too)."""
     from toolkit.numerics.shared_prefix import SharedPrefix
 
-    length = prefix.shape[1] + 1
+    length = probe.reference_rows
     wanted = balanced_batch(requested, xs.shape[0])
     variants: list[tuple[int, Tiling | None, list[str]]] = []
     tiling = probe.tiling(wanted) if wanted > 1 else None

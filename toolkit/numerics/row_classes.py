@@ -29,17 +29,12 @@ PROBE_SEED = 0
 
 def decoder_weights(model: Any) -> list[Any]:
     """One weight of each distinct shape among the decoder layers' `torch.nn.Linear` modules (the
-    layers a batched decoder path runs on b rows), smallest first."""
-    import torch
+    layers a batched decoder path runs on b rows: `embedding_forward.decoder_linears`), smallest first."""
+    from toolkit.numerics.embedding_forward import base_model, decoder_linears
 
-    from toolkit.numerics.embedding_forward import base_model
-
-    layers = getattr(base_model(model), "layers", None) or []
     found: dict[tuple[int, ...], Any] = {}
-    for layer in layers:
-        for module in layer.modules():
-            if type(module) is torch.nn.Linear:
-                found.setdefault(tuple(module.weight.shape), module.weight)
+    for module in decoder_linears(getattr(base_model(model), "layers", None) or []):
+        found.setdefault(tuple(module.weight.shape), module.weight)
     return sorted(found.values(), key=lambda w: w.numel())
 
 

@@ -40,12 +40,12 @@ class SharedPrefix:
     def __init__(self, model: Any, prefix: Any, x: Any) -> None:
         import torch
 
-        from toolkit.numerics.embedding_forward import base_model
+        from toolkit.numerics.embedding_forward import base_model, decoder_linears
         from toolkit.numerics.fpunits import with_row
 
         stack = base_model(model)
         mlps = [layer.mlp for layer in stack.layers if isinstance(getattr(layer, "mlp", None), torch.nn.Module)]
-        linears = [m for layer in stack.layers for m in layer.modules() if type(m) is torch.nn.Linear]
+        linears = decoder_linears(stack.layers)
         self.rows: dict[torch.nn.Module, torch.Tensor] = {}
         length = prefix.shape[1] + 1
 
@@ -63,6 +63,7 @@ class SharedPrefix:
         self.blocks = [m for m in mlps if m in self.rows]
         inside = {id(m) for block in self.blocks for m in block.modules()}
         self.linears = [m for m in linears if m in self.rows and id(m) not in inside]
+        self.inner = decoder_linears(self.blocks)  # the blocks' own linear layers: tiled, not patched to the last row
 
     @contextlib.contextmanager
     def patched(self, tiling: Tiling | None = None) -> Iterator[int]:
@@ -74,13 +75,13 @@ class SharedPrefix:
         import torch
 
         linear = tiling.linear if tiling is not None else torch.nn.functional.linear
-        inner = [m for block in self.blocks for m in block.modules() if type(m) is torch.nn.Linear] if tiling else []
+        inner = self.inner if tiling is not None else []
         for module in self.blocks:
             module.forward = _block_last_row(module, self.rows[module])
         for module in self.linears:
-            module.forward = _linear_last_row(module, self.rows[module], linear)  # type: ignore[method-assign]
+            module.forward = _linear_last_row(module, self.rows[module], linear)
         for module in inner:
-            module.forward = _tiled(module, linear)  # type: ignore[method-assign]
+            module.forward = _tiled(module, linear)
         try:
             yield len(self.blocks) + len(self.linears)
         finally:
