@@ -100,6 +100,32 @@ def one_torch_thread():
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
+def smollm2_embeds(prompt: str) -> tuple[Any, Any]:
+    """The packaged model (float32, eager attention, CPU) and the [1, T, D] input embeddings of `prompt`."""
+    import torch
+
+    from toolkit.manifest import ModelSpec, Numerics
+    from toolkit.models.loading import load
+
+    model, tokenizer, _ = load(
+        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
+    )
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model, model.get_input_embeddings()(ids)
+
+
+def grid_points(x0: Any, n: int) -> Any:
+    """An n × n grid over ±1e-3 around x0 along two seeded orthonormal float64 directions."""
+    import torch
+
+    from toolkit.numerics import grid
+
+    q, _ = torch.linalg.qr(torch.randn(x0.numel(), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    e = grid.axis_n(-1e-3, 1e-3, n)
+    return grid.form_points(x0, q[:, 0], q[:, 1], e, e, "fp64_then_round")
+
+
 @dataclass
 class Campaign:
     """A campaign submitted by `submit_campaign`: the manifest, the CLI result and the campaign folder."""

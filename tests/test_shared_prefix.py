@@ -2,16 +2,16 @@
 
 Known answers from plain transformers: `model(inputs_embeds=[1, T, D], logits_to_keep=1)` per
 point.  The packaged model's fp32 batched path with the patch must equal it in every bit for a
-prompt of 21 tokens (M = B and M = T both >= 8, FACTS.md), and the patch must leave no trace."""
+prompt of 21 tokens (M = B = 16 and M = T = 21 in one row class: >= 8 on AVX2, >= 16 on AVX-512), and
+the patch must leave no trace."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import grid_points, smollm2_embeds
 
-from toolkit.manifest import ModelSpec, Numerics
-from toolkit.models.loading import load
 from toolkit.numerics import grid
 from toolkit.numerics.shared_prefix import shared_prefix_rows
 
@@ -20,26 +20,14 @@ PROMPT = "Near the old harbour, the fishermen mend their nets while the gulls wa
 
 @pytest.fixture(scope="module")
 def smollm2(one_torch_thread):
-    model, tokenizer, _ = load(
-        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
-    )
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)
-    return model, embeds
-
-
-def _points(x0: torch.Tensor, n: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(x0.numel(), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    e = grid.axis_n(-1e-3, 1e-3, n)
-    return grid.form_points(x0, q[:, 0], q[:, 1], e, e, "fp64_then_round")
+    return smollm2_embeds(PROMPT)
 
 
 def test_last_row_linears_give_the_one_point_logits_bitwise(smollm2):
     model, embeds = smollm2
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
     assert embeds.shape[1] == 21
-    xs = _points(x0, 4)[:16]
+    xs = grid_points(x0, 4)[:16]
     with torch.no_grad():
         plain = [
             model(inputs_embeds=torch.cat([prefix, x[None, None]], dim=1), use_cache=False, logits_to_keep=1).logits[
@@ -68,7 +56,7 @@ def test_the_patch_leaves_no_trace(smollm2):
 def test_run_grid_takes_the_shared_path_and_equals_the_point_loop(smollm2):
     model, embeds = smollm2
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
-    points = _points(x0, 5)
+    points = grid_points(x0, 5)
     # batch 16: 25 points of a 21-token prompt; a batch of 8 last rows rounds unlike the one-point forward's
     # 21 rows on an AVX-512 machine (row classes 1, 2..15, >= 16), and the probe then skips the shared path
     result = grid.run_grid(model, prefix, points, (11, 13), "faithful", batch_size=16, dedup=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import grid_points, smollm2_embeds
 
 from toolkit.numerics import grid
 from toolkit.numerics.row_classes import RowProbe
@@ -52,23 +53,9 @@ def test_a_tiled_linear_is_its_tiles(bias):
 
 @pytest.fixture(scope="module")
 def smollm2_5(one_torch_thread):
-    from toolkit.manifest import ModelSpec, Numerics
-    from toolkit.models.loading import load
-
-    model, tokenizer, _ = load(
-        ModelSpec("smollm2-135m", device="cpu"), Numerics(dtype="float32", attn_implementation="eager")
-    )
-    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    assert ids.shape[1] == 5
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)
+    model, embeds = smollm2_embeds("The capital of France is")
+    assert embeds.shape[1] == 5
     return model, embeds
-
-
-def _points(x0: torch.Tensor, n: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(x0.numel(), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    e = grid.axis_n(-1e-3, 1e-3, n)
-    return grid.form_points(x0, q[:, 0], q[:, 1], e, e, "fp64_then_round")
 
 
 def _plain(model, prefix, xs):
@@ -86,7 +73,7 @@ def test_a_tiled_shared_batch_equals_one_point_forwards(smollm2_5):
     a height of at most 12 that the probe fits (any machine: 12 < 16 and ≥ 2), against plain forwards."""
     model, embeds = smollm2_5
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
-    xs = _points(x0, 5)[:24]
+    xs = grid_points(x0, 5)[:24]
     tiling = RowProbe(model, 5).tiling(24, most=12)
     assert tiling is not None and 2 <= tiling.height <= 12 and len(tiling.chunks()) >= 2
     with SharedPrefix(model, prefix, x0).patched(tiling):
@@ -102,7 +89,7 @@ def test_run_grid_at_batch_32_on_a_short_prompt_equals_the_point_loop(smollm2_5)
     one-point forward's."""
     model, embeds = smollm2_5
     prefix, x0 = embeds[:, :-1], embeds[0, -1]
-    points = _points(x0, 6)
+    points = grid_points(x0, 6)
     result = grid.run_grid(model, prefix, points, (11, 13), "faithful", batch_size=32, dedup=False)
     assert result.path == grid.SHARED_HEAD_PATH and result.check is not None and result.check.equal
     assert result.batch_size == grid.balanced_batch(32, 36) == 18
