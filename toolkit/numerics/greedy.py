@@ -47,28 +47,30 @@ def ranked(logits: Any) -> tuple[Any, Any]:
 
 def ranked_top(logits: Any, k: int) -> tuple[Any, Any]:
     """The first k columns of `ranked(logits)` — same values, same ids, ties to the lowest id —
-    without sorting the whole vocabulary.  `torch.topk` gives each row's k largest; where exactly
-    k entries are >= the k-th value, those k are the set, ordered by id and then stably by value;
-    a row with ties across the k-th place sorts its entries >= that value (ascending ids) stably.
-    Rows holding a NaN take the full sort."""
+    without sorting the whole vocabulary.  `torch.topk` gives each row's k + 1 largest; where the
+    (k + 1)-th is below the k-th, exactly k entries are >= the k-th value and they are the set,
+    ordered by id and then stably by value; a row with ties across the k-th place sorts its entries
+    >= that value (ascending ids) stably.  Rows holding a NaN (topk puts it first) take the full sort."""
     import torch
 
     values = logits.float()
     width = values.shape[-1]
     k = min(k, width)
-    if k == width or bool(torch.isnan(values).any()):
+    rows = values.reshape(-1, width)
+    top, index = torch.topk(rows, min(k + 1, width), dim=1)  # topk ranks NaN above every number
+    if k == width or bool(torch.isnan(top[:, 0]).any()):
         full_values, full_ids = ranked(logits)
         return full_values[..., :k], full_ids[..., :k]
-    rows = values.reshape(-1, width)
-    top, index = torch.topk(rows, k, dim=1)
+    tied = torch.nonzero(top[:, k] == top[:, k - 1]).flatten().tolist()  # more than k entries >= the k-th value
+    top, index = top[:, :k], index[:, :k]
     threshold = top[:, -1:]
     by_id, perm = torch.sort(index, dim=1)
     out_values, order = torch.sort(top.gather(1, perm), dim=1, descending=True, stable=True)
     out_ids = by_id.gather(1, order)
-    for r in torch.nonzero((rows >= threshold).sum(1) != k).flatten().tolist():
+    for r in tied:
         candidates = torch.nonzero(rows[r] >= threshold[r]).flatten()  # ascending ids
-        tied, tied_order = torch.sort(rows[r, candidates], descending=True, stable=True)
-        out_values[r], out_ids[r] = tied[:k], candidates[tied_order[:k]]
+        tied_values, tied_order = torch.sort(rows[r, candidates], descending=True, stable=True)
+        out_values[r], out_ids[r] = tied_values[:k], candidates[tied_order[:k]]
     shape = (*values.shape[:-1], k)
     return out_values.reshape(shape), out_ids.reshape(shape)
 

@@ -166,39 +166,46 @@ def score_words(
     slot[held] = np.arange(held.size)
     at_first = [j - 1 - offset for j, _ in spans]
     firsts = torch.tensor(at_first, dtype=torch.long, device=device)
+    first_slots = torch.as_tensor(slot[at_first], device=device)
     true = torch.tensor([int(ids[j]) for j, _ in spans], dtype=torch.long, device=device)
-    rows = logits[torch.as_tensor(slot[at_first], device=device)]
+    rows = logits[first_slots]
     true_logit = rows.gather(1, true[:, None])[:, 0]
     order = ranked_top(rows, max(top_k, 2))[1]
     top2 = rows.gather(1, order[:, :2]).double()
-    logp_rows = _log_softmax_rows(logits)  # one float64 log-softmax per held row
-    logp_first = logp_rows[torch.as_tensor(slot[at_first], device=device)]
+    # float64 log-probabilities: of the token each held row predicts, and of each word's top-k
+    targets = torch.as_tensor(np.asarray(ids)[held + offset + 1].astype(np.int64), device=device)
+    logp_target, logp_topk = _log_softmax_picks(logits, targets, first_slots, order[:, :top_k])
+    logp_first = logp_target[first_slots]
     h = hidden[firsts].double()
     w = unembed[true].double()
     cosine = (h * w).sum(1) / (torch.linalg.vector_norm(h, dim=1) * torch.linalg.vector_norm(w, dim=1))
-    word_logp = []
-    for j, e in spans:
-        at = torch.as_tensor(slot[j - 1 - offset : e - 1 - offset], device=device)
-        targets = torch.as_tensor(np.asarray(ids[j:e], dtype=np.int64), device=device)
-        word_logp.append(float(logp_rows[at].gather(1, targets[:, None]).sum()))
+    word_logp = [float(logp_target[slot[j - 1 - offset] : slot[j - 1 - offset] + e - j].sum()) for j, e in spans]
     return {
         "true_id": true.cpu().numpy(),
         "logit": true_logit.double().cpu().numpy(),
-        "logprob_first": logp_first.gather(1, true[:, None])[:, 0].cpu().numpy(),
-        "prob": logp_first.gather(1, true[:, None])[:, 0].exp().cpu().numpy(),
+        "logprob_first": logp_first.cpu().numpy(),
+        "prob": logp_first.exp().cpu().numpy(),
         "logprob_word": np.asarray(word_logp, dtype=np.float64),
-        "rank": (1 + (rows > true_logit[:, None]).sum(1)).cpu().numpy().astype(np.int64),
+        "rank": (1 + (rows > true_logit[:, None]).sum(1, dtype=torch.int32)).cpu().numpy().astype(np.int64),
         "top1_match": (order[:, 0] == true).cpu().numpy(),
         "margin": (top2[:, 0] - top2[:, 1]).cpu().numpy(),
         "topk_ids": order[:, :top_k].cpu().numpy().astype(np.int64),
-        "topk_probs": logp_first.gather(1, order[:, :top_k]).exp().cpu().numpy(),
+        "topk_probs": logp_topk.exp().cpu().numpy(),
         "cosine": cosine.cpu().numpy(),
     }
 
 
-def _log_softmax_rows(rows: Any) -> Any:
-    """float64 log-softmax of native-dtype logit rows, ROW_CHUNK rows at a time."""
+def _log_softmax_picks(logits: Any, targets: Any, first_slots: Any, topk: Any) -> tuple[Any, Any]:
+    """(float64 log-softmax of each row of `logits` at `targets` [R], at `topk` [W, k] of rows
+    `first_slots` [W]): one log-softmax of ROW_CHUNK rows at a time, only the picked entries kept."""
     import torch
 
-    parts = [torch.log_softmax(rows[i : i + ROW_CHUNK].double(), dim=1) for i in range(0, rows.shape[0], ROW_CHUNK)]
-    return torch.cat(parts) if parts else torch.zeros((0, rows.shape[1]), dtype=torch.float64)
+    picked = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
+    topk_logp = torch.empty(topk.shape, dtype=torch.float64, device=logits.device)
+    for lo in range(0, logits.shape[0], ROW_CHUNK):
+        part = torch.log_softmax(logits[lo : lo + ROW_CHUNK], dim=1, dtype=torch.float64)  # as of .double() first
+        picked[lo : lo + part.shape[0]] = part.gather(1, targets[lo : lo + ROW_CHUNK, None])[:, 0]
+        words = torch.nonzero((first_slots >= lo) & (first_slots < lo + part.shape[0])).flatten()
+        if words.numel():
+            topk_logp[words] = part[first_slots[words] - lo].gather(1, topk[words])
+    return picked, topk_logp
