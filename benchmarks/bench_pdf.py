@@ -7,7 +7,7 @@ toolkit assigns the word at `pdf.word_prediction`'s default params: window 512, 
 least 128 tokens of context), on the packaged SmolLM2-135M in fp32, batch size 1, full recompute:
 
 * toolkit, end to end: `python -m toolkit.cli submit` of a manifest with pdf.word_prediction at
-  its default params (its run-time per-prefix check of 16 words and its checkpoints included);
+  its default params (its run-time per-prefix check of `check_words` words and its checkpoints included);
   wall time of the command;
 * per word (upstream method), end to end: one forward per word over exactly its preceding context
   in the window (full-sequence logits and the final hidden states, as upstream asked for), scored
