@@ -58,9 +58,12 @@ class Tiling:
             tile_bias = None if bias is None else bias[start : start + width]
             row = 0
             for part in parts:
-                out[row : row + part.shape[0], start : start + width] = torch.nn.functional.linear(
-                    part, tile, tile_bias
-                )
+                # what linear runs on a 2-D input (mm, or addmm with the bias), written in place: no copy
+                block = out[row : row + part.shape[0], start : start + width]
+                if tile_bias is None:
+                    torch.mm(part, tile.t(), out=block)
+                else:
+                    torch.addmm(tile_bias, part, tile.t(), out=block)
                 row += part.shape[0]
         return out.reshape(*inputs.shape[:-1], weight.shape[0])
 
