@@ -2,14 +2,15 @@
 
 Same model (packaged SmolLM2-135M, dequantized Q4_1 weights), same numerics (fp32, eager attention,
 KV cache by default, batch 1), same prompts and the same number of new tokens.  exp4.generate's
-loop (`toolkit.experiments.exp4.generate._generate`, exactly what a task runs) additionally sorts
-the full logits row for its top-k, hashes every logits row bit-exactly and captures the final-norm
+loop (`toolkit.experiments.exp4.generate._generate`, exactly what a task runs) additionally takes
+the top-k of the full logits row (`ranked_top`), hashes every logits row bit-exactly and captures the final-norm
 state each step; `model.generate(do_sample=False)` does only the argmax.  Both stop at EOS.
 
 Prints seconds and tokens/s for each method, the ratio (ours / transformers), and whether the two
 produced the same token ids for every prompt (they should: both are greedy over the same logits;
 a difference would mean a different kernel path, e.g. another cache implementation).  Exits 1 if
-the tokens differ.  Timings are the best of `--repeats` runs after a warm-up.
+the tokens differ.  Timings are the best of `--repeats` rounds after a warm-up; in each round both
+methods run once, in turn, so a drift of the machine's speed does not favour either side.
 """
 
 from __future__ import annotations
@@ -66,22 +67,27 @@ def theirs(ctx: Any, prompt: str, tokens: int) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
-def timed(method: Any, ctx: Any, tokens: int, repeats: int) -> tuple[float, list[list[int]]]:
-    """Best wall time over `repeats` for all prompts, and the ids of the last run."""
-    best, result = float("inf"), []
-    method(ctx, PROMPTS[0], 2)  # warm-up
+def timed(methods: list[Any], ctx: Any, tokens: int, repeats: int) -> list[tuple[float, list[list[int]]]]:
+    """Per method: best wall time over `repeats` for all prompts, and the ids of its last run.  The
+    methods take turns (one repeat each, then the next round), so a drift of the machine's speed
+    during the run falls on both sides rather than on whichever ran last."""
+    for method in methods:
+        method(ctx, PROMPTS[0], 2)  # warm-up
+    best = [float("inf")] * len(methods)
+    result: list[list[list[int]]] = [[] for _ in methods]
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = [method(ctx, p, tokens) for p in PROMPTS]
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for k, method in enumerate(methods):
+            start = time.perf_counter()
+            result[k] = [method(ctx, p, tokens) for p in PROMPTS]
+            best[k] = min(best[k], time.perf_counter() - start)
+    return list(zip(best, result))
 
 
 def main() -> int:
     """Run both methods and print times, tokens/s, the ratio and the token check."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each timing both methods once")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--full-recompute", action="store_true", help="no KV cache on either side")
     args = parser.parse_args()
@@ -100,8 +106,7 @@ def main() -> int:
         numerics=numerics,
         encode=lambda prompt: tokenizer(prompt, return_tensors="pt").input_ids.to(device),
     )
-    t_ours, ids_ours = timed(ours, ctx, args.tokens, args.repeats)
-    t_hf, ids_hf = timed(theirs, ctx, args.tokens, args.repeats)
+    (t_ours, ids_ours), (t_hf, ids_hf) = timed([ours, theirs], ctx, args.tokens, args.repeats)
     n_ours, n_hf = sum(map(len, ids_ours)), sum(map(len, ids_hf))
     print(
         f"model smollm2-135m fp32 eager, {'full recompute' if args.full_recompute else 'KV cache'}, "
