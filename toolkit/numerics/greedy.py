@@ -57,7 +57,8 @@ def ranked_top(logits: Any, k: int) -> tuple[Any, Any]:
     width = values.shape[-1]
     k = min(k, width)
     rows = values.reshape(-1, width)
-    top, index = torch.topk(rows, min(k + 1, width), dim=1)  # topk ranks NaN above every number
+    if k < width:
+        top, index = torch.topk(rows, k + 1, dim=1)  # topk ranks NaN above every number
     if k == width or bool(torch.isnan(top[:, 0]).any()):
         full_values, full_ids = ranked(logits)
         return full_values[..., :k], full_ids[..., :k]
