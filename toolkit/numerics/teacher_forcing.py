@@ -179,7 +179,7 @@ def score_words(
     h = hidden[firsts].double()
     w = unembed[true].double()
     cosine = (h * w).sum(1) / (torch.linalg.vector_norm(h, dim=1) * torch.linalg.vector_norm(w, dim=1))
-    word_logp = [float(logp_target[slot[j - 1 - offset] : slot[j - 1 - offset] + e - j].sum()) for j, e in spans]
+    word_logp = [float(logp_target[at : at + e - j].sum()) for at, (j, e) in zip(first_slots.tolist(), spans)]
     return {
         "true_id": true.cpu().numpy(),
         "logit": true_logit.double().cpu().numpy(),
