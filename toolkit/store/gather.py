@@ -1,10 +1,12 @@
 """The single writer of store.h5: add published shards as `/tasks/<task_id>` and verify them.
 
 The gather refuses a store of another schema, checks that the disk has room for the new tasks,
-verifies every new shard against the checksums its worker recorded (a shard that no longer
-matches is moved aside to `<task_id>.h5.corrupt` with a failure report, so status shows the task
-as needing a rerun and submit reruns it), adds the verified shards, and re-reads every added
-dataset to compare its checksum again.  The first gather (and `rebuild=True`, which starts from
+copies every new shard in and re-reads every added dataset to compare its checksum with the one
+the shard's worker recorded: each shard is read once.  Where a copy differs, the shard itself is
+verified: a shard that no longer matches (or is incomplete, or unreadable) makes the gather
+abandon that write and redo it with every new shard verified first; such a shard is moved aside
+to `<task_id>.h5.corrupt` with a failure report, so status shows the task as needing a rerun and
+submit reruns it.  The first gather (and `rebuild=True`, which starts from
 the shards alone) writes a new file and renames it over store.h5; later gathers append in place
 through a redo journal (`toolkit.store.journal`), so their cost follows the new shards, not the
 store's size.  A gather killed at any point, or stopped by a full disk, leaves the previous
@@ -16,7 +18,6 @@ taken over (`toolkit.store.lock`).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -25,11 +26,12 @@ from typing import Any
 
 from toolkit import __version__, faults
 from toolkit.errors import StoreError
-from toolkit.store import dims, schema
+from toolkit.store import schema
 from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.files import fsync_path, temp_name
 from toolkit.store.journal import JournaledFile, journal_path, recover
-from toolkit.store.shard import dataset_checksums, record_failure
+from toolkit.store.shard import record_failure
+from toolkit.store.shard_copy import ShardRefused, check_copy, copy_shard, hashing, verify_shard, writing_back
 
 #: Room kept free beyond the store and the new shards (HDF5 metadata, the lock file).
 SPACE_MARGIN = 64 * 1024
@@ -106,15 +108,20 @@ def _gather_locked(folder: CampaignDir, manifest_text: str | None, rebuild: bool
         report.unchanged = len(shards)
         return report
     report.unchanged = len(shards) - len(new)
-    verified = {}
-    for task_id, path in sorted(new.items()):
-        problem = verify_shard(path)
-        if problem:
-            report.bad_shards[task_id] = problem
-        else:
-            verified[task_id] = path
-    if verified or existing is None:
-        _write_store(folder, store, verified, existing is not None, manifest_text, seen, report)
+    try:  # one read of each shard: its copy's checksums are compared with those its worker recorded
+        _write_store(folder, store, new, existing is not None, manifest_text, seen, report)
+    except ShardRefused:  # the write was abandoned; verify every new shard first, then add the good ones
+        report.added.clear()
+        report.replaced.clear()
+        verified = {}
+        for task_id, path in sorted(new.items()):
+            problem = verify_shard(path)
+            if problem:
+                report.bad_shards[task_id] = problem
+            else:
+                verified[task_id] = path
+        if verified or existing is None:
+            _write_store(folder, store, verified, existing is not None, manifest_text, seen, report)
     for task_id, problem in report.bad_shards.items():
         _quarantine(folder, task_id, problem)
     return report
@@ -129,8 +136,8 @@ def _write_store(
     seen: int,
     report: GatherReport,
 ) -> None:
-    """Add the verified shards: appended in place to an existing store (`toolkit.store.journal`), or
-    written to a new file renamed over store.h5."""
+    """Add the shards, each checked through its copy (`toolkit.store.shard_copy`): appended in place
+    to an existing store (`toolkit.store.journal`), or written to a new file renamed over store.h5."""
     import h5py
 
     campaign_dir = folder.root
@@ -145,12 +152,17 @@ def _write_store(
     try:
         if journaled is None:
             target.unlink(missing_ok=True)
-        with h5py.File(journaled or target, "r+" if journaled else "w", locking=False) as out:
+        with h5py.File(journaled or target, "r+" if journaled else "w", locking=False) as out, hashing() as pool:
             _root_attrs(out, folder, manifest_text, seen)
             tasks = out.require_group("tasks")
+            copies = []
             for task_id, path in sorted(shards.items()):
-                _merge_shard(tasks, task_id, path, report)
+                copies.append(copy_shard(tasks, task_id, path, pool))
                 faults.checkpoint("gather-merge")
+            with writing_back(None if journaled else target):
+                for copy in copies:
+                    check_copy(copy)
+                    (report.replaced if copy.replaced else report.added).append(copy.task_id)
         if journaled is not None:
             journaled.commit()
         else:
@@ -243,24 +255,6 @@ def _run_uid(path: Path) -> str | None:
         return None
 
 
-def verify_shard(path: Path) -> str:
-    """'' if the shard is complete and its data matches the checksums its worker recorded, else why not."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r", locking=False) as shard:
-            if shard.attrs.get("status") != schema.STATUS_COMPLETE:
-                return "the shard is not marked complete"
-            expected = json.loads(shard.attrs["checksums"])
-            actual = dataset_checksums(shard)
-    except (OSError, KeyError, ValueError) as err:
-        return f"the shard is unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    differ = sorted(n for n in set(expected) | set(actual) if expected.get(n) != actual.get(n))
-    if differ:
-        return f"the shard's data no longer matches the checksums its worker recorded (dataset(s) {', '.join(differ)})"
-    return ""
-
-
 def _quarantine(folder: CampaignDir, task_id: str, problem: str) -> None:
     """Move a refused shard aside (kept for inspection) and record why, so the task is rerun."""
     aside = folder.corrupt_path(task_id)
@@ -290,26 +284,3 @@ def _root_attrs(out: Any, folder: CampaignDir, manifest_text: str | None, seen: 
     out.attrs["updated_utc"] = schema.utc_now()
     out.attrs["shards_seen_ctime_ns"] = seen
     out.attrs["toolkit_version"] = __version__
-
-
-def _merge_shard(tasks: Any, task_id: str, path: Path, report: GatherReport) -> None:
-    """Copy one verified shard into `/tasks/<task_id>` and check the copy's checksums."""
-    import h5py
-
-    with h5py.File(path, "r", locking=False) as shard:
-        existing = tasks.get(task_id)
-        if existing is not None:
-            del tasks[task_id]
-        group = tasks.create_group(task_id)
-        for key, value in shard.attrs.items():
-            group.attrs[key] = value
-        for name in shard:
-            shard.copy(shard[name], group, name=name)
-        dims.attach(group)  # HDF5's copy loses the scales' references between files
-        expected = json.loads(shard.attrs["checksums"])
-    if dataset_checksums(group) != expected:
-        raise StoreError(
-            f"verification failed for task {task_id}: the copy in the store differs from "
-            f"{path}; the store was left unchanged — check the disk and rerun toolkit gather"
-        )
-    (report.replaced if existing is not None else report.added).append(task_id)

@@ -23,17 +23,21 @@ from toolkit.store.files import atomic_write_text, fsync_path, temp_name
 
 
 def dataset_checksums(group: Any) -> dict[str, str]:
-    """sha256 of the raw bytes of every dataset under `group`, keyed by relative path."""
+    """sha256 of the raw bytes of every dataset under `group`, keyed by relative path.
+
+    The names are listed first and each dataset is hashed after its read returned: h5py holds
+    its global lock through `visititems`, and the gather hashes on a second thread while the first
+    copies the next shard (`toolkit.store.gather`)."""
     import h5py
 
-    sums: dict[str, str] = {}
+    names: list[str] = []
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
-            sums[name] = _content_sha256(obj[()])
+            names.append(name)
 
     group.visititems(visit)
-    return dict(sorted(sums.items()))
+    return {name: _content_sha256(group[name][()]) for name in sorted(names)}
 
 
 def _content_sha256(data: Any) -> str:
