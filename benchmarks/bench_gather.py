@@ -16,7 +16,8 @@ MB (default 2) of random float32 data split over `--datasets` datasets (default 
     throughput figure), then +10 shards of `--mb-per-shard` MB appended, against copying them.
 
 The page cache cannot be dropped without root, so every measurement runs warm: right after the
-shard files were written (they are in memory).  Reported: MB/s of (a) and (b) over the shards'
+shard files were written (they are in memory).  Before each timed step an untimed `os.sync()`
+writes back what earlier steps left dirty, so neither side pays for the other's writes.  Reported: MB/s of (a) and (b) over the shards'
 total file size, their ratio, the seconds of (c) and (d), and the ratio of each incremental gather
 to the plain copy of its 10 shards (goal: at most 2).  Exits 1 if a store does not hold the tasks
 it should, or if a gather reports unreadable shards.
@@ -89,6 +90,7 @@ def plain_copy(files: list[Path], dest: Path) -> None:
 def timed_gather(campaign_dir: Path) -> tuple[float, Any]:
     from toolkit.store.gather import gather
 
+    os.sync()  # (untimed) no write-back left over from the previous step lands on this one
     t0 = time.perf_counter()
     report = gather(campaign_dir)
     elapsed = time.perf_counter() - t0
@@ -242,6 +244,7 @@ def big(tmp: Path, args: argparse.Namespace) -> None:
 
 
 def _time(func: Any) -> float:
+    os.sync()  # as in timed_gather
     t0 = time.perf_counter()
     func()
     return time.perf_counter() - t0

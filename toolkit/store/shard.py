@@ -21,13 +21,16 @@ from toolkit.store import dims, schema
 from toolkit.store.campaign_dir import CampaignDir
 from toolkit.store.files import atomic_write_text, fsync_path, temp_name
 
+#: Bytes read per slice when a dataset is hashed (`_dataset_sha256`): small enough to stay in a core's L2.
+HASH_SLICE_BYTES = 1 << 20
+
 
 def dataset_checksums(group: Any) -> dict[str, str]:
     """sha256 of the raw bytes of every dataset under `group`, keyed by relative path.
 
-    The names are listed first and each dataset is hashed after its read returned: h5py holds
-    its global lock through `visititems`, and the gather hashes on a second thread while the first
-    copies the next shard (`toolkit.store.gather`)."""
+    The names are listed first and each dataset is hashed slice by slice after each read returned:
+    h5py holds its global lock through `visititems` and a read, and the gather hashes on a second
+    thread while the first copies the next shard (`toolkit.store.shard_copy`)."""
     import h5py
 
     names: list[str] = []
@@ -37,13 +40,42 @@ def dataset_checksums(group: Any) -> dict[str, str]:
             names.append(name)
 
     group.visititems(visit)
-    return {name: _content_sha256(group[name][()]) for name in sorted(names)}
+    return {name: _dataset_sha256(group[name]) for name in sorted(names)}
+
+
+def _dataset_sha256(dataset: Any) -> str:
+    """`_content_sha256(dataset[()])`, read in slices of whole rows (whole chunks along the first
+    axis, so each chunk is decoded once) into one reused buffer of about `HASH_SLICE_BYTES`: the
+    bytes are hashed while still in cache, and no array of the dataset's size is allocated.  The
+    slices' bytes, in order, are the array's C-order bytes, so the digest is the same."""
+    import numpy as np
+
+    shape = dataset.shape
+    if shape is None or len(shape) == 0 or dataset.size == 0 or dataset.dtype.hasobject:
+        return _content_sha256(dataset[()])
+    row = dataset.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    step = max(1, HASH_SLICE_BYTES // max(row, 1))
+    if dataset.chunks is not None:
+        step = max(1, step // dataset.chunks[0]) * dataset.chunks[0]
+    buffer = np.empty((min(step, shape[0]), *shape[1:]), dtype=dataset.dtype)
+    digest = hashlib.sha256()
+    for start in range(0, shape[0], step):
+        rows = min(step, shape[0] - start)
+        dataset.read_direct(buffer, np.s_[start : start + rows], np.s_[0:rows])
+        _feed(digest, buffer[:rows])
+    return digest.hexdigest()
 
 
 def _content_sha256(data: Any) -> str:
     """sha256 of a dataset's values: raw bytes for fixed-size types; for variable-length strings
     or bytes (object arrays, whose raw bytes are pointers) each element length-prefixed."""
     digest = hashlib.sha256()
+    _feed(digest, data)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, data: Any) -> None:
+    """Add `data`'s bytes to `digest` (see `_content_sha256`)."""
     if getattr(data, "dtype", None) is not None and data.dtype.kind == "O":
         for item in data.reshape(-1):
             raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
@@ -55,7 +87,6 @@ def _content_sha256(data: Any) -> str:
             digest.update(data.tobytes())
     else:
         digest.update(data if isinstance(data, bytes) else str(data).encode("utf-8"))
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
