@@ -48,19 +48,17 @@ def test_checksums_equal_hashlib_over_the_arrays_bytes(tmp_path, slice_bytes):
         "scalar": np.float64(np.pi),
         "empty": np.zeros((0, 4), np.float32),
     }
-    chunked = {
-        "gzip_split": (rng.standard_normal((2_003, 45), dtype=np.float32), (64, 7)),  # chunks split both axes
-        "lzf_rows": (rng.integers(0, 9, size=(5_000,), dtype=np.int8), (333,)),
-    }
+    gzip_split = rng.standard_normal((2_003, 45), dtype=np.float32)  # chunks of (64, 7) split both axes
+    lzf_rows = rng.integers(0, 9, size=(5_000,), dtype=np.int8)
     texts = ["", "ε-δ", "a longer line of text\n", "x" * 5_000]
     with h5py.File(tmp_path / "s.h5", "w") as out:
         for name, values in arrays.items():
             out.create_dataset(name, data=values)
-        out.create_dataset("gzip_split", data=chunked["gzip_split"][0], chunks=(64, 7), compression="gzip", shuffle=True)
-        out.create_dataset("lzf_rows", data=chunked["lzf_rows"][0], chunks=(333,), compression="lzf")
+        out.create_dataset("gzip_split", data=gzip_split, chunks=(64, 7), compression="gzip", shuffle=True)
+        out.create_dataset("lzf_rows", data=lzf_rows, chunks=(333,), compression="lzf")
         out.create_dataset("vlen", data=texts, dtype=h5py.string_dtype())
     expected = {name: _raw(np.asarray(values)) for name, values in arrays.items()}
-    expected |= {name: _raw(values) for name, (values, _) in chunked.items()}
+    expected |= {"gzip_split": _raw(gzip_split), "lzf_rows": _raw(lzf_rows)}
     expected["vlen"] = _vlen(texts)
     with h5py.File(tmp_path / "s.h5", "r") as handle:
         assert dataset_checksums(handle) == dict(sorted(expected.items()))
