@@ -18,9 +18,10 @@ MB (default 2) of random float32 data split over `--datasets` datasets (default 
 The page cache cannot be dropped without root, so every measurement runs warm: right after the
 shard files were written (they are in memory).  Before each timed step an untimed `os.sync()`
 writes back what earlier steps left dirty, so neither side pays for the other's writes.
-Reported: MB/s of (a) and (b) over the shards' total file size, their ratio, the seconds of (c) and (d), and the ratio of each incremental gather
-to the plain copy of its 10 shards (goal: at most 2).  Exits 1 if a store does not hold the tasks
-it should, or if a gather reports unreadable shards.
+Reported: MB/s of (a) and (b) over the shards' total file size, their ratio, the seconds of (c)
+and (d), and the ratio of each incremental gather to the plain copy of its 10 shards (goal: at
+most 2).  Exits 1 if a store does not hold the tasks it should, or if a gather reports unreadable
+shards.
 """
 
 from __future__ import annotations
