@@ -99,6 +99,16 @@ def one_torch_thread():
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
+#: A shard's task attributes for tests that write shards with `open_shard` directly (no plan).
+SHARD_ATTRS = {
+    "experiment": "exp4.generate",
+    "exp_id": "generate",
+    "target": "a100",
+    "repeat": 0,
+    "params": {"max_new_tokens": 3},
+    "numerics": {"dtype": "float32"},
+}
+
 
 def smollm2_embeds(prompt: str) -> tuple[Any, Any]:
     """The packaged model (float32, eager attention, CPU) and the [1, T, D] input embeddings of `prompt`."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, SHARD_ATTRS
 
 from toolkit import campaign
 from toolkit.errors import StoreError
@@ -24,18 +24,9 @@ from toolkit.store.gather import gather
 from toolkit.store.lock import LockBusy
 from toolkit.store.shard import open_shard
 
-ATTRS = {
-    "experiment": "exp4.generate",
-    "exp_id": "generate",
-    "target": "a100",
-    "repeat": 0,
-    "params": {"max_new_tokens": 3},
-    "numerics": {"dtype": "float32"},
-}
-
 
 def _shard(folder: Path, task_id: str) -> None:
-    with open_shard(folder, task_id, ATTRS) as out:
+    with open_shard(folder, task_id, SHARD_ATTRS) as out:
         out.create_dataset("x", data=np.arange(3, dtype=np.float32))
 
 
@@ -134,7 +125,7 @@ def test_task_states_come_from_the_files(tmp_path):
     _shard(tmp_path, "a")
     gather(tmp_path, manifest_text="campaign: x\n")
     _shard(tmp_path, "b")
-    with pytest.raises(ValueError, match="boom"), open_shard(tmp_path, "c", ATTRS):
+    with pytest.raises(ValueError, match="boom"), open_shard(tmp_path, "c", SHARD_ATTRS):
         raise ValueError("boom")
     live = temp_name(layout.shard_path("d"))  # this process writes d's shard
     live.write_bytes(b"")

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import SHARD_ATTRS
 
 from toolkit.errors import StoreError
 from toolkit.store import shard_copy
@@ -20,14 +21,6 @@ from toolkit.store.gather import gather
 from toolkit.store.reader import Store
 from toolkit.store.shard import open_shard
 
-ATTRS = {
-    "experiment": "exp4.generate",
-    "exp_id": "generate",
-    "target": "a100",
-    "repeat": 0,
-    "params": {"max_new_tokens": 3},
-    "numerics": {"dtype": "float32"},
-}
 BIG = 1_500_000  # float32 values: 6 MB, above HASH_ON_THREAD_BYTES, so the copy is hashed on the thread
 
 
@@ -35,7 +28,7 @@ def write_shard(folder: Path, task_id: str, seed: int, size: int = BIG) -> dict[
     """A shard with one large random dataset and a small one; returns what it holds."""
     rng = np.random.default_rng(seed)
     data = {"x": rng.standard_normal(size, dtype=np.float32), "g/ids": np.arange(7, dtype=np.int64) + seed}
-    with open_shard(folder, task_id, {**ATTRS, "repeat": seed}) as out:
+    with open_shard(folder, task_id, {**SHARD_ATTRS, "repeat": seed}) as out:
         for name, values in data.items():
             out.create_dataset(name, data=values)  # contiguous: its bytes sit at one offset in the file
     return data

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import SHARD_ATTRS
 
 from toolkit.errors import StoreError
 from toolkit.store import schema
@@ -18,24 +19,15 @@ from toolkit.store.gather import gather
 from toolkit.store.reader import Store
 from toolkit.store.shard import open_shard
 
-ATTRS = {
-    "experiment": "exp4.generate",
-    "exp_id": "generate",
-    "target": "a100",
-    "repeat": 0,
-    "params": {"max_new_tokens": 3},
-    "numerics": {"dtype": "float32"},
-}
-
 
 def write_shard(folder: Path, task_id: str, value: float) -> None:
-    with open_shard(folder, task_id, ATTRS) as out:
+    with open_shard(folder, task_id, SHARD_ATTRS) as out:
         out.create_dataset("x", data=np.full((4, 3), value, np.float32))
         out.create_dataset("g/ids", data=np.arange(5))
 
 
 def test_shard_is_published_only_when_complete(tmp_path):
-    with open_shard(tmp_path, "t1", ATTRS) as out:
+    with open_shard(tmp_path, "t1", SHARD_ATTRS) as out:
         out.create_dataset("x", data=np.ones(3))
         assert not CampaignDir(tmp_path).shard_path("t1").exists()
         hidden = [p.name for p in CampaignDir(tmp_path).shards_dir.iterdir()]
@@ -49,7 +41,7 @@ def test_shard_is_published_only_when_complete(tmp_path):
 
 def test_failed_task_leaves_report_and_no_shard_until_success(tmp_path):
     with pytest.raises(ValueError, match="boom"):
-        with open_shard(tmp_path, "t1", ATTRS):
+        with open_shard(tmp_path, "t1", SHARD_ATTRS):
             raise ValueError("boom")
     assert CampaignDir(tmp_path).completed_shards() == {}
     assert CampaignDir(tmp_path).failed_tasks()["t1"]["error"] == "ValueError: boom"
@@ -126,13 +118,13 @@ def test_store_errors_are_clear(tmp_path):
 
 def test_variable_length_strings_are_checksummed_by_value(tmp_path):
     words = ["naïve", "", "word with spaces", "ünïcödé"]
-    with open_shard(tmp_path, "s", ATTRS) as out:
+    with open_shard(tmp_path, "s", SHARD_ATTRS) as out:
         out.create_dataset("words", data=words, dtype=h5py.string_dtype("utf-8"))
     report = gather(tmp_path)  # re-reads the copy: a checksum of object pointers would not match
     assert report.added == ["s"]
     with Store(CampaignDir(tmp_path).store_path) as store:
         assert [w.decode() for w in store.run("s")["words"]] == words
-    with open_shard(tmp_path, "t", ATTRS) as out:
+    with open_shard(tmp_path, "t", SHARD_ATTRS) as out:
         out.create_dataset("words", data=["other", "", "word with spaces", "ünïcödé"], dtype=h5py.string_dtype("utf-8"))
     sums = {
         task: json.loads(h5py.File(CampaignDir(tmp_path).shard_path(task), "r").attrs["checksums"])["words"]
