@@ -54,7 +54,7 @@ def _dataset_sha256(dataset: Any) -> str:
     if shape is None or len(shape) == 0 or dataset.size == 0 or dataset.dtype.hasobject:
         return _content_sha256(dataset[()])
     row = dataset.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
-    step = max(1, HASH_SLICE_BYTES // max(row, 1))
+    step = max(1, HASH_SLICE_BYTES // row)  # row > 0: the dataset is not empty
     if dataset.chunks is not None:
         step = max(1, step // dataset.chunks[0]) * dataset.chunks[0]
     buffer = np.empty((min(step, shape[0]), *shape[1:]), dtype=dataset.dtype)

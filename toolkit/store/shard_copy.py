@@ -113,8 +113,7 @@ def copy_shard(tasks: Any, task_id: str, path: Path, pool: ThreadPoolExecutor) -
             group = tasks[task_id]
             dims.attach(group)  # HDF5's copy loses the scales' references between files
     except (OSError, KeyError, ValueError):
-        if verify_shard(path):
-            raise ShardRefused(task_id) from None
+        _refuse_if_at_fault(task_id, path)
         raise
     if path.stat().st_size >= HASH_ON_THREAD_BYTES:
         return Copy(task_id, path, expected, replaced, pool.submit(dataset_checksums, group))
@@ -129,13 +128,18 @@ def check_copy(copy: Copy) -> None:
     try:
         matches = copy.checksums.result() == copy.expected
     except (OSError, KeyError, ValueError):
-        if verify_shard(copy.path):
-            raise ShardRefused(copy.task_id) from None
+        _refuse_if_at_fault(copy.task_id, copy.path)
         raise
     if not matches:
-        if verify_shard(copy.path):
-            raise ShardRefused(copy.task_id)
+        _refuse_if_at_fault(copy.task_id, copy.path)
         raise StoreError(
             f"verification failed for task {copy.task_id}: the copy in the store differs from "
             f"{copy.path}; the store was left unchanged — check the disk and rerun toolkit gather"
         )
+
+
+def _refuse_if_at_fault(task_id: str, path: Path) -> None:
+    """Raise ShardRefused when `verify_shard` finds the shard itself incomplete, unreadable or
+    changed; otherwise return, and the caller's error (the copy's) stands."""
+    if verify_shard(path):
+        raise ShardRefused(task_id) from None
